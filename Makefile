@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh clone (only python3 needed):
+#   make quickstart   create .venv, then run a small complete search on the bundled digits data
+#   make test         create .venv, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: quickstart test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+quickstart: $(VENV)/.installed
+	$(PY) -m blockqnn.search experiment=quickstart
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n 2 --durations=15
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check blockqnn tests experiments
+
+clean:
+	rm -rf $(VENV) runs outputs multirun .pytest_cache

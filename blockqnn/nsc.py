@@ -1,0 +1,267 @@
+"""The Network Structure Code (NSC): a block as a list of 5-tuples ``(index, type, kernel, pred1, pred2)``.
+
+Index 0 is the block's input; layers are numbered 1..n and the last one is Terminal. Layers that no other
+layer consumes are concatenated into the block's output (see README, "The NSC format").
+
+``python -m blockqnn.nsc check CODE`` and ``python -m blockqnn.nsc show CODE`` are the command-line face.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+
+class LayerType(IntEnum):
+    CONV = 1
+    MAX_POOL = 2
+    AVG_POOL = 3
+    IDENTITY = 4
+    ADD = 5
+    CONCAT = 6
+    TERMINAL = 7
+
+
+KERNELS: dict[LayerType, tuple[int, ...]] = {
+    LayerType.CONV: (1, 3, 5),
+    LayerType.MAX_POOL: (1, 3),
+    LayerType.AVG_POOL: (1, 3),
+    LayerType.IDENTITY: (0,),
+    LayerType.ADD: (0,),
+    LayerType.CONCAT: (0,),
+    LayerType.TERMINAL: (0,),
+}
+BINARY = (LayerType.ADD, LayerType.CONCAT)
+DEFAULT_MAX_INDEX = 10
+
+
+class NSCError(ValueError):
+    """A code that is not a valid block; the message names the layer and the rule."""
+
+
+class Layer(NamedTuple):
+    index: int
+    type: int
+    kernel: int
+    pred1: int
+    pred2: int
+
+    def __str__(self) -> str:
+        return "(" + ",".join(str(v) for v in self) + ")"
+
+    @property
+    def preds(self) -> tuple[int, ...]:
+        """The layers this one reads (none for Terminal, two for add/concat)."""
+        if self.type == LayerType.TERMINAL:
+            return ()
+        return (self.pred1, self.pred2) if self.type in BINARY else (self.pred1,)
+
+
+_TUPLE = re.compile(r"\(([^()]*)\)")
+
+
+@dataclass(frozen=True)
+class Block:
+    layers: tuple[Layer, ...]
+
+    # ---- text and JSON forms -------------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, text: str, max_index: int = DEFAULT_MAX_INDEX) -> Block:
+        """Parse and validate ``[(1,4,0,0,0),...]``; spaces and the outer brackets are optional."""
+        body = text.strip()
+        if body.startswith("[") and body.endswith("]"):
+            body = body[1:-1]
+        tuples = _TUPLE.findall(body)
+        if not tuples or _TUPLE.sub("", body).replace(",", "").strip():
+            raise NSCError(f"not an NSC code: {text!r} (expected tuples like (1,4,0,0,0))")
+        layers = []
+        for i, inner in enumerate(tuples, start=1):
+            fields = [f.strip() for f in inner.split(",")]
+            if len(fields) != 5 or not all(re.fullmatch(r"-?\d+", f) for f in fields):
+                raise NSCError(f"layer {i}: ({inner}) must be 5 integers (index, type, kernel, pred1, pred2)")
+            layers.append(Layer(*map(int, fields)))
+        return cls.of(layers, max_index)
+
+    @classmethod
+    def of(cls, layers, max_index: int = DEFAULT_MAX_INDEX) -> Block:
+        block = cls(tuple(Layer(*layer) for layer in layers))
+        block.validate(max_index)
+        return block
+
+    @classmethod
+    def from_json(cls, text: str, max_index: int = DEFAULT_MAX_INDEX) -> Block:
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise NSCError(f"not NSC JSON: {e}") from None
+        if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 5 for r in rows):
+            raise NSCError("NSC JSON must be a list of 5-integer lists")
+        return cls.of(rows, max_index)
+
+    def to_json(self) -> str:
+        return json.dumps([list(layer) for layer in self.layers])
+
+    def __str__(self) -> str:
+        return "[" + ",".join(str(layer) for layer in self.layers) + "]"
+
+    # ---- rules -----------------------------------------------------------------------------------------------
+    def validate(self, max_index: int = DEFAULT_MAX_INDEX) -> None:
+        if not self.layers:
+            raise NSCError("empty block: a block needs at least one layer and a Terminal")
+        for position, layer in enumerate(self.layers, start=1):
+            _check_layer(layer, position, len(self.layers), max_index)
+
+    # ---- the DAG ------------------------------------------------------------------------------------------------
+    @property
+    def body(self) -> tuple[Layer, ...]:
+        """Every layer but the Terminal."""
+        return self.layers[:-1]
+
+    def outputs(self) -> list[int]:
+        """Indices of the layers no other layer consumes: concatenated into the block's output."""
+        consumed = {p for layer in self.body for p in layer.preds}
+        return [layer.index for layer in self.body if layer.index not in consumed]
+
+    def density(self) -> float:
+        """Edges / nodes of the block DAG.
+
+        Nodes: the input (0), every layer and the Terminal (the output node): ``n + 1`` for a code of n tuples.
+        Edges: one per predecessor reference (two for add/concat) plus one from each unconsumed layer to
+        the Terminal.
+        """
+        edges = sum(len(layer.preds) for layer in self.body) + len(self.outputs())
+        return edges / (len(self.layers) + 1)
+
+    def canonical(self) -> str:
+        """A text form shared by every code of the same DAG (renumbered, add/concat operands swapped).
+
+        Nodes are renumbered greedily in topological order by (colour, canonical predecessors), the colour
+        coming from in- and out-neighbour refinement. Two codes with this form equal are always the same DAG;
+        a rare symmetric tie could in principle give one DAG two forms, which only costs a repeated training.
+        """
+        colours = _refined_colours(self)
+        new_id = {0: 0}
+        rows = []
+        while len(new_id) <= len(self.body):
+            ready = [layer for layer in self.body if layer.index not in new_id and all(p in new_id for p in layer.preds)]
+            key = {layer.index: (colours[layer.index], _canon_preds(layer, new_id)) for layer in ready}
+            chosen = min(ready, key=lambda layer: key[layer.index])
+            new_id[chosen.index] = len(new_id)
+            preds = key[chosen.index][1]
+            rows.append((len(rows) + 1, chosen.type, chosen.kernel, preds[0], preds[1] if len(preds) > 1 else 0))
+        rows.append((len(rows) + 1, int(LayerType.TERMINAL), 0, 0, 0))
+        return str(Block(tuple(Layer(*r) for r in rows)))
+
+    def canonical_hash(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+
+def _check_layer(layer: Layer, position: int, length: int, max_index: int) -> None:
+    def fail(rule: str) -> None:
+        raise NSCError(f"layer {position} {layer}: {rule}")
+
+    if layer.index != position:
+        fail(f"index must be {position} (indices run 1..n consecutively)")
+    if layer.index > max_index:
+        fail(f"index exceeds the space's maximum index {max_index}")
+    if layer.type not in LayerType._value2member_map_:
+        fail(f"unknown type {layer.type} (types are 1..7)")
+    kind = LayerType(layer.type)
+    if layer.kernel not in KERNELS[kind]:
+        fail(f"kernel {layer.kernel} not allowed for {kind.name.lower()} (allowed: {KERNELS[kind]})")
+    if kind == LayerType.TERMINAL:
+        if position != length:
+            fail("Terminal must be the last layer, and only one Terminal is allowed")
+        if layer.pred1 or layer.pred2:
+            fail("Terminal takes no predecessors (pred1 = pred2 = 0)")
+        if position == 1:
+            fail("a block needs at least one layer before the Terminal")
+        return
+    if position == length:
+        fail("the last layer must be Terminal (type 7)")
+    for name, pred in zip(("pred1", "pred2"), layer.preds):
+        if not 0 <= pred < layer.index:
+            fail(f"{name} {pred} refers to no earlier layer (must be 0..{layer.index - 1})")
+    if kind not in BINARY and layer.pred2 != 0:
+        fail("pred2 is only for add/concat (must be 0)")
+
+
+def _refined_colours(block: Block) -> dict[int, str]:
+    """Colour refinement over in- and out-neighbours (1-WL), so that symmetric-looking nodes are told apart."""
+    body = block.body
+    consumers: dict[int, list[int]] = {layer.index: [] for layer in body}
+    consumers[0] = []
+    for layer in body:
+        for p in layer.preds:
+            consumers[p].append(layer.index)
+    colour = {0: "in", **{layer.index: f"{layer.type}.{layer.kernel}" for layer in body}}
+    preds = {0: (), **{layer.index: layer.preds for layer in body}}
+    for _ in range(len(body) + 1):
+        refined = {
+            node: hashlib.sha1(
+                repr((colour[node], sorted(colour[p] for p in preds[node]), sorted(colour[c] for c in consumers[node])))
+                .encode()
+            ).hexdigest()[:12]
+            for node in colour
+        }
+        if len(set(refined.values())) == len(set(colour.values())):
+            return refined
+        colour = refined
+    return colour
+
+
+def _canon_preds(layer: Layer, new_id: dict[int, int]) -> tuple[int, ...]:
+    ids = tuple(new_id[p] for p in layer.preds)
+    return tuple(sorted(ids)) if layer.type in BINARY else ids
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+def _layer_table(block: Block) -> str:
+    outputs = set(block.outputs())
+    lines = [f"{'idx':>3}  {'type':<9} {'kernel':>6}  inputs"]
+    for layer in block.layers:
+        kind = LayerType(layer.type)
+        inputs = ",".join(map(str, layer.preds)) if layer.preds else ",".join(map(str, sorted(outputs)))
+        mark = "  -> output" if layer.index in outputs else ""
+        lines.append(f"{layer.index:>3}  {kind.name.lower():<9} {layer.kernel or '':>6}  {inputs}{mark}")
+    return "\n".join(lines)
+
+
+def _show(block: Block, template: str | None, dataset: str) -> str:
+    lines = [_layer_table(block), f"canonical: {block.canonical()}", f"hash: {block.canonical_hash()}",
+             f"density: {block.density():.4f}"]
+    if template:
+        from blockqnn.network import describe_network
+
+        lines.append(describe_network(block, template, dataset))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m blockqnn.nsc", description="Check or show an NSC block code.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="validate a code").add_argument("code")
+    show = sub.add_parser("show", help="layer table, canonical hash, density, and optionally network size")
+    show.add_argument("code")
+    show.add_argument("--template", help="stacking template (conf/template/*.yaml), e.g. cifar")
+    show.add_argument("--dataset", default="cifar10", help="dataset config giving channels, size, classes")
+    for p in sub.choices.values():
+        p.add_argument("--max-index", type=int, default=DEFAULT_MAX_INDEX)
+    args = parser.parse_args(argv)
+    try:
+        block = Block.parse(args.code, args.max_index)
+        print("ok" if args.command == "check" else _show(block, args.template, args.dataset))
+    except (NSCError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
