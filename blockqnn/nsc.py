@@ -149,7 +149,9 @@ class Block:
         new_id = {0: 0}
         rows = []
         while len(new_id) <= len(self.body):
-            ready = [layer for layer in self.body if layer.index not in new_id and all(p in new_id for p in layer.preds)]
+            ready = [
+                layer for layer in self.body if layer.index not in new_id and all(p in new_id for p in layer.preds)
+            ]
             key = {layer.index: (colours[layer.index], _canon_preds(layer, new_id)) for layer in ready}
             chosen = min(ready, key=lambda layer: key[layer.index])
             new_id[chosen.index] = len(new_id)
@@ -205,8 +207,9 @@ def _refined_colours(block: Block) -> dict[int, str]:
     for _ in range(len(body) + 1):
         refined = {
             node: hashlib.sha1(
-                repr((colour[node], sorted(colour[p] for p in preds[node]), sorted(colour[c] for c in consumers[node])))
-                .encode()
+                repr(
+                    (colour[node], sorted(colour[p] for p in preds[node]), sorted(colour[c] for c in consumers[node]))
+                ).encode()
             ).hexdigest()[:12]
             for node in colour
         }
@@ -234,10 +237,14 @@ def _layer_table(block: Block) -> str:
 
 
 def _show(block: Block, template: str | None, dataset: str) -> str:
-    lines = [_layer_table(block), f"canonical: {block.canonical()}", f"hash: {block.canonical_hash()}",
-             f"density: {block.density():.4f}"]
+    lines = [
+        _layer_table(block),
+        f"canonical: {block.canonical()}",
+        f"hash: {block.canonical_hash()}",
+        f"density: {block.density():.4f}",
+    ]
     if template:
-        from blockqnn.network import describe_network
+        from blockqnn.network import describe_network  # torch is only imported when a network is asked for
 
         lines.append(describe_network(block, template, dataset))
     return "\n".join(lines)
@@ -254,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     for p in sub.choices.values():
         p.add_argument("--max-index", type=int, default=DEFAULT_MAX_INDEX)
     args = parser.parse_args(argv)
+    from blockqnn.config import ConfigError
+
     try:
         block = Block.parse(args.code, args.max_index)
         print("ok" if args.command == "check" else _show(block, args.template, args.dataset))
-    except (NSCError, FileNotFoundError) as e:
+    except (NSCError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,36 @@
+"""Composing the project's Hydra configs outside a Hydra app (CLIs, tests, notebooks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be composed: unknown option, group member or missing value."""
+
+
+def compose(config_name: str = "search", overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python -m blockqnn.<config_name> OVERRIDES`` would run with (hydra.* resolved away)."""
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def load_group(group: str, name: str) -> DictConfig:
+    """One config group member (e.g. template/cifar), resolved against the search config's defaults."""
+    cfg = compose("search", [f"{group}={name}"])
+    try:
+        return OmegaConf.create(OmegaConf.to_container(cfg[group], resolve=True))
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None

@@ -1,0 +1,140 @@
+"""From a block to a network: the block as an ``nn.Module``, stacking templates, parameters and FLOPs.
+
+Channel rules (every node of a block carries the stage width C, so any two nodes can be added):
+- Convolution is a pre-activation cell ReLU -> Conv(k, stride 1, same padding, no bias) -> BatchNorm, C -> C.
+- Pooling keeps width and spatial size (stride 1, same padding); identity is the node itself.
+- Add sums two C-wide nodes; concat joins two and a 1x1 PCC brings the 2C channels back to C.
+- The block input is projected to C by a 1x1 PCC only where its width differs (the first block of a stage).
+- The unconsumed layers are concatenated into the block output and, when there are several, a 1x1 PCC
+  brings them back to C: the output width is the stage width whatever the fan-in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from blockqnn.nsc import Block, Layer, LayerType
+
+
+def pcc(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
+    """Pre-activation convolution cell: ReLU -> Conv -> BatchNorm."""
+    return nn.Sequential(
+        nn.ReLU(),
+        nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+def _layer_op(layer: Layer, width: int) -> nn.Module:
+    kind = LayerType(layer.type)
+    if kind == LayerType.CONV:
+        return pcc(width, width, layer.kernel)
+    if kind == LayerType.MAX_POOL:
+        return nn.MaxPool2d(layer.kernel, stride=1, padding=layer.kernel // 2)
+    if kind == LayerType.AVG_POOL:
+        return nn.AvgPool2d(layer.kernel, stride=1, padding=layer.kernel // 2, count_include_pad=False)
+    if kind == LayerType.CONCAT:
+        return pcc(2 * width, width, 1)
+    return nn.Identity()
+
+
+class BlockModule(nn.Module):
+    """One block of the DAG; nodes are evaluated in index order, which is topological by construction."""
+
+    def __init__(self, block: Block, in_channels: int, width: int) -> None:
+        super().__init__()
+        self.layers = block.body
+        self.outputs = block.outputs()
+        self.project = pcc(in_channels, width, 1) if in_channels != width else nn.Identity()
+        self.ops = nn.ModuleList(_layer_op(layer, width) for layer in self.layers)
+        self.merge = pcc(len(self.outputs) * width, width, 1) if len(self.outputs) > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nodes = [self.project(x)]
+        for layer, op in zip(self.layers, self.ops):
+            inputs = [nodes[p] for p in layer.preds]
+            if layer.type == LayerType.ADD:
+                nodes.append(inputs[0] + inputs[1])
+            elif layer.type == LayerType.CONCAT:
+                nodes.append(op(torch.cat(inputs, dim=1)))
+            else:
+                nodes.append(op(inputs[0]))
+        return self.merge(torch.cat([nodes[i] for i in self.outputs], dim=1))
+
+
+def _stem(kind: str, in_channels: int, filters: int) -> nn.Sequential:
+    if kind == "conv":
+        return nn.Sequential(nn.Conv2d(in_channels, filters, 3, padding=1, bias=False), nn.BatchNorm2d(filters))
+    if kind == "imagenet":
+        return nn.Sequential(
+            nn.Conv2d(in_channels, filters, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(filters),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+    raise ValueError(f"template.stem must be 'conv' or 'imagenet', got {kind!r}")
+
+
+class Template:
+    """A stacking template: stem, ``stages`` stages of ``repeats`` blocks with 2x2 max pooling between them,
+    widths doubling at each pooling (F, 2F, 4F, ...), then ReLU, global average pooling and a linear classifier.
+    """
+
+    def __init__(self, stem: str = "conv", stages: int = 3, repeats: int = 2, filters: int = 32) -> None:
+        if stages < 1 or repeats < 1 or filters < 1:
+            raise ValueError(f"template needs stages, repeats, filters >= 1 (got {stages}, {repeats}, {filters})")
+        _stem(stem, 1, 1)  # fail early on an unknown stem
+        self.stem, self.stages, self.repeats, self.filters = stem, stages, repeats, filters
+
+    def build(self, block: Block, in_channels: int, num_classes: int) -> nn.Sequential:
+        modules: list[nn.Module] = [_stem(self.stem, in_channels, self.filters)]
+        width = self.filters
+        for stage in range(self.stages):
+            if stage:
+                modules.append(nn.MaxPool2d(2))
+            stage_width = self.filters * 2**stage
+            for _ in range(self.repeats):
+                modules.append(BlockModule(block, width, stage_width))
+                width = stage_width
+        modules += [nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]
+        return nn.Sequential(*modules)
+
+
+def complexity(model: nn.Module, in_channels: int, image_size: int) -> tuple[int, float]:
+    """Parameters and forward FLOPs per image (multiply-adds count 2), on the model's device (meta works)."""
+    params = sum(p.numel() for p in model.parameters())
+    device = next(model.parameters()).device
+    x = torch.empty(1, in_channels, image_size, image_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return params, float(counter.get_total_flops())
+
+
+def build_network(block: Block, template_cfg, dataset_cfg) -> nn.Module:
+    """The network of a block under a template config, sized for a dataset config (channels, classes)."""
+    from hydra.utils import instantiate
+
+    template: Template = instantiate(template_cfg)
+    return template.build(block, dataset_cfg.channels, dataset_cfg.num_classes)
+
+
+def network_complexity(block: Block, template_cfg, dataset_cfg) -> tuple[int, float]:
+    """Parameters and FLOPs per image without allocating weights or touching data (meta tensors)."""
+    with torch.device("meta"):
+        model = build_network(block, template_cfg, dataset_cfg)
+    return complexity(model, dataset_cfg.channels, dataset_cfg.image_size)
+
+
+def describe_network(block: Block, template: str, dataset: str) -> str:
+    """The `nsc show --template` lines: the network's size for a named template and dataset config."""
+    from blockqnn.config import load_group
+
+    template_cfg, dataset_cfg = load_group("template", template), load_group("dataset", dataset)
+    params, flops = network_complexity(block, template_cfg, dataset_cfg)
+    return (
+        f"network: template={template} dataset={dataset} ({dataset_cfg.channels}x{dataset_cfg.image_size}"
+        f"x{dataset_cfg.image_size}, {dataset_cfg.num_classes} classes)\n"
+        f"params: {params:,}\nflops per image: {flops:,.0f} ({flops / 1e6:.1f} MFLOPs)"
+    )

@@ -1,0 +1,129 @@
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blockqnn.nsc import Block, NSCError, main
+from blockqnn.space import NSCSpace
+from tests.blocks import INCEPTION, RESIDUAL, random_block, renumber
+
+
+def test_text_form_round_trips_and_accepts_spaces_without_brackets():
+    spaced = RESIDUAL.strip("[]").replace("),(", ") (")
+    assert str(Block.parse(spaced)) == RESIDUAL
+    assert str(Block.parse(RESIDUAL)) == RESIDUAL
+    assert str(Block.parse(INCEPTION)) == INCEPTION
+
+
+def test_json_form_round_trips():
+    block = Block.parse(INCEPTION)
+    assert Block.from_json(block.to_json()) == block
+    assert block.to_json().startswith("[[1, 4, 0, 0, 0]")
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("", "not an NSC code"),
+        ("(1,4,0,0)(2,7,0,0,0)", "layer 1: (1,4,0,0) must be 5 integers"),
+        ("(1,4,0,0,0)(3,7,0,0,0)", "layer 2 (3,7,0,0,0): index must be 2"),
+        ("(1,8,0,0,0)(2,7,0,0,0)", "layer 1 (1,8,0,0,0): unknown type 8"),
+        ("(1,1,7,0,0)(2,7,0,0,0)", "layer 1 (1,1,7,0,0): kernel 7 not allowed for conv"),
+        ("(1,2,5,0,0)(2,7,0,0,0)", "kernel 5 not allowed for max_pool"),
+        ("(1,4,3,0,0)(2,7,0,0,0)", "kernel 3 not allowed for identity"),
+        ("(1,1,3,1,0)(2,7,0,0,0)", "layer 1 (1,1,3,1,0): pred1 1 refers to no earlier layer"),
+        ("(1,1,3,0,0)(2,5,0,0,2)(3,7,0,0,0)", "layer 2 (2,5,0,0,2): pred2 2 refers to no earlier layer"),
+        ("(1,1,3,0,0)(2,1,3,1,1)(3,7,0,0,0)", "layer 2 (2,1,3,1,1): pred2 is only for add/concat"),
+        ("(1,1,3,0,0)(2,7,0,0,0)(3,7,0,0,0)", "layer 2 (2,7,0,0,0): Terminal must be the last layer"),
+        ("(1,1,3,0,0)(2,1,3,1,0)", "layer 2 (2,1,3,1,0): the last layer must be Terminal"),
+        ("(1,7,0,0,0)", "layer 1 (1,7,0,0,0): a block needs at least one layer"),
+        ("(1,1,3,0,0)(2,7,0,1,0)", "Terminal takes no predecessors"),
+        ("(1,1,3,0,0)(2,1,3,-1,0)(3,7,0,0,0)", "pred1 -1 refers to no earlier layer"),
+    ],
+)
+def test_each_rule_names_layer_and_rule(code, message):
+    with pytest.raises(NSCError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Block.parse(code)
+
+
+def test_maximum_index_of_the_space_is_enforced():
+    Block.parse(INCEPTION, max_index=10)
+    with pytest.raises(NSCError, match=r"layer 10 \(10,7,0,0,0\): index exceeds the space's maximum index 9"):
+        Block.parse(INCEPTION, max_index=9)
+
+
+def test_density_counts_input_layers_terminal_and_output_edges():
+    # residual: nodes 0..5 (6); edges 1<-0, 2<-1, 3<-2, 4<-1, 4<-3, T<-4 (6)
+    assert Block.parse(RESIDUAL).density() == pytest.approx(6 / 6)
+    # inception: nodes 0..10 (11); 12 edges (9 layers, two concats, one output edge)
+    assert Block.parse(INCEPTION).density() == pytest.approx(12 / 11)
+    # two unconsumed branches both feed the output: 2 + 2 edges over 4 nodes
+    assert Block.parse("(1,1,3,0,0)(2,1,1,0,0)(3,7,0,0,0)").density() == pytest.approx(4 / 4)
+
+
+def test_renumbered_and_swapped_codes_share_the_hash():
+    a = Block.parse("(1,1,3,0,0)(2,1,5,0,0)(3,5,0,1,2)(4,7,0,0,0)")
+    b = Block.parse("(1,1,5,0,0)(2,1,3,0,0)(3,5,0,1,2)(4,7,0,0,0)")
+    assert a.canonical_hash() == b.canonical_hash()
+
+
+def test_duplicate_branches_are_not_confused_with_their_consumers():
+    # two identical convs from the input; a pool reads one of them: which one is irrelevant
+    a = Block.parse("(1,1,3,0,0)(2,1,3,0,0)(3,2,3,1,0)(4,7,0,0,0)")
+    b = Block.parse("(1,1,3,0,0)(2,1,3,0,0)(3,2,3,2,0)(4,7,0,0,0)")
+    assert a.canonical_hash() == b.canonical_hash()
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ("(1,1,3,0,0)(2,7,0,0,0)", "(1,1,5,0,0)(2,7,0,0,0)"),  # kernel
+        ("(1,2,3,0,0)(2,7,0,0,0)", "(1,3,3,0,0)(2,7,0,0,0)"),  # max vs avg pooling
+        ("(1,1,3,0,0)(2,7,0,0,0)", "(1,1,3,0,0)(2,1,3,0,0)(3,7,0,0,0)"),  # a duplicate branch is a real branch
+        ("(1,1,3,0,0)(2,1,3,1,0)(3,7,0,0,0)", "(1,1,3,0,0)(2,1,3,0,0)(3,7,0,0,0)"),  # chain vs parallel
+        ("(1,1,3,0,0)(2,5,0,1,1)(3,7,0,0,0)", "(1,1,3,0,0)(2,1,3,0,0)(3,5,0,1,2)(4,7,0,0,0)"),  # shared vs two
+        ("(1,1,3,0,0)(2,5,0,0,1)(3,7,0,0,0)", "(1,1,3,0,0)(2,6,0,0,1)(3,7,0,0,0)"),  # add vs concat
+    ],
+)
+def test_different_dags_get_different_hashes(left, right):
+    assert Block.parse(left).canonical_hash() != Block.parse(right).canonical_hash()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_any_space_block_round_trips_and_hashes_invariantly(seed, shuffle_seed):
+    import numpy as np
+
+    block = random_block(NSCSpace(), np.random.default_rng(seed))
+    assert Block.parse(str(block)) == block
+    assert Block.from_json(block.to_json()) == block
+    other = renumber(block, random.Random(shuffle_seed))
+    assert other.canonical_hash() == block.canonical_hash()
+    canonical = Block.parse(block.canonical())
+    assert canonical.canonical() == block.canonical()
+    assert canonical.density() == pytest.approx(block.density())
+
+
+def test_cli_check(capsys):
+    assert main(["check", RESIDUAL]) == 0
+    assert capsys.readouterr().out.strip() == "ok"
+    assert main(["check", "(1,1,4,0,0)(2,7,0,0,0)"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: layer 1 (1,1,4,0,0): kernel 4 not allowed for conv (allowed: (1, 3, 5))"
+
+
+def test_cli_show_prints_table_hash_density_and_network_size(capsys):
+    assert main(["show", RESIDUAL, "--template", "cifar", "--dataset", "cifar10"]) == 0
+    out = capsys.readouterr().out
+    block = Block.parse(RESIDUAL)
+    assert f"hash: {block.canonical_hash()}" in out
+    assert "density: 1.0000" in out
+    assert "  4  add" in out and "-> output" in out
+    assert "params: " in out and "flops per image: " in out
+
+
+def test_cli_show_unknown_template_is_one_clear_error(capsys):
+    assert main(["show", RESIDUAL, "--template", "nope"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0]
