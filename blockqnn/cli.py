@@ -1,0 +1,125 @@
+"""The command-line face shared by ``blockqnn.search``, ``blockqnn.train`` and ``blockqnn.report``.
+
+Bad input (an unknown config option, a malformed NSC code, a missing data file, a broken run folder) must end in
+one clear line on stderr and exit status 1, not in a traceback. Hydra prints several lines and a stack for these,
+so ``hydra_app`` runs the Hydra app with Hydra's own reporting off and reports errors here: a bad-input error as
+``error: <message>``; anything else (a bug) with its traceback. ``HYDRA_FULL_ERROR=1`` shows tracebacks for all.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import hydra
+from dotenv import find_dotenv, load_dotenv
+from hydra.errors import HydraException, InstantiationException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from blockqnn.config import CONF_DIR, ConfigError
+from blockqnn.nsc import NSCError
+from blockqnn.store import StoreError
+
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+
+
+class UserError(Exception):
+    """Something the user asked for that cannot be done; its message is the whole report."""
+
+
+# Errors that describe bad input. Constructors that validate their config (ValueError, TypeError for an unknown
+# argument) count only when raised through ``hydra.utils.instantiate``; elsewhere they are bugs.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, ConfigError, NSCError, StoreError, FileNotFoundError, HydraException, OmegaConfBaseException,
+)
+
+
+class _Reported(BaseException):
+    """Carries a bad-input error out of a Hydra job: Hydra catches ``Exception`` only and would print a stack."""
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The innermost bad-input error in ``exc``'s chain of causes (Hydra wraps constructor errors), or None."""
+    found, via_instantiate, seen = None, False, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, USER_ERRORS) or (via_instantiate and isinstance(exc, ValueError | TypeError)):
+            found = exc
+        via_instantiate = via_instantiate or isinstance(exc, InstantiationException)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return found
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line: Hydra's multi-line messages are joined, the first line first."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror:
+        lines = [f"{exc.strerror}: {exc.filename}"]
+    return "; ".join(lines) or type(exc).__name__
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print ``error: message`` on stderr and exit: the end of every bad-input path."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def full_error_wanted() -> bool:
+    """Whether the user asked for tracebacks (``HYDRA_FULL_ERROR=1``)."""
+    return os.environ.get(FULL_ERROR_ENV, "") not in ("", "0")
+
+
+@contextmanager
+def one_line_errors(full: bool | None = None) -> Iterator[None]:
+    """Turn bad-input errors raised inside into ``error: ...`` and exit 1; ``full`` (default: from the
+    environment) lets them through with their traceback."""
+    full = full_error_wanted() if full is None else full
+    try:
+        yield
+    except _Reported as reported:
+        fail(str(reported))
+    except Exception as exc:
+        bad_input = user_error(exc)
+        if bad_input is None or full:
+            raise
+        fail(one_line(bad_input))
+
+
+def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Like ``@hydra.main`` on ``conf/<config_name>.yaml``, with one-line bad-input errors and ``.env`` loaded."""
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        full = False  # the user's HYDRA_FULL_ERROR, read when main() starts
+
+        def job(cfg: DictConfig) -> Any:
+            try:
+                return task(cfg)
+            except Exception as exc:
+                bad_input = user_error(exc)
+                if bad_input is None or full:
+                    raise
+                raise _Reported(one_line(bad_input)) from exc
+
+        hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(job)
+
+        @functools.wraps(task)
+        def main() -> Any:
+            nonlocal full
+            load_dotenv(find_dotenv(usecwd=True))
+            full = full_error_wanted()
+            os.environ[FULL_ERROR_ENV] = "1"  # Hydra then re-raises instead of printing its own report
+            try:
+                with one_line_errors(full):
+                    return hydra_main()
+            finally:
+                if not full:
+                    os.environ.pop(FULL_ERROR_ENV, None)
+
+        return main
+
+    return decorate

@@ -1,0 +1,162 @@
+"""Block drawings like the paper's figure of found blocks: the DAG in layers by depth, input on top, output below.
+
+Hand-written layout (no graphviz binary to install): each node sits in the row of its longest path from the
+input; within a row, nodes are ordered by the mean position of their predecessors (one barycentre sweep), which
+keeps the few edges of a block mostly uncrossed. Edges that skip rows bend a little so they do not run through
+the nodes between.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch  # noqa: E402
+from matplotlib.path import Path as MplPath  # noqa: E402
+
+from blockqnn.nsc import Block, Layer, LayerType  # noqa: E402
+
+NAMES = {
+    LayerType.CONV: "conv",
+    LayerType.MAX_POOL: "max pool",
+    LayerType.AVG_POOL: "avg pool",
+    LayerType.IDENTITY: "identity",
+    LayerType.ADD: "add",
+    LayerType.CONCAT: "concat",
+}
+COLOURS = {
+    LayerType.CONV: "#9ecae1",
+    LayerType.MAX_POOL: "#fdd0a2",
+    LayerType.AVG_POOL: "#fdae6b",
+    LayerType.IDENTITY: "#e5e5e5",
+    LayerType.ADD: "#a1d99b",
+    LayerType.CONCAT: "#dadaeb",
+}
+ENDS = "#fff7bc"  # input and output nodes
+BOX_W, BOX_H, ROW_GAP, BEND_W, SWEEPS = 0.9, 0.42, 0.85, 0.4, 3
+
+
+def label(layer: Layer) -> str:
+    """``conv 3x3``, ``max pool 1x1``, ``add``: type and kernel, as in the paper's figure."""
+    name = NAMES[LayerType(layer.type)]
+    return f"{name} {layer.kernel}x{layer.kernel}" if layer.kernel else name
+
+
+def edges(block: Block) -> list[tuple[int, int]]:
+    """DAG edges (from, to); the output node is the Terminal's index and receives every unconsumed layer."""
+    out = block.layers[-1].index
+    return [(p, layer.index) for layer in block.body for p in layer.preds] + [(i, out) for i in block.outputs()]
+
+
+def depths(block: Block) -> dict[int, int]:
+    """Longest-path depth of every node from the input (0); indices are topological, so one pass suffices."""
+    depth = {0: 0}
+    for src, dst in sorted(edges(block), key=lambda e: e[1]):
+        depth[dst] = max(depth.get(dst, 0), depth[src] + 1)
+    return depth
+
+
+Node = int | tuple[int, int, int]  # a block node, or a bend point (src, dst, row) of an edge that skips rows
+
+
+def layout(block: Block) -> tuple[dict[Node, tuple[float, float]], list[list[Node]]]:
+    """Positions of nodes and bend points, and each edge as the list of points it runs through.
+
+    An edge that skips rows gets one bend point per row it crosses (Sugiyama's dummy nodes), which take a
+    narrow slot in that row, so long edges run between the boxes instead of through them.
+    """
+    depth = depths(block)
+    routes = []
+    for src, dst in edges(block):
+        routes.append([src, *((src, dst, r) for r in range(depth[src] + 1, depth[dst])), dst])
+    row_of = {**depth, **{p: p[2] for route in routes for p in route[1:-1]}}
+    preds: dict[Node, list[Node]] = {}
+    succs: dict[Node, list[Node]] = {}
+    for route in routes:
+        for a, b in zip(route, route[1:]):
+            preds.setdefault(b, []).append(a)
+            succs.setdefault(a, []).append(b)
+    rows = [sorted((n for n in row_of if row_of[n] == r), key=lambda n: (isinstance(n, tuple), n))
+            for r in range(max(depth.values()) + 1)]
+    pos = _place(rows)
+    down = [(r, preds) for r in range(1, len(rows))]
+    up = [(r, succs) for r in range(len(rows) - 2, -1, -1)]
+    for _ in range(SWEEPS):  # barycentre sweeps: down by predecessors, then up by successors
+        for r, near in down + up:
+            rows[r].sort(key=lambda n, near=near: _mean_x(pos, near.get(n, []), pos[n][0]))
+            pos = _place(rows)
+    return pos, routes
+
+
+def _mean_x(pos: dict[Node, tuple[float, float]], nodes: list[Node], default: float) -> float:
+    return sum(pos[n][0] for n in nodes) / len(nodes) if nodes else default
+
+
+def _place(rows: list[list[Node]]) -> dict[Node, tuple[float, float]]:
+    """Centre each row; boxes take a unit slot, bend points a narrow one."""
+    pos = {}
+    for r, nodes in enumerate(rows):
+        widths = [BEND_W if isinstance(n, tuple) else 1.0 for n in nodes]
+        x = -sum(widths) / 2
+        for n, w in zip(nodes, widths):
+            pos[n] = (x + w / 2, -r * ROW_GAP)
+            x += w
+    return pos
+
+
+def _node_text(block: Block, node: int) -> tuple[str, str]:
+    if node == 0:
+        return "input", ENDS
+    if node == block.layers[-1].index:
+        return ("output (concat)" if len(block.outputs()) > 1 else "output"), ENDS
+    layer = block.layers[node - 1]
+    return label(layer), COLOURS[LayerType(layer.type)]
+
+
+def wrap_code(code: str, per_line: int = 5) -> str:
+    """An NSC code on several lines, broken between tuples (titles of drawings, table cells)."""
+    tuples = code.strip("[]").replace("),(", ")\0(").split("\0")
+    return "\n".join(",".join(tuples[i : i + per_line]) for i in range(0, len(tuples), per_line))
+
+
+def draw_block(block: Block, path: str | Path, title: str | None = None) -> Path:
+    """Write a PNG of ``block`` to ``path`` and return the path."""
+    pos, routes = layout(block)
+    xs = [x for x, _ in pos.values()]
+    left, right = min(xs) - 0.5, max(xs) + 0.5
+    bottom = min(y for _, y in pos.values()) - BOX_H
+    fig, ax = plt.subplots(figsize=(max(3.4, 1.5 * (right - left) + 1.4), 1.6 * -bottom / ROW_GAP * 0.5 + 1.2))
+    for node, (x, y) in pos.items():
+        if isinstance(node, tuple):
+            continue
+        text, colour = _node_text(block, node)
+        box = FancyBboxPatch(
+            (x - BOX_W / 2, y - BOX_H / 2), BOX_W, BOX_H, boxstyle="round,pad=0.02,rounding_size=0.08",
+            facecolor=colour, edgecolor="#333333", linewidth=1.0, zorder=2,
+        )
+        ax.add_patch(box)
+        ax.text(x, y, text, ha="center", va="center", fontsize=8, zorder=3)
+        if 0 < node < block.layers[-1].index:
+            ax.text(x + BOX_W / 2 - 0.03, y + BOX_H / 2 - 0.03, str(node), ha="right", va="top", fontsize=6,
+                    color="#555555", zorder=3)
+    for route in routes:
+        points = [pos[n] for n in route]
+        points[0] = (points[0][0], points[0][1] - BOX_H / 2)
+        points[-1] = (points[-1][0], points[-1][1] + BOX_H / 2)
+        ax.add_patch(FancyArrowPatch(path=MplPath(points), arrowstyle="-|>", mutation_scale=10, linewidth=1.0,
+                                     color="#444444", zorder=1))
+    used = sorted({LayerType(layer.type) for layer in block.body}, key=int)
+    ax.legend(handles=[Patch(facecolor=COLOURS[t], edgecolor="#333333", label=NAMES[t]) for t in used],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, BOX_H)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=7.5, loc="left")
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

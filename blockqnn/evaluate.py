@@ -1,0 +1,125 @@
+"""Evaluating one candidate, the unit of work of a search: parse the architecture, stack the block into the
+template's network, count its parameters and FLOPs, train it with the recipe (early stop), score it.
+
+``evaluate_candidate`` runs in any process (the local and Ray executors call it): it keeps no state but caches
+(the dataset, the instantiated space and reward), seeds each candidate from the run seed and the architecture, and
+never lets a candidate's failure escape. A NaN loss, running out of memory, an unbuildable block or any other
+exception is returned as a ``failed`` Result with the error text. Only a dataset that cannot be loaded
+(``DataError``) is raised: it is no candidate's fault, and every candidate would fail alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from blockqnn.data import DataError, config_key, datamodule
+from blockqnn.network import complexity
+from blockqnn.training import Classifier, fit, on_gpu, quiet
+
+
+@dataclass
+class Result:
+    """What a candidate earned; plain data (``dataclasses.asdict``) for the store, the agent and the logs.
+
+    accuracy is the validation accuracy (a fraction) after the last epoch; flops are forward FLOPs per image;
+    epochs counts the epochs completed; fields not reached before a failure stay None.
+    """
+
+    status: str  # "ok" | "failed"
+    accuracy: float | None = None
+    reward: float | None = None
+    flops: float | None = None
+    params: int | None = None
+    density: float | None = None
+    epochs: int = 0
+    wall_time: float = 0.0
+    error: str | None = None
+
+
+@cache
+def _instantiated(key: str):
+    """A config's object (by ``config_key``), built once per process: spaces may load tables, rewards are reused."""
+    return instantiate(json.loads(key))
+
+
+def candidate_seed(seed: int, arch_key: str) -> int:
+    """The same in every process for the same run seed and architecture (unlike Python's ``hash``)."""
+    return int(hashlib.sha256(f"{seed}/{arch_key}".encode()).hexdigest()[:8], 16)
+
+
+def evaluate_candidate(arch: str, cfg: DictConfig) -> Result:
+    """Train and score one architecture under the composed search config (dataset, template, space, trainer,
+    reward, seed). Spaces with a ``lookup(arch)`` table (NAS-Bench-201) return its accuracy without training."""
+    start = time.perf_counter()
+    result = Result(status="failed")
+    try:
+        space = _instantiated(config_key(cfg.space))
+        if hasattr(space, "lookup"):
+            result.accuracy = result.reward = float(space.lookup(arch))
+        else:
+            _train(arch, cfg, space, result)
+        result.status = "ok"
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a candidate's failure of any kind is recorded, never raised
+        result.error = f"{type(e).__name__}: {e}"
+    if result.status == "failed":
+        _release_memory()
+    result.wall_time = time.perf_counter() - start
+    return result
+
+
+def _train(arch: str, cfg: DictConfig, space, result: Result) -> None:
+    """Fill ``result`` step by step, so that whatever was measured before a failure is kept."""
+    block = space.parse(arch)
+    result.density = block.density()
+    seed = candidate_seed(cfg.seed, space.canonical_hash(arch))
+    recipe = cfg.trainer
+    data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, seed)
+    data.load()
+    template = instantiate(cfg.template)
+    with torch.device("meta"):
+        result.params, result.flops = complexity(
+            template.build(block, data.channels, data.num_classes), data.channels, data.image_size
+        )
+    gpu = on_gpu(recipe)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if gpu else []):
+        torch.manual_seed(seed)
+        module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,
+                                        recipe, gpu)
+        try:
+            with quiet():
+                fit(module, data, recipe)
+        finally:
+            result.epochs = len(module.history)
+    result.accuracy = module.history[-1]["val_acc"]
+    result.reward = float(_instantiated(config_key(cfg.reward))(result.accuracy, result.flops, result.density))
+
+
+def _release_memory() -> None:
+    """After a failure (OOM above all) drop the dead candidate's tensors before the next one starts."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def prepare(cfg: DictConfig) -> None:
+    """Instantiate every part once and load the dataset: call before a search so that config and data errors
+    stop it with one message instead of failing each candidate, and so that this process starts warm."""
+    _instantiated(config_key(cfg.space))
+    _instantiated(config_key(cfg.reward))
+    instantiate(cfg.template)
+    instantiate(cfg.trainer.optimizer)
+    if cfg.trainer.scheduler:
+        instantiate(cfg.trainer.scheduler)
+    if not hasattr(_instantiated(config_key(cfg.space)), "lookup"):
+        datamodule(cfg.dataset, cfg.trainer.batch_size).load()

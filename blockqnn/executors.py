@@ -1,0 +1,237 @@
+"""Where candidates are evaluated: in this process, in long-lived local worker processes, or on a Ray cluster.
+
+Every executor has one method the search loop calls, ``map(fn, items, cfg)``: it runs ``fn(arch, cfg)`` for each
+``(position, arch)`` of ``items`` and yields ``(position, result)`` as each finishes, in finishing order, so the
+loop records results one by one. A candidate whose process dies (killed, out of host memory) comes back as a
+failed result instead of stopping the search.
+
+The paper's distributed framework maps onto these: the *master* is the search loop with the agent, the
+*controller* is the executor handing blocks out, the *compute nodes* are the executor's workers (GPUs of this
+machine for ``local``, of a whole cluster for ``ray``).
+
+This module imports neither torch nor ray at load: worker processes set ``CUDA_VISIBLE_DEVICES`` before the
+first ``import torch`` of the evaluator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import subprocess
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+Evaluator = Callable[[str, Any], Any]
+Item = tuple[int, str]
+
+
+def failed_result(error: str) -> Any:
+    """A failed ``Result`` for a candidate the executor itself lost (worker died, task could not run)."""
+    from blockqnn.evaluate import Result
+
+    return Result(status="failed", error=error)
+
+
+def call(fn: Evaluator, arch: str, cfg: Any) -> Any:
+    """``fn(arch, cfg)``, with an escaping exception turned into a failed result (evaluators should not raise)."""
+    try:
+        return fn(arch, cfg)
+    except Exception as e:  # one candidate must never stop the search
+        return failed_result(f"{type(e).__name__}: {e}")
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use (``CUDA_VISIBLE_DEVICES`` if set), found without initialising CUDA."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+# ---- local ----------------------------------------------------------------------------------------------------
+class LocalExecutor:
+    """Candidates on this machine: one at a time in this process, or one long-lived worker process per GPU.
+
+    ``workers``: ``auto`` is one worker per visible GPU when there are several, else in-process (0); a number
+    forces that many workers (GPU i % count each, or CPU workers with ``threads`` torch threads each). Workers
+    pay imports, CUDA start-up and data loading once, then serve candidates until the search ends.
+    """
+
+    def __init__(self, workers: int | str = "auto", threads: int | str = "auto") -> None:
+        if workers != "auto" and (not isinstance(workers, int) or workers < 0):
+            raise ValueError(f"executor.workers must be auto or a number >= 0, got {workers!r}")
+        self.workers = workers
+        self.threads = threads
+        self._pool: list[_Worker] = []
+
+    def __enter__(self) -> LocalExecutor:
+        gpus = visible_gpus()
+        count = (len(gpus) if len(gpus) > 1 else 0) if self.workers == "auto" else self.workers
+        threads = max(1, (os.cpu_count() or 1) // max(count, 1)) if self.threads == "auto" else int(self.threads)
+        self._pool = [_Worker(i, _worker_env(i, gpus, threads)) for i in range(count)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self._pool:
+            worker.stop()
+        self._pool = []
+
+    def map(self, fn: Evaluator, items: Iterable[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
+        if not self._pool:
+            for position, arch in items:
+                yield position, call(fn, arch, cfg)
+            return
+        yield from self._map_pool(fn, deque(items), cfg)
+
+    def _map_pool(self, fn: Evaluator, todo: deque[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
+        job = pickle.dumps((fn, cfg))
+        idle, busy = list(self._pool), {}
+        while todo or busy:
+            while idle and todo:
+                worker = idle.pop()
+                busy[worker] = todo.popleft()
+                worker.submit(busy[worker][0], busy[worker][1], job)
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
+                position, result = worker.receive(busy.pop(worker)[0])
+                idle.append(worker)
+                yield position, result
+
+
+def _worker_env(index: int, gpus: list[str], threads: int) -> dict[str, str]:
+    if gpus:
+        return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
+    return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "BLOCKQNN_TORCH_THREADS": str(threads)}
+
+
+class _Worker:
+    """One spawned process serving candidates over a pipe; it keeps the last (fn, cfg) it was sent."""
+
+    def __init__(self, index: int, env: dict[str, str]) -> None:
+        self.index, self.env = index, env
+        self._start()
+
+    def _start(self) -> None:
+        self.conn, child = mp.get_context("spawn").Pipe()
+        self.process = mp.get_context("spawn").Process(
+            target=_serve, args=(child, self.env), name=f"blockqnn-worker-{self.index}", daemon=True
+        )
+        self.process.start()
+        child.close()
+        self._job: bytes | None = None
+
+    def submit(self, position: int, arch: str, job: bytes) -> None:
+        if not self.process.is_alive():
+            self._restart()
+        self.conn.send((position, arch, None if job is self._job else job))
+        self._job = job
+
+    def receive(self, position: int) -> tuple[int, Any]:
+        """The result for ``position``, or a failed one when the process died before sending it."""
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join()
+            error = f"worker process died (exit code {self.process.exitcode})"
+            self._restart()
+            return position, failed_result(error)
+
+    def _restart(self) -> None:
+        self.conn.close()
+        self.process.join()
+        self._start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _serve(conn: Connection, env: dict[str, str]) -> None:
+    """A worker's life: set its device, then evaluate candidates until told to stop."""
+    os.environ.update(env)
+    if "BLOCKQNN_TORCH_THREADS" in env:
+        import torch
+
+        torch.set_num_threads(int(env["BLOCKQNN_TORCH_THREADS"]))
+    fn = cfg = None
+    while (message := conn.recv()) is not None:
+        position, arch, job = message
+        if job is not None:
+            fn, cfg = pickle.loads(job)
+        conn.send((position, call(fn, arch, cfg)))
+
+
+# ---- ray ------------------------------------------------------------------------------------------------------
+class RayExecutor:
+    """Each candidate is one Ray task with ``num_gpus`` (fractions share a GPU) and ``num_cpus``.
+
+    ``address``: null starts a local Ray instance (``init`` holds its ``ray.init`` options), ``auto`` joins the
+    cluster this machine belongs to, or a ``ray://`` address. Ray retries a candidate whose worker died
+    ``max_retries`` times; after that it is recorded failed. Ray's worker processes are reused, so evaluators'
+    per-process caches (data on the device) survive between candidates.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        max_retries: int = 2,
+        init: dict[str, Any] | None = None,
+    ) -> None:
+        self.address, self.num_cpus, self.num_gpus, self.max_retries = address, num_cpus, num_gpus, max_retries
+        self.init = {k: v for k, v in dict(init or {}).items() if v is not None}
+        self._started = False
+
+    def __enter__(self) -> RayExecutor:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, **self.init)
+            self._started = True
+        self._task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)(call)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        if self._started:
+            ray.shutdown()
+            self._started = False
+
+    def map(self, fn: Evaluator, items: Iterable[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
+        import ray
+        from ray.exceptions import RayError
+
+        fn_ref, cfg_ref = ray.put(fn), ray.put(cfg)
+        pending = {self._task.remote(fn_ref, arch, cfg_ref): position for position, arch in items}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                position = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayError as e:
+                    result = failed_result(f"lost after {self.max_retries} retries: {_first_line(e)}")
+                yield position, result
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

@@ -1,0 +1,189 @@
+"""The NAS-Bench-201 cell as a search space whose rewards come from a table: compare agents in seconds.
+
+The cell has 4 nodes and 6 edges, each edge one operation, written ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``
+(node 1 from node 0; node 2 from 0 and 1; node 3 from 0, 1 and 2). The agent picks one op per edge in that order;
+an action is ``(edge, op)`` and, as in the NSC space, the state is the last action.
+
+No table is shipped: the user supplies a CSV with one row per architecture (architecture string and metric
+columns named in ``conf/space/nasbench201.yaml``). Several rows of one architecture (e.g. one per training seed)
+are averaged. ``write_synthetic_table`` makes a structured stand-in for trying things out and for tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# The source node of each of the 6 edges, in string order; nodes 1, 2, 3 take 1, 2, 3 edges.
+EDGE_SOURCES = (0, 0, 1, 0, 1, 2)
+NODE_EDGES = ((0,), (1, 2), (3, 4, 5))
+METRIC_UNITS = ("auto", "percent", "fraction")
+
+Edge = tuple[int, str]
+_ARCH = re.compile(r"\|(\w+)~0\|\+\|(\w+)~0\|(\w+)~1\|\+\|(\w+)~0\|(\w+)~1\|(\w+)~2\|")
+
+
+class TableError(ValueError):
+    """A table that cannot be used (columns, values) or an architecture it lacks: one line saying which."""
+
+
+class TableNotFoundError(TableError, FileNotFoundError):
+    """The table file does not exist."""
+
+
+def format_arch(ops: Sequence[str]) -> str:
+    """The standard string of the 6 edge ops given in edge order."""
+    return "+".join("|" + "|".join(f"{ops[e]}~{EDGE_SOURCES[e]}" for e in edges) + "|" for edges in NODE_EDGES)
+
+
+def parse_arch(text: str) -> tuple[str, ...]:
+    """The 6 edge ops of an architecture string (whitespace ignored); TableError if it is not one."""
+    match = _ARCH.fullmatch(re.sub(r"\s+", "", text))
+    if match is None:
+        raise TableError(f"not a NAS-Bench-201 architecture: {text!r} (expected |op~0|+|op~0|op~1|+|op~0|op~1|op~2|)")
+    return match.groups()
+
+
+def all_archs(ops: Sequence[str] = OPS) -> list[str]:
+    """Every cell over ``ops``: 5^6 = 15,625 with the standard five."""
+    return [format_arch(combo) for combo in itertools.product(ops, repeat=len(EDGE_SOURCES))]
+
+
+class NASBench201Space:
+    """The NAS-Bench-201 cell with a metric table as its evaluator (``lookup``)."""
+
+    def __init__(
+        self,
+        table: str | Path,
+        arch_column: str = "arch",
+        metric_column: str = "accuracy",
+        ops: Sequence[str] = OPS,
+        metric_unit: str = "auto",
+    ) -> None:
+        unknown = set(ops) - set(OPS)
+        if unknown or not ops:
+            raise ValueError(f"space.ops: {sorted(unknown) or 'empty'} not NAS-Bench-201 ops (allowed: {OPS})")
+        if metric_unit not in METRIC_UNITS:
+            raise ValueError(f"space.metric_unit must be one of {METRIC_UNITS}, got {metric_unit!r}")
+        self.ops = tuple(ops)
+        self.table = Path(table)
+        self.metrics = _load_table(self.table, arch_column, metric_column, metric_unit)
+        self.start: Edge = (-1, "")
+        self._actions = tuple(tuple((edge, op) for op in self.ops) for edge in range(len(EDGE_SOURCES)))
+        self._probs = np.full(len(self.ops), 1.0 / len(self.ops))
+
+    # ---- the space protocol -----------------------------------------------------------------------------------
+    def actions(self, state: Edge) -> tuple[Edge, ...]:
+        return self._actions[state[0] + 1]
+
+    def exploration_probs(self, state: Edge) -> np.ndarray:
+        return self._probs
+
+    def is_final(self, action: Edge) -> bool:
+        return action[0] == len(EDGE_SOURCES) - 1
+
+    def decode(self, actions: Sequence[Edge]) -> str:
+        if [edge for edge, _ in actions] != list(range(len(EDGE_SOURCES))):
+            raise TableError(f"a NAS-Bench-201 cell takes one op for each of the 6 edges in order, got {actions!r}")
+        return format_arch([op for _, op in actions])
+
+    def encode(self, arch: str) -> list[Edge]:
+        ops = parse_arch(arch)
+        bad = set(ops) - set(self.ops)
+        if bad:
+            raise TableError(f"{arch}: ops {sorted(bad)} are not in this space's ops {self.ops}")
+        return list(enumerate(ops))
+
+    def canonical_hash(self, arch: str) -> str:
+        """The hash of the normalised string: NAS-Bench-201 archs are told apart by their string, as in the table."""
+        return hashlib.sha256(format_arch(parse_arch(arch)).encode()).hexdigest()[:16]
+
+    # ---- the table ------------------------------------------------------------------------------------------
+    def lookup(self, arch: str) -> float:
+        """The architecture's metric as a fraction in [0, 1]."""
+        key = format_arch(parse_arch(arch))
+        if key not in self.metrics:
+            raise TableError(f"architecture {key} is not in {self.table} ({len(self.metrics)} architectures)")
+        return self.metrics[key]
+
+    def best(self) -> tuple[str, float]:
+        """The table's best architecture over this space's ops, and its metric."""
+        allowed = set(self.ops)
+        arch = max((a for a in self.metrics if set(parse_arch(a)) <= allowed), key=self.metrics.__getitem__)
+        return arch, self.metrics[arch]
+
+
+def _load_table(path: Path, arch_column: str, metric_column: str, unit: str) -> dict[str, float]:
+    """Read the CSV into {normalised arch: mean metric as a fraction}; every problem is one TableError line."""
+    if not path.is_file():
+        raise TableNotFoundError(f"NAS-Bench-201 table {path} not found (set space.table to a CSV file)")
+    values: dict[str, list[float]] = defaultdict(list)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in (arch_column, metric_column) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise TableError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            try:
+                value = float(row[metric_column])
+            except (TypeError, ValueError):
+                raise TableError(f"{path}:{line}: {metric_column} {row[metric_column]!r} is not a number") from None
+            try:
+                arch = format_arch(parse_arch(row[arch_column] or ""))
+            except TableError as e:
+                raise TableError(f"{path}:{line}: {e}") from None
+            values[arch].append(value)
+    if not values:
+        raise TableError(f"{path}: the table has no rows")
+    metrics = {arch: float(np.mean(v)) for arch, v in values.items()}
+    return _as_fractions(metrics, path, metric_column, unit)
+
+
+def _as_fractions(metrics: dict[str, float], path: Path, column: str, unit: str) -> dict[str, float]:
+    """Percent tables (auto: any value above 1) are divided by 100; the result must lie in [0, 1]."""
+    low, high = min(metrics.values()), max(metrics.values())
+    if unit == "percent" or (unit == "auto" and high > 1.0):
+        metrics = {arch: v / 100.0 for arch, v in metrics.items()}
+        low, high = low / 100.0, high / 100.0
+    if low < 0.0 or high > 1.0:
+        raise TableError(f"{path}: {column} spans [{low}, {high}] as a fraction; expected accuracies in [0, 1] or %")
+    return metrics
+
+
+def synthetic_scores(seed: int = 0, noise: float = 0.003, ops: Sequence[str] = OPS) -> dict[str, float]:
+    """A NAS-Bench-201-like landscape (fractions): a sum of per-edge op preferences, a bonus when the deep
+    path 0 -> 1 -> 3 is all 3x3 convolutions, a penalty when node 3 sees only ``none``, and a little noise."""
+    rng = np.random.default_rng(seed)
+    prefs = rng.uniform(0.0, 0.04, size=(len(EDGE_SOURCES), len(ops)))
+    conv3 = ops.index("nor_conv_3x3") if "nor_conv_3x3" in ops else None
+    scores = {}
+    for combo in itertools.product(range(len(ops)), repeat=len(EDGE_SOURCES)):
+        score = 0.70 + prefs[np.arange(len(combo)), combo].sum()
+        if conv3 is not None and combo[0] == combo[4] == conv3:
+            score += 0.06
+        if all(ops[c] == "none" for c in (combo[3], combo[4], combo[5])):
+            score -= 0.55
+        scores[format_arch([ops[c] for c in combo])] = score + noise * rng.standard_normal()
+    return {arch: float(np.clip(v, 0.0, 1.0)) for arch, v in scores.items()}
+
+
+def write_synthetic_table(
+    path: str | Path, seed: int = 0, arch_column: str = "arch", metric_column: str = "accuracy", percent: bool = True
+) -> Path:
+    """Write ``synthetic_scores`` as a CSV like the published tables (accuracy in percent by default)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([arch_column, metric_column])
+        for arch, score in synthetic_scores(seed).items():
+            writer.writerow([arch, f"{score * 100:.4f}" if percent else f"{score:.6f}"])
+    return path

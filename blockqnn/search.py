@@ -1,0 +1,238 @@
+"""``python -m blockqnn.search``: one BlockQNN search, from a laptop to a cluster.
+
+Each iteration the agent samples B blocks; each block is looked up in the history first (a block already
+evaluated in this run, by canonical hash, is recorded as a *cached* copy instead of being trained again), the
+rest go to the executor and are recorded one by one as they finish. When all B are in, the agent learns from
+them and its state is checkpointed in the same transaction that marks the iteration done. B counts sampled
+blocks, cached ones included; failed candidates are rewarded ``failed_reward``.
+
+Resume: ``python -m blockqnn.search resume=RUN_DIR`` (or the same command with ``hydra.run.dir=RUN_DIR``) restores
+the agent after its last finished iteration and samples the next one again from the restored random state, which
+gives the same blocks: those already stored are reused, the rest run. A config that changes what the history
+means (``HISTORY_KEYS``) is refused; logger, executor and progress may change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from blockqnn.cli import UserError, hydra_app
+from blockqnn.evaluate import evaluate_candidate, prepare
+from blockqnn.store import Store, StoreError, check, is_run
+from blockqnn.tracking import Progress
+
+log = logging.getLogger(__name__)
+
+# Config sections that give the stored candidates their meaning: a resumed search must agree on all of them.
+HISTORY_KEYS = ("seed", "space", "dataset", "template", "trainer", "reward", "agent", "failed_reward")
+# Leaves inside those that say where data is found, not what it is (data may move between machines).
+LOCATION_KEYS = ("root", "download")
+
+
+def run_dir_or_resume(resume: str | None, default: str) -> str:
+    """Hydra's run folder: the one to resume, checked before Hydra writes anything into it, else a new one."""
+    if resume is None:
+        return default
+    check(resume)
+    return str(resume)
+
+
+OmegaConf.register_new_resolver("blockqnn.run_dir", run_dir_or_resume, replace=True)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Search:
+    """The state of one running search; ``run`` is the whole loop."""
+
+    cfg: DictConfig
+    agent: Any
+    space: Any
+    store: Store
+    executor: Any
+    tracker: Any
+    progress: Progress
+    seen: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # hash -> first evaluation
+    counts: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
+    best: dict[str, Any] | None = None
+
+    def run(self) -> None:
+        for row in self.store.candidates():
+            self._count(row)
+        while not self.agent.done:
+            self.iteration()
+        self._show_progress(final=True)
+
+    def iteration(self) -> None:
+        it, epsilon = self.agent.iteration, self.agent.epsilon
+        trajectories = self.agent.sample()
+        archs = [self.space.decode(t) for t in trajectories]
+        hashes = [self.space.canonical_hash(a) for a in archs]
+        rows = self._stored(it, archs)
+        waiting: dict[str, list[int]] = {}  # hash -> later positions of the same block in this batch
+        todo = []
+        for pos, (arch, h) in enumerate(zip(archs, hashes)):
+            if pos in rows:
+                continue
+            if h in self.seen:
+                rows[pos] = self._record_copy(self.seen[h], it, pos, arch, epsilon)
+            elif h in waiting:
+                waiting[h].append(pos)
+            else:
+                waiting[h] = []
+                todo.append((pos, arch))
+        for pos, result in self.executor.map(evaluate_candidate, todo, self.cfg):
+            row = dict(iteration=it, position=pos, arch=archs[pos], hash=hashes[pos], epsilon=epsilon, cached=0)
+            rows[pos] = self._record(row | dataclasses.asdict(result))
+            for other in waiting.pop(hashes[pos]):
+                rows[other] = self._record_copy(rows[pos], it, other, archs[other], epsilon)
+        self.agent.update(trajectories, [self._reward(rows[pos]) for pos in range(len(archs))])
+        self.store.checkpoint(it, self.agent.state_dict())
+        self.tracker.end_iteration(it, self.store)
+
+    def _stored(self, iteration: int, archs: list[str]) -> dict[int, dict[str, Any]]:
+        """This iteration's candidates already in the history (a resumed iteration), checked against the sample."""
+        rows = {row["position"]: row for row in self.store.candidates(iteration)}
+        for pos, row in rows.items():
+            if pos >= len(archs) or row["arch"] != archs[pos]:
+                raise StoreError(f"the history of iteration {iteration} does not match the agent's sample at "
+                                 f"position {pos}: the run folder was written by a different search")
+        return rows
+
+    def _record_copy(self, first: dict[str, Any], iteration: int, pos: int, arch: str, epsilon: float) -> dict:
+        now = time.time()
+        copy = first | dict(iteration=iteration, position=pos, arch=arch, epsilon=epsilon, cached=1,
+                            wall_time=0.0, started_at=now, finished_at=now)
+        return self._record(copy)
+
+    def _record(self, row: dict[str, Any]) -> dict[str, Any]:
+        if not row["cached"]:
+            row["finished_at"] = time.time()
+            row["started_at"] = row["finished_at"] - row["wall_time"]
+        self.store.record(row)
+        self._count(row)
+        self.tracker.log_candidate(row, self.counts["done"], self.best)
+        self._show_progress(new=1)
+        return row
+
+    def _count(self, row: dict[str, Any]) -> None:
+        self.counts["done"] += 1
+        self.counts["cached"] += row["cached"]
+        self.counts["failed"] += row["status"] != "ok"
+        if not row["cached"]:
+            self.seen.setdefault(row["hash"], row)
+        if row["status"] == "ok" and (self.best is None or row["reward"] > self.best["reward"]):
+            self.best = row
+
+    def _reward(self, row: dict[str, Any]) -> float:
+        return row["reward"] if row["status"] == "ok" else float(self.cfg.failed_reward)
+
+    def _show_progress(self, new: int = 0, final: bool = False) -> None:
+        self.progress.update(
+            iteration=self.agent.iteration, iterations=self.agent.num_iterations, epsilon=self.agent.epsilon,
+            done=self.counts["done"], total=self.agent.total_samples, cached=self.counts["cached"],
+            failed=self.counts["failed"], best=None if self.best is None else self.best["reward"], new=new,
+            final=final,
+        )
+
+
+# ---- setting up -----------------------------------------------------------------------------------------------
+def search(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any] | None:
+    """Run (or resume) the search configured by ``cfg`` in ``run_dir``; returns the best candidate row."""
+    resuming = is_run(run_dir)
+    store = Store.open(run_dir) if resuming else None
+    try:
+        if store is not None:
+            check_same_history(store.config(), cfg)
+        space = instantiate(cfg.space)
+        agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
+        _prepare(cfg)
+        store = store or Store.create(run_dir, cfg)
+        restored = store.latest_agent_state()
+        if restored is not None:
+            agent.load_state_dict(restored[1])
+        log.info("%s search in %s", "resuming" if resuming else "starting", run_dir)
+        tracker = instantiate(cfg.logger)
+        with instantiate(cfg.executor) as executor:
+            tracker.start(cfg, run_dir, store, group)
+            try:
+                Search(cfg, agent, space, store, executor, tracker, Progress(**cfg.progress)).run()
+            finally:
+                tracker.finish(store)
+        best = store.best(1)
+        return best[0] if best else None
+    finally:
+        if store is not None:
+            store.close()
+
+
+def check_same_history(stored: DictConfig, cfg: DictConfig) -> None:
+    """Refuse to continue a history under a config that would change what its candidates mean."""
+    old, new = _leaves(stored), _leaves(cfg)
+    differing = sorted(
+        key for key in old.keys() | new.keys()
+        if key.split(".")[0] in HISTORY_KEYS and key.split(".")[-1] not in LOCATION_KEYS
+        and old.get(key, "<unset>") != new.get(key, "<unset>")
+    )
+    if differing:
+        shown = ", ".join(f"{k} ({old.get(k, '<unset>')} -> {new.get(k, '<unset>')})" for k in differing[:6])
+        more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
+        raise UserError(f"cannot resume: the config changes what the stored history means: {shown}{more}")
+
+
+def _leaves(cfg: DictConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def _prepare(cfg: DictConfig) -> None:
+    """Load the data and build every part once, so bad config or missing data stop the search with one line."""
+    from blockqnn.data import DataError
+
+    try:
+        prepare(cfg)
+    except DataError as e:
+        raise UserError(str(e)) from None
+
+
+def summary(best: dict[str, Any] | None, run_dir: Path) -> str:
+    lines = []
+    if best is None:
+        lines.append("no candidate finished successfully")
+    else:
+        lines.append(f"best block: {best['arch']}")
+        lines.append(f"  reward {best['reward']:.4f}  accuracy {best['accuracy']:.4f}  "
+                     f"(iteration {best['iteration']}, position {best['position']})")
+    lines.append(f"run stored in {run_dir} (history.sqlite); report: python -m blockqnn.report {run_dir}")
+    return "\n".join(lines)
+
+
+@hydra_app("search")
+def main(cfg: DictConfig) -> None:
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
+    print(summary(search(cfg, run_dir, group), run_dir), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""A search's history in one SQLite file, ``RUN_DIR/history.sqlite``: config, every candidate, agent checkpoints.
+
+Why SQLite: each write is its own transaction in WAL mode, so a search killed at any moment (SIGKILL included)
+leaves every finished candidate on disk and nothing half-written; readers (``blockqnn.report``, a notebook) can
+open the file while the search is still writing. ``synchronous=NORMAL`` survives a killed process; only a power
+loss may drop the last few commits, never corrupt the file.
+
+Tables (``blockqnn.report`` reads them by these names):
+
+* ``run(key, value)``: ``config`` (the resolved config as YAML), ``schema_version``, ``created_at``, and
+  ``wandb_run_id`` once tracking has started;
+* ``candidates``: one row per sampled block, keyed by ``(iteration, position)`` in the agent's batch;
+  ``cached = 1`` marks a block whose canonical hash was already evaluated in this run (metrics copied, not trained);
+* ``agent_checkpoints(iteration, state)``: the agent's JSON state after ``iteration`` finished. Writing it is what
+  marks the iteration done; only the latest one is kept (states grow with the replay memory).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+DB_NAME = "history.sqlite"
+SCHEMA_VERSION = "1"
+
+CANDIDATE_COLUMNS = (
+    "iteration", "position", "arch", "hash", "status", "accuracy", "reward", "flops", "params", "density",
+    "epsilon", "epochs", "wall_time", "error", "cached", "started_at", "finished_at",
+)
+_SCHEMA = """
+CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE candidates (
+    iteration INTEGER, position INTEGER, arch TEXT, hash TEXT, status TEXT, accuracy REAL, reward REAL,
+    flops REAL, params INTEGER, density REAL, epsilon REAL, epochs INTEGER, wall_time REAL, error TEXT,
+    cached INTEGER, started_at REAL, finished_at REAL, PRIMARY KEY (iteration, position));
+CREATE INDEX candidates_hash ON candidates (hash);
+CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
+"""
+_TABLES = {"run", "candidates", "agent_checkpoints"}
+
+
+class StoreError(Exception):
+    """A run folder that cannot be used: not a search run, a corrupt database, or an existing run."""
+
+
+def db_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / DB_NAME
+
+
+def is_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a history (valid or not): the search resumes there instead of starting anew."""
+    return db_path(run_dir).is_file()
+
+
+def check(run_dir: str | Path) -> None:
+    """Raise ``StoreError`` unless ``run_dir`` holds a readable history. Opens read-only: changes nothing."""
+    Store.open(run_dir, readonly=True).close()
+
+
+class Store:
+    """One run's history. Create with ``Store.create`` or ``Store.open``; use as a context manager to close."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    # ---- opening ------------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir: str | Path, config: DictConfig | Mapping[str, Any]) -> Store:
+        """A new history for ``config`` (stored resolved) in ``run_dir``; refuses to overwrite an existing one."""
+        path = db_path(run_dir)
+        if path.exists():
+            raise StoreError(f"{run_dir} already holds a search history; resume it or choose another folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(path)
+        conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+        store = cls(conn, path)
+        store.set("config", OmegaConf.to_yaml(OmegaConf.create(config), resolve=True))
+        store.set("schema_version", SCHEMA_VERSION)
+        store.set("created_at", str(time.time()))
+        return store
+
+    @classmethod
+    def open(cls, run_dir: str | Path, readonly: bool = False) -> Store:
+        """An existing history. Checked read-only first, so a folder that is not a run is never modified."""
+        path = db_path(run_dir)
+        if not Path(run_dir).is_dir():
+            raise StoreError(f"{run_dir} is not a folder")
+        if not path.is_file():
+            raise StoreError(f"{run_dir} is not a search run (no {DB_NAME} in it)")
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            _validate(conn, path)
+        except Exception:
+            conn.close()
+            raise
+        if readonly:
+            return cls(conn, path)
+        conn.close()
+        return cls(_connect(path), path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- run metadata -------------------------------------------------------------------------------------------
+    def get(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM run WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set(self, key: str, value: str) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO run (key, value) VALUES (?, ?)", (key, value))
+
+    def config(self) -> DictConfig:
+        """The resolved config the run was started with."""
+        return OmegaConf.create(self.get("config") or "{}")
+
+    # ---- candidates ---------------------------------------------------------------------------------------------
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Store one finished (or cached) candidate; columns missing from ``row`` are NULL."""
+        with self.conn:
+            self.conn.execute(_INSERT, [row.get(c) for c in CANDIDATE_COLUMNS])
+
+    def candidates(self, iteration: int | None = None) -> list[dict[str, Any]]:
+        """Rows ordered by (iteration, position); one iteration's only when given."""
+        where, args = ("WHERE iteration = ?", (iteration,)) if iteration is not None else ("", ())
+        return self._rows(f"SELECT * FROM candidates {where} ORDER BY iteration, position", args)
+
+    def best(self, k: int = 1) -> list[dict[str, Any]]:
+        """The ``k`` distinct blocks with the highest reward (cached copies and failures left out)."""
+        sql = "SELECT * FROM candidates WHERE status = 'ok' AND cached = 0 ORDER BY reward DESC, iteration, position"
+        return self._rows(sql + " LIMIT ?", (k,))
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        cursor = self.conn.execute(sql, args)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    # ---- agent checkpoints --------------------------------------------------------------------------------------
+    def checkpoint(self, iteration: int, state: Mapping[str, Any]) -> None:
+        """Mark ``iteration`` done with the agent's state after it, in one transaction (older states dropped)."""
+        text = json.dumps(state, separators=(",", ":"))
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO agent_checkpoints VALUES (?, ?)", (iteration, text))
+            self.conn.execute("DELETE FROM agent_checkpoints WHERE iteration < ?", (iteration,))
+
+    def latest_agent_state(self) -> tuple[int, dict[str, Any]] | None:
+        """``(iteration, state)`` of the last finished iteration, or None before the first one finished."""
+        row = self.conn.execute("SELECT iteration, state FROM agent_checkpoints ORDER BY iteration DESC").fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+
+_INSERT = f"INSERT INTO candidates ({', '.join(CANDIDATE_COLUMNS)}) VALUES ({', '.join('?' * len(CANDIDATE_COLUMNS))})"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # sqlite3 opens a transaction before the first INSERT/DELETE of a ``with conn:`` block and commits (or rolls
+    # back) at its end, so every ``with`` block below is one atomic write.
+    conn = sqlite3.connect(path, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _validate(conn: sqlite3.Connection, path: Path) -> None:
+    corrupt = f"{path} is corrupt or not a search history"
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = _TABLES - tables
+        if missing:
+            raise StoreError(f"{corrupt} (missing tables: {', '.join(sorted(missing))})")
+        ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+        version = conn.execute("SELECT value FROM run WHERE key = 'schema_version'").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{corrupt} ({e})") from None
+    if ok != "ok":
+        raise StoreError(f"{corrupt} (integrity check: {ok})")
+    if version is None or version[0] != SCHEMA_VERSION:
+        found = None if version is None else version[0]
+        raise StoreError(f"{path} has history schema version {found}, this blockqnn reads version {SCHEMA_VERSION}")

@@ -1,0 +1,171 @@
+"""What a running search reports: W&B tracking (``logger=wandb``, or ``logger=none``) and the progress line.
+
+W&B: one run per search, stored under the run folder (``RUN_DIR/wandb``), grouped by the multirun folder so a
+sweep's runs sit together. Every finished candidate is logged as it finishes (x-axis ``candidate``), a table of
+all candidates with their NSC every ``table_every`` iterations and at the end, and the best block so far in the
+summary. The run id is kept in the search history, so a resumed search continues the same W&B run. Runs are
+offline unless the environment says otherwise (``WANDB_MODE``, or ``WANDB_API_KEY`` for online; see
+``.env.example``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from omegaconf import DictConfig, OmegaConf
+
+from blockqnn.store import Store
+
+log = logging.getLogger(__name__)
+
+# Columns of the W&B candidates table, in order.
+TABLE_COLUMNS = (
+    "iteration", "position", "arch", "status", "reward", "accuracy", "flops", "params", "density", "epsilon",
+    "cached", "epochs", "wall_time", "error",
+)
+# Numbers logged per candidate (history), besides the counters.
+LOGGED = ("iteration", "reward", "accuracy", "flops", "params", "density", "epsilon", "cached")
+
+
+class NoTracker:
+    """``logger=none``: tracking off."""
+
+    def start(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> None:
+        pass
+
+    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None) -> None:
+        pass
+
+    def end_iteration(self, iteration: int, store: Store) -> None:
+        pass
+
+    def finish(self, store: Store) -> None:
+        pass
+
+
+class WandbTracker(NoTracker):
+    """``logger=wandb``: see the module docstring. ``mode`` null means: the environment's, else offline."""
+
+    def __init__(
+        self,
+        project: str = "blockqnn",
+        entity: str | None = None,
+        mode: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+        table_every: int = 10,
+        console: str = "off",
+    ) -> None:
+        self.project, self.entity, self.mode, self.group = project, entity, mode, group
+        self.tags, self.table_every, self.console = list(tags), table_every, console
+        self.run: Any = None
+
+    def start(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> None:
+        import wandb
+
+        run_id = store.get("wandb_run_id")
+        self.run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            group=self.group or group,
+            tags=self.tags,
+            name=Path(run_dir).name,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            dir=str(run_dir),
+            id=run_id,
+            resume="allow" if run_id else None,
+            mode=wandb_mode(self.mode),
+            job_type="search",
+            settings=wandb.Settings(console=self.console),
+        )
+        if run_id is None:
+            store.set("wandb_run_id", self.run.id)
+        self.run.define_metric("candidate")
+        self.run.define_metric("*", step_metric="candidate")
+
+    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None) -> None:
+        metrics = {k: row[k] for k in LOGGED if row.get(k) is not None}
+        metrics.update(candidate=count, failed=int(row["status"] != "ok"))
+        if best is not None:
+            metrics["best_reward"] = best["reward"]
+            self.run.summary.update({f"best_{k}": best[k] for k in ("reward", "accuracy", "arch", "flops", "params")})
+        self.run.log(metrics)
+
+    def end_iteration(self, iteration: int, store: Store) -> None:
+        if self.table_every and (iteration + 1) % self.table_every == 0:
+            self._log_table(store.candidates())
+
+    def finish(self, store: Store) -> None:
+        if self.run is None:
+            return
+        self._log_table(store.candidates())
+        self.run.finish()
+        self.run = None
+
+    def _log_table(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        import wandb
+
+        data = [[row.get(c) for c in TABLE_COLUMNS] for row in rows]
+        self.run.log({"candidates": wandb.Table(columns=list(TABLE_COLUMNS), data=data)})
+
+
+def wandb_mode(mode: str | None) -> str:
+    """The configured mode, else ``WANDB_MODE``, else online with an API key and offline without."""
+    return mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+# ---- progress -------------------------------------------------------------------------------------------------
+class Progress:
+    """One search-level status line: iteration, epsilon, candidates done / cached / failed, best, time.
+
+    ``mode``: ``line`` rewrites one line in place (a terminal), ``log`` writes a plain log line at most every
+    ``every_s`` seconds and at the end, ``off`` is silent, ``auto`` is ``line`` on a terminal and ``log`` otherwise.
+    The estimate of the remaining time counts only this session's work, so a resumed search is not flattered.
+    """
+
+    def __init__(self, mode: str = "auto", every_s: float = 60.0, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "line" if self.stream.isatty() else "log"
+        if mode not in ("line", "log", "off"):
+            raise ValueError(f"progress.mode must be auto, line, log or off, got {mode!r}")
+        self.mode, self.every_s = mode, every_s
+        self._started = self._last = time.monotonic()
+        self._session_done = 0
+        self.text = ""
+
+    def update(self, *, iteration: int, iterations: int, epsilon: float, done: int, total: int, cached: int,
+               failed: int, best: float | None, new: int = 0, final: bool = False) -> None:
+        """Refresh after ``new`` more candidates of this session (``done`` of ``total`` in the whole search)."""
+        self._session_done += new
+        now = time.monotonic()
+        elapsed = now - self._started
+        rate = self._session_done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else math.nan
+        best_text = "-" if best is None else f"{best:.4f}"
+        self.text = (
+            f"iteration {min(iteration + 1, iterations)}/{iterations}  epsilon {epsilon:.2f}  "
+            f"candidates {done}/{total} (cached {cached}, failed {failed})  best reward {best_text}  "
+            f"elapsed {_clock(elapsed)}  remaining {_clock(eta)}"
+        )
+        if self.mode == "line":
+            self.stream.write("\r" + self.text + "\x1b[K" + ("\n" if final else ""))
+            self.stream.flush()
+        elif self.mode == "log" and (final or now - self._last >= self.every_s):
+            self._last = now
+            log.info(self.text)
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -1,0 +1,176 @@
+"""Training a network on Lightning: the classifier module, a lean trainer from a recipe (conf/trainer/*.yaml),
+and fitting / testing on a data module of blockqnn.data.
+
+Search trains thousands of candidates in one process, so the trainer built here pays for nothing a candidate does
+not use (no progress bar, checkpoints, model summary, sanity validation or logger unless asked), and the module
+logs once per epoch instead of per step. Final training (blockqnn.train) passes its logger, callbacks and
+checkpointing through the same ``build_trainer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged (NaN or infinite loss): the candidate is stopped and recorded as failed."""
+
+
+class Classifier(L.LightningModule):
+    """Any network as a classifier: cross-entropy, optimizer and schedule from the recipe, and a per-epoch
+    ``history`` of mean training loss and validation accuracy."""
+
+    def __init__(
+        self, net: nn.Module, num_classes: int, optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        scheduler_interval: str = "epoch", label_smoothing: float = 0.0, channels_last: bool = False,
+        nan_check_every: int = 20,
+    ) -> None:
+        super().__init__()
+        self.net, self.make_optimizer, self.make_scheduler = net, optimizer, scheduler
+        self.scheduler_interval, self.label_smoothing = scheduler_interval, label_smoothing
+        self.channels_last, self.nan_check_every = channels_last, nan_check_every
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.history: list[dict[str, float]] = []
+        self._loss_sum: Tensor | None = None
+        self._steps = 0
+        self._val: float | None = None
+
+    @classmethod
+    def from_recipe(cls, net: nn.Module, num_classes: int, cfg: DictConfig, on_gpu: bool) -> Classifier:
+        return cls(
+            net, num_classes, instantiate(cfg.optimizer),
+            instantiate(cfg.scheduler) if cfg.scheduler else None, cfg.scheduler_interval, cfg.label_smoothing,
+            on_gpu if cfg.channels_last is None else cfg.channels_last, cfg.nan_check_every,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def configure_optimizers(self):
+        optimizer = self.make_optimizer(self.parameters())
+        if self.make_scheduler is None:
+            return optimizer
+        scheduler = self.make_scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    # ---- training: the loss is summed on the device and checked for NaN/inf every few steps (one sync) --------
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._steps, self._val = torch.zeros((), device=self.device), 0, None
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
+        self._loss_sum += loss.detach().float()
+        self._steps += 1
+        if self._steps % self.nan_check_every == 0:
+            self._check_finite()
+        return loss
+
+    def _check_finite(self) -> None:
+        if not torch.isfinite(self._loss_sum):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({self._loss_sum.item()}) in epoch {self.current_epoch + 1} "
+                f"by step {self._steps}"
+            )
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite()
+        train_loss = (self.trainer.strategy.reduce(self._loss_sum, reduce_op="mean") / max(self._steps, 1)).item()
+        self.log("train_loss", train_loss)
+        self.history.append({"epoch": self.current_epoch + 1, "train_loss": train_loss, "val_acc": self._val})
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_acc.update(self(x), y)
+
+    def on_validation_epoch_end(self) -> None:
+        self._val = self.val_acc.compute().item()
+        self.val_acc.reset()
+        self.log("val_acc", self._val)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.test_acc.update(self(x), y)
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test_acc", self.test_acc.compute().item())
+        self.test_acc.reset()
+
+
+def on_gpu(cfg: DictConfig) -> bool:
+    """Whether a recipe's accelerator resolves to a GPU on this machine."""
+    return cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+
+
+def build_trainer(
+    cfg: DictConfig, *, logger: Logger | bool = False, callbacks: Sequence[Callback] = (),
+    enable_checkpointing: bool = False, default_root_dir: str | None = None,
+) -> L.Trainer:
+    """A lean ``lightning.Trainer`` from a recipe; final training passes its logger, callbacks and checkpoints."""
+    gpu = on_gpu(cfg)
+    return L.Trainer(
+        accelerator=cfg.accelerator, devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision or ("bf16-mixed" if gpu else "32-true"),
+        max_epochs=cfg.max_epochs, limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches, check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=enable_checkpointing, logger=logger, callbacks=list(callbacks),
+        benchmark=cfg.cudnn_benchmark if gpu else None, deterministic=cfg.deterministic,
+        default_root_dir=default_root_dir, **cfg.extra,
+    )
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Lightning's per-trainer info lines ("GPU available", "LOCAL_RANK") for a block of code."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def fit(module: Classifier, data: L.LightningDataModule, cfg: DictConfig, **trainer_kwargs) -> L.Trainer:
+    """Train ``module`` on ``data`` with recipe ``cfg`` (see ``build_trainer``); the last epoch is always validated.
+
+    ``module.history`` holds the epochs completed, also when training stops with an exception.
+    """
+    trainer = build_trainer(cfg, **trainer_kwargs)
+    trainer.fit(module, datamodule=data)
+    if module.history and module.history[-1]["val_acc"] is None and cfg.limit_val_batches != 0:
+        trainer.validate(module, datamodule=data, verbose=False)
+        module.history[-1]["val_acc"] = module._val
+    return trainer
+
+
+def accuracy_on_test_set(trainer: L.Trainer, module: Classifier, data: L.LightningDataModule) -> float:
+    """Accuracy on the dataset's test split (final training only: search never looks at it)."""
+    (metrics,) = trainer.test(module, datamodule=data, verbose=False)
+    return metrics["test_acc"]

@@ -1,0 +1,295 @@
+"""The Q-learning agent: schedules, the update rule, shaping, beating random search, determinism, persistence."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from blockqnn.agent import PAPER_STAGES, QLearningAgent, epsilon_schedule
+from blockqnn.nsc import LayerType
+from blockqnn.space import NSCSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ChainSpace:
+    """A toy space: one of 5 options at each of 6 positions; the state is the last (position, option)."""
+
+    start = (-1, -1)
+
+    def __init__(self, positions: int = 6, options: int = 5) -> None:
+        self._actions = [tuple((p, o) for o in range(options)) for p in range(positions)]
+        self._probs = np.full(options, 1 / options)
+
+    def actions(self, state):
+        return self._actions[state[0] + 1]
+
+    def exploration_probs(self, state):
+        return self._probs
+
+    def is_final(self, action):
+        return action[0] == len(self._actions) - 1
+
+    def decode(self, actions):
+        return ",".join(str(o) for _, o in actions)
+
+    def encode(self, text):
+        return list(enumerate(map(int, text.split(","))))
+
+    def canonical_hash(self, text):
+        return text
+
+
+# A landscape with a known optimum: per-position preferences plus a bonus for one pair of adjacent options
+# that neither position prefers on its own.
+PREFS = np.random.default_rng(0).uniform(0.0, 0.05, size=(6, 5))
+PAIR = int(np.argmin(PREFS[2]))
+
+
+def chain_reward(options) -> float:
+    bonus = 0.1 if options[2] == options[3] == PAIR else 0.0
+    return 0.4 + float(PREFS[np.arange(6), list(options)].sum()) + bonus
+
+
+CHAIN_OPTIMUM = max(itertools.product(range(5), repeat=6), key=chain_reward)
+
+
+def options(trajectory) -> tuple[int, ...]:
+    return tuple(o for _, o in trajectory)
+
+
+def depth_reward(trajectory) -> float:
+    """Rewards depth, above q_init: the setting in which Terminal's Q can run away."""
+    return 0.5 + 0.03 * (len(trajectory) - 1)
+
+
+def run(agent: QLearningAgent, reward, iterations: int | None = None) -> list[list]:
+    """Sample and update for some iterations (default: to the schedule's end); returns every sampled trajectory."""
+    sampled = []
+    for _ in range(agent.num_iterations - agent.iteration if iterations is None else iterations):
+        batch = agent.sample()
+        agent.update(batch, [reward(t) for t in batch])
+        sampled.extend(batch)
+    return sampled
+
+
+# ---- schedules --------------------------------------------------------------------------------------------------
+def test_paper_schedule_is_178_iterations_and_11392_blocks():
+    schedule = epsilon_schedule("paper")
+    assert len(schedule) == sum(n for _, n in PAPER_STAGES) == 178
+    assert schedule[:95] == [1.0] * 95 and schedule[-12:] == [0.1] * 12
+    assert schedule == sorted(schedule, reverse=True)
+    agent = QLearningAgent(ChainSpace())
+    assert agent.num_iterations == 178 and agent.total_samples == 11_392 and agent.batch_size == 64
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.1, 0.01])
+def test_scaled_paper_schedule_keeps_every_stage(scale):
+    schedule = epsilon_schedule("paper", scale)
+    assert [eps for eps, _ in itertools.groupby(schedule)] == [eps for eps, _ in PAPER_STAGES]
+    for eps, n in PAPER_STAGES:
+        assert schedule.count(eps) == max(1, int(n * scale + 0.5))
+    assert len(schedule) < 178
+
+
+def test_linear_and_constant_schedules():
+    linear = epsilon_schedule("linear", 0.5, iterations=40, start=1.0, end=0.2)
+    assert len(linear) == 20 and linear[0] == 1.0 and linear[-1] == pytest.approx(0.2)
+    assert np.all(np.diff(linear) < 0)
+    assert epsilon_schedule("constant", iterations=7, end=0.3) == [0.3] * 7
+
+
+@pytest.mark.parametrize(("name", "scale"), [("cosine", 1.0), ("paper", 0.0), ("linear", -1.0)])
+def test_bad_schedules_are_clear_errors(name, scale):
+    with pytest.raises(ValueError, match="agent\\."):
+        epsilon_schedule(name, scale)
+
+
+def test_agent_configs_compose_and_random_keeps_the_budget():
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        qcfg = compose(overrides=["+agent=qlearning", "agent.schedule_scale=0.1"]).agent
+        rcfg = compose(overrides=["+agent=random", "agent.schedule_scale=0.1", "agent.epsilon_schedule=paper"]).agent
+        linear = compose(overrides=["+agent=random", "agent.epsilon_schedule=linear"]).agent
+    q, r = instantiate(qcfg, space=ChainSpace(), seed=3), instantiate(rcfg, space=ChainSpace(), seed=3)
+    assert q.schedule == epsilon_schedule("paper", 0.1) and q.alpha == 0.01 and q.replay_size == 128
+    assert r.num_iterations == q.num_iterations and r.total_samples == q.total_samples
+    assert set(r.schedule) == {1.0}
+    assert instantiate(linear, space=ChainSpace()).num_iterations == 178
+
+
+def test_done_after_the_schedule():
+    agent = QLearningAgent(ChainSpace(), batch_size=2, epsilon_schedule="constant", schedule_iterations=3)
+    run(agent, lambda t: 0.5)
+    assert agent.done and agent.iteration == 3
+    with pytest.raises(RuntimeError, match="finished"):
+        agent.sample()
+
+
+# ---- the update rule --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shaping", [True, False])
+def test_backward_update_of_one_trajectory(shaping):
+    alpha, q0, reward = 0.5, 0.5, 0.8
+    space = ChainSpace(positions=3, options=2)
+    agent = QLearningAgent(space, alpha=alpha, q_init=q0, shaping=shaping, replay=False)
+    trajectory = [(0, 1), (1, 0), (2, 1)]
+    agent.update([trajectory], [reward])
+    step = reward / 3 if shaping else 0.0
+    q_last = q0 + alpha * (reward - q0)
+    q_mid = q0 + alpha * (step + max(q_last, q0) - q0)
+    q_first = q0 + alpha * (step + max(q_mid, q0) - q0)
+    assert agent.q_values((1, 0))[1] == pytest.approx(q_last)
+    assert agent.q_values((0, 1))[0] == pytest.approx(q_mid)
+    assert agent.q_values(space.start)[1] == pytest.approx(q_first)
+    assert agent.q_values(space.start)[0] == q0
+
+
+def test_replay_revisits_remembered_trajectories():
+    space = ChainSpace(positions=2, options=2)
+    plain = QLearningAgent(space, alpha=0.1, replay=False)
+    replayed = QLearningAgent(space, alpha=0.1, replay_size=1)
+    for agent in (plain, replayed):
+        agent.update([[(0, 0), (1, 0)]], [1.0])
+    # One direct update, plus one replay of the only remembered trajectory.
+    assert plain.q_values((0, 0))[0] == pytest.approx(0.55)
+    assert replayed.q_values((0, 0))[0] == pytest.approx(0.55 + 0.1 * (1.0 - 0.55))
+
+
+def test_update_rejects_bad_input():
+    agent = QLearningAgent(ChainSpace())
+    with pytest.raises(ValueError, match="rewards"):
+        agent.update([[(0, 0)]], [0.5, 0.6])
+    with pytest.raises(ValueError, match="finite"):
+        agent.update([[(p, 0) for p in range(6)]], [float("nan")])
+    with pytest.raises(ValueError, match="final"):
+        agent.update([[(0, 0), (1, 0)]], [0.5])
+    with pytest.raises(ValueError, match="not a legal action"):
+        agent.update([[(0, 0), (2, 0), (3, 0), (4, 0), (5, 0)]], [0.5])
+    assert agent.iteration == 0
+
+
+def test_greedy_ties_follow_the_exploration_distribution():
+    """A fresh agent's greedy step must not pick uniformly among NSC tuples: add/concat would swamp Terminal and
+    most blocks would reach the maximum length (about 86% of them with uniform ties)."""
+    space = NSCSpace(max_index=10)
+    agent = QLearningAgent(space, epsilon_schedule="constant", epsilon_end=0.0, batch_size=300)
+    lengths = np.array([len(t) for t in agent.sample()])
+    assert np.mean(lengths == space.max_index) < 0.5
+    assert len(set(lengths)) >= 8
+
+
+# ---- the paper's claims on synthetic landscapes ----------------------------------------------------------------
+def terminal_is_greedy(agent: QLearningAgent, space: NSCSpace, sampled) -> float:
+    """Share of visited states where Terminal's Q is above every other action's (greedy would stop there)."""
+    states = {layer for t in sampled for layer in t[:-1] if layer.index >= 1 and layer.index + 1 < space.max_index}
+    verdicts = []
+    for state in states:
+        actions, q = space.actions(state), agent.q_values(state)
+        terminal = next(i for i, a in enumerate(actions) if a.type == LayerType.TERMINAL)
+        if q[terminal] != agent.q_init:
+            verdicts.append(q[terminal] > np.delete(q, terminal).max())
+    assert len(verdicts) >= 20
+    return float(np.mean(verdicts))
+
+
+def test_shaping_keeps_terminal_below_non_terminal_actions_early():
+    space = NSCSpace(max_index=6)
+    shares = {}
+    for shaping in (True, False):
+        agent = QLearningAgent(space, shaping=shaping, epsilon_override=1.0, batch_size=32, seed=0)
+        sampled = run(agent, depth_reward, iterations=3)
+        shares[shaping] = terminal_is_greedy(agent, space, sampled)
+    assert shares[True] < 0.5 < 0.9 < shares[False]
+
+
+def first_hit(agent: QLearningAgent) -> int:
+    """Samples until the chain optimum was first drawn (the whole budget if never)."""
+    seen = 0
+    while not agent.done:
+        batch = agent.sample()
+        hits = [i for i, t in enumerate(batch) if options(t) == CHAIN_OPTIMUM]
+        if hits:
+            return seen + hits[0]
+        seen += len(batch)
+        agent.update(batch, [chain_reward(options(t)) for t in batch])
+    return seen
+
+
+def test_qlearning_finds_the_optimum_more_often_and_sooner_than_random():
+    settings = {"alpha": 0.3, "batch_size": 16, "schedule_scale": 0.2}
+    budget = QLearningAgent(ChainSpace(), **settings).total_samples
+    q_hits = [first_hit(QLearningAgent(ChainSpace(), seed=s, **settings)) for s in range(10)]
+    r_hits = [first_hit(QLearningAgent(ChainSpace(), seed=s, epsilon_override=1.0, **settings)) for s in range(10)]
+    found_q, found_r = sum(h < budget for h in q_hits), sum(h < budget for h in r_hits)
+    assert found_q > found_r and found_q >= 3
+    assert np.mean(q_hits) < np.mean(r_hits)
+
+
+# ---- determinism and persistence -------------------------------------------------------------------------------
+def chain_score(trajectory) -> float:
+    return chain_reward(options(trajectory))
+
+
+def test_same_seed_same_sequence_other_seed_other_sequence():
+    def trace(seed):
+        return run(QLearningAgent(ChainSpace(), batch_size=8, schedule_scale=0.05, alpha=0.3, seed=seed), chain_score)
+
+    assert trace(1) == trace(1)
+    assert trace(1) != trace(2)
+
+
+def test_state_dict_is_plain_json_and_restores_exactly():
+    space = ChainSpace()
+    agent = QLearningAgent(space, batch_size=8, schedule_scale=0.05, alpha=0.3, seed=4)
+    run(agent, chain_score, iterations=3)
+    state = json.loads(json.dumps(agent.state_dict()))
+    clone = QLearningAgent(space, batch_size=8, schedule_scale=0.05, alpha=0.3, seed=99)
+    clone.load_state_dict(state)
+    assert clone.state_dict() == agent.state_dict()
+    assert clone.iteration == 3 and len(state["memory"]) == 24
+    assert run(clone, chain_score) == run(agent, chain_score)
+
+
+def test_restoring_into_a_different_schedule_is_refused():
+    agent = QLearningAgent(ChainSpace(), schedule_scale=0.1)
+    with pytest.raises(ValueError, match="iterations"):
+        QLearningAgent(ChainSpace()).load_state_dict(agent.state_dict())
+
+
+CONTINUE = """
+import json, sys
+from blockqnn.agent import QLearningAgent
+from blockqnn.space import NSCSpace
+agent = QLearningAgent(NSCSpace(max_index=6), batch_size=8, schedule_scale=0.05, alpha=0.2, seed=12345)
+agent.load_state_dict(json.load(open(sys.argv[1])))
+out = []
+while not agent.done:
+    batch = agent.sample()
+    agent.update(batch, [0.5 + 0.03 * (len(t) - 1) for t in batch])
+    out.append([agent.space.decode(t) for t in batch])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_saved_agent_continues_identically_in_a_fresh_process(tmp_path):
+    agent = QLearningAgent(NSCSpace(max_index=6), batch_size=8, schedule_scale=0.05, alpha=0.2, seed=7)
+    run(agent, depth_reward, iterations=5)
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps(agent.state_dict()))
+    expected = []
+    while not agent.done:
+        batch = agent.sample()
+        agent.update(batch, [depth_reward(t) for t in batch])
+        expected.append([agent.space.decode(t) for t in batch])
+    assert expected, "the schedule must have iterations left after the save"
+    done = subprocess.run([sys.executable, "-c", CONTINUE, str(path)], capture_output=True, text=True, cwd=ROOT,
+                          check=True)
+    assert json.loads(done.stdout) == expected

@@ -1,0 +1,172 @@
+import re
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blockqnn import report
+from blockqnn.drawing import depths, draw_block, edges, layout
+from blockqnn.nsc import Block
+from blockqnn.space import NSCSpace
+from blockqnn.store import Store
+from tests.blocks import INCEPTION, RESIDUAL, random_block
+
+
+def fake_reward(block: Block, rng: np.random.Generator) -> float:
+    """A landscape that favours adds and convs, so the top-k differ visibly from the population."""
+    types = [layer.type for layer in block.body]
+    return 0.5 + 0.05 * types.count(5) + 0.02 * types.count(1) + rng.normal(0, 0.01)
+
+
+def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilons=(1.0, 1.0, 0.5, 0.1), wandb_id=None):
+    """A finished search history as the search loop writes it: some cached repeats and one failure."""
+    rng = np.random.default_rng(seed)
+    space = NSCSpace(max_index=6)
+    config = {
+        "seed": seed,
+        "dataset": {"name": "digits"},
+        "agent": {"alpha": 0.1, "batch_size": batch, "epsilon_override": 1.0 if agent == "random" else None},
+        "logger": {"project": "blockqnn-test", "mode": "offline"},
+    }
+    store = Store.create(run_dir, config)
+    seen = {}
+    for it in range(iterations):
+        for pos in range(batch):
+            block = random_block(space, rng)
+            h = block.canonical_hash()
+            row = {"iteration": it, "position": pos, "arch": str(block), "hash": h, "epsilon": epsilons[it],
+                   "cached": int(h in seen), "density": block.density(), "flops": 1e6 * len(block.layers),
+                   "params": 1000 * len(block.layers), "epochs": 1, "wall_time": 0.5}
+            if h in seen:
+                row.update(seen[h], cached=1)
+            elif it == 1 and pos == 0:
+                row.update(status="failed", error="NaN loss")
+            else:
+                reward = fake_reward(block, rng) + (0.05 if agent == "q-learning" and it > 1 else 0.0)
+                row.update(status="ok", reward=reward, accuracy=reward + 0.01)
+                seen[h] = {k: row[k] for k in ("status", "reward", "accuracy")}
+            store.record(row)
+    if wandb_id:
+        store.set("wandb_run_id", wandb_id)
+    store.close()
+    return run_dir
+
+
+def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path):
+    run = make_run(tmp_path / "run")
+    with Store.open(run, readonly=True) as store:
+        expected = store.best(3)
+        rows = store.candidates()
+    written = report.report(run, top_k=3)
+    names = {p.name for p in written}
+    assert {"reward.png", "best_so_far.png", "top1.png", "top2.png", "top3.png", "summary.md"} <= names
+    for p in written:
+        if p.suffix == ".png":
+            with Image.open(p) as im:
+                assert im.size[0] > 200 and im.size[1] > 200
+    summary = (run / "summary.md").read_text()
+    table = [line for line in summary.splitlines() if re.match(r"\| \d+ \| `", line)]
+    assert [line.split("`")[1] for line in table] == [r["arch"] for r in expected]
+    rewards = [float(line.split("|")[3]) for line in table]
+    assert rewards == sorted(rewards, reverse=True)
+    best_trained = max(r["reward"] for r in rows if r["status"] == "ok")
+    assert rewards[0] == pytest.approx(best_trained, abs=1e-4)
+    assert "multi-branch" in summary and "blocks with add" in summary
+    assert f"{len(rows)} sampled" in summary and "1 failed" in summary
+
+
+def test_best_so_far_counts_trained_candidates_only(tmp_path):
+    history = report.load_history(make_run(tmp_path / "run"), 3)
+    curve = report.best_so_far(history)
+    assert len(curve) == sum(1 for r in history.rows if not r["cached"]) < len(history.rows)
+    assert np.all(np.diff(curve[np.isfinite(curve)]) >= 0)
+    assert curve[-1] == pytest.approx(max(r["reward"] for r in history.rows if r["status"] == "ok"))
+
+
+def test_epsilon_stages_follow_the_schedule(tmp_path):
+    history = report.load_history(make_run(tmp_path / "run", iterations=3, batch=4, epsilons=(1.0, 0.5, 0.5)), 1)
+    assert report._epsilon_stages(history.rows) == [(1, 4, 1.0), (5, 12, 0.5)]
+
+
+def test_running_mean_ignores_failures():
+    values = np.array([1.0, np.nan, 3.0, 5.0])
+    assert report.running_mean(values, 2).tolist() == [1.0, 1.0, 3.0, 4.0]
+
+
+def test_multirun_compares_agents(tmp_path):
+    sweep = tmp_path / "multirun"
+    for i, (agent, seed) in enumerate([("q-learning", 0), ("q-learning", 1), ("random", 0), ("random", 1)]):
+        make_run(sweep / str(i), agent=agent, seed=seed)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    written = report.report(sweep, top_k=2)
+    assert (sweep / "agents.png").is_file()
+    assert all((sweep / str(i) / "summary.md").is_file() for i in range(4))
+    summary = (sweep / "summary.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.startswith("| ")}
+    assert "| 2 |" in rows["q-learning"] and "| 2 |" in rows["random"]
+    assert sweep / "summary.md" in written
+
+
+def test_features_of_the_paper_blocks():
+    res, inc = report.block_features(Block.parse(RESIDUAL)), report.block_features(Block.parse(INCEPTION))
+    assert res["shortcut"] == 1 and res["multi_branch"] == 1 and res["n_add"] == 1 and res["n_conv"] == 2
+    assert inc["multi_branch"] == 1 and inc["n_concat"] == 2 and inc["n_conv"] == 5 and inc["n_add"] == 0
+    chain = report.block_features(Block.parse("(1,1,3,0,0)(2,1,3,1,0)(3,7,0,0,0)"))
+    assert chain["shortcut"] == 0 and chain["multi_branch"] == 0
+
+
+@pytest.mark.parametrize("code", [RESIDUAL, INCEPTION])
+def test_drawing_of_the_paper_blocks(tmp_path, code):
+    block = Block.parse(code)
+    depth = depths(block)
+    assert all(depth[dst] > depth[src] for src, dst in edges(block))
+    pos, routes = layout(block)
+    real = [p for n, p in pos.items() if not isinstance(n, tuple)]
+    assert len(real) == len(block.layers) + 1 and len(set(real)) == len(real)  # input, layers, output; no overlap
+    assert len(routes) == len(edges(block))
+    assert all(pos[r[0]][1] > pos[r[-1]][1] for r in routes)  # every edge runs downwards
+    path = draw_block(block, tmp_path / "block.png", "title")
+    with Image.open(path) as im:
+        assert im.size[1] > im.size[0] / 2
+
+
+def test_inception_layout_has_three_branches_side_by_side():
+    pos, _ = layout(Block.parse(INCEPTION))
+    row = pos[2][1]
+    assert pos[4][1] == row and pos[7][1] == row and len({pos[2][0], pos[4][0], pos[7][0]}) == 3
+
+
+def test_report_sends_pictures_to_the_tracked_wandb_run_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = make_run(tmp_path / "run", wandb_id="abc123")
+    report.report(run, top_k=1)
+    offline = list((run / "wandb").glob("offline-run-*abc123"))
+    assert offline, list((run / "wandb").iterdir())
+    media = list(offline[0].rglob("*.png"))
+    assert {"reward", "best_so_far", "top1"} <= {p.name.rsplit("_", 2)[0] for p in media}  # NAME_STEP_HASH.png
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "history.sqlite").write_bytes(b"not a database at all" * 100)
+    for target in (tmp_path / "empty", corrupt, tmp_path / "missing"):
+        proc = subprocess.run([sys.executable, "-m", "blockqnn.report", str(target)], capture_output=True, text=True)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert (corrupt / "history.sqlite").read_bytes() == b"not a database at all" * 100
+
+
+def test_report_never_writes_to_the_history(tmp_path):
+    run = make_run(tmp_path / "run")
+    before = sqlite3.connect(run / "history.sqlite").execute("SELECT count(*) FROM candidates").fetchone()
+    report.report(run, top_k=2, wandb=False)
+    after = sqlite3.connect(run / "history.sqlite").execute("SELECT count(*) FROM candidates").fetchone()
+    assert before == after
