@@ -119,11 +119,12 @@ class QLearningAgent:
             epsilon_schedule, schedule_scale, iterations=schedule_iterations, start=epsilon_start, end=epsilon_end
         )
         if epsilon_override is not None:
+            if not 0.0 <= epsilon_override <= 1.0:
+                raise ValueError(f"agent.epsilon_override must be in [0, 1] or null, got {epsilon_override}")
             self.schedule = [float(epsilon_override)] * len(self.schedule)
         self.iteration = 0
         self.rng = np.random.default_rng(seed)
         self._nodes: dict[State, _Node] = {}
-        self._pending_q: dict[str, dict[str, float]] = {}  # restored Q-values of states not visited yet
         self._memory: list[tuple[list[tuple[_Node, int]], float]] = []
         self._memory_text: list[str] = []
 
@@ -175,8 +176,6 @@ class QLearningAgent:
         node = self._nodes.get(state)
         if node is None:
             node = _Node(self.space.actions(state), self.space.exploration_probs(state), self.q_init)
-            if self._pending_q:
-                self._restore_q(state, node)
             self._nodes[state] = node
         return node
 
@@ -191,21 +190,26 @@ class QLearningAgent:
             raise RuntimeError(f"the epsilon schedule is finished ({self.num_iterations} iterations)")
         if len(trajectories) != len(rewards):
             raise ValueError(f"{len(trajectories)} trajectories but {len(rewards)} rewards")
-        for actions, reward in zip(trajectories, rewards):
-            self._remember(actions, reward)
-            self._learn(*self._memory[-1])
+        entries = [self._entry(actions, reward) for actions, reward in zip(trajectories, rewards)]  # checks all first
+        for text, path, reward in entries:
+            self._remember(text, path, reward)
+            self._learn(path, reward)
         if self.replay and self._memory:
             size = min(self.replay_size, len(self._memory))
             for i in self.rng.choice(len(self._memory), size=size, replace=False):
                 self._learn(*self._memory[i])
         self.iteration += 1
 
-    def _remember(self, actions: Sequence[Action], reward: float) -> None:
+    def _entry(self, actions: Sequence[Action], reward: float) -> tuple[str, list[tuple[_Node, int]], float]:
+        """A checked memory entry: architecture text, the trajectory's (node, action index) path, reward."""
         reward = float(reward)
         if not math.isfinite(reward):
-            raise ValueError(f"reward must be a finite number, got {reward} (record failed candidates as 0)")
+            raise ValueError(f"reward must be a finite number, got {reward} (give failed candidates a fixed reward)")
         text = self.space.decode(actions)
-        self._memory.append((self._path(actions, text), reward))
+        return text, self._path(actions, text), reward
+
+    def _remember(self, text: str, path: list[tuple[_Node, int]], reward: float) -> None:
+        self._memory.append((path, reward))
         self._memory_text.append(text)
 
     def _path(self, actions: Sequence[Action], text: str) -> list[tuple[_Node, int]]:
@@ -237,7 +241,7 @@ class QLearningAgent:
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON data: Q-values that left ``q_init`` (keyed by ``repr`` of state and action), the replay
         memory as architecture text and reward, the schedule position and the generator state."""
-        q = dict(self._pending_q)
+        q = {}
         for state, node in self._nodes.items():
             moved = np.flatnonzero(node.q != self.q_init)
             if len(moved):
@@ -252,7 +256,11 @@ class QLearningAgent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict`` saved by an agent with the same space and schedule."""
+        """Restore a ``state_dict`` saved by an agent with the same space and schedule.
+
+        Every Q-value that moved was updated along a remembered trajectory, so re-reading the memory visits
+        every saved state; a saved state or action the space does not produce means a different space config.
+        """
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"agent state format {state.get('format')!r} is not {STATE_FORMAT}")
         if state["num_iterations"] != self.num_iterations:
@@ -261,21 +269,20 @@ class QLearningAgent:
                 f"{self.num_iterations}: resume with the run's own agent config"
             )
         self._nodes, self._memory, self._memory_text = {}, [], []
-        self._pending_q = {key: dict(values) for key, values in state["q"].items()}
         for text, reward in state["memory"]:
-            self._remember(self.space.encode(text), reward)
+            self._remember(*self._entry(self.space.encode(text), reward))
+        nodes = {repr(s): node for s, node in self._nodes.items()}
+        for key, values in state["q"].items():
+            if key not in nodes:
+                raise ValueError(f"saved agent state has Q-values at state {key}, which no remembered block visits")
+            node = nodes[key]
+            index = {repr(a): i for i, a in enumerate(node.actions)}
+            for name, value in values.items():
+                if name not in index:
+                    raise ValueError(f"saved agent state has action {name} at state {key}, unknown to this space")
+                node.q[index[name]] = value
         self.iteration = int(state["iteration"])
         self.rng.bit_generator.state = state["rng"]
-
-    def _restore_q(self, state: State, node: _Node) -> None:
-        values = self._pending_q.pop(repr(state), None)
-        if values is None:
-            return
-        by_name = {repr(a): i for i, a in enumerate(node.actions)}
-        for name, value in values.items():
-            if name not in by_name:
-                raise ValueError(f"saved agent state has action {name} at state {state!r}, unknown to this space")
-            node.q[by_name[name]] = value
 
 
 def _draw(cum: np.ndarray, rng: np.random.Generator) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,12 @@ from typing import Any
 
 import hydra
 from dotenv import find_dotenv, load_dotenv
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    InstantiationException,
+    OverrideParseException,
+)
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -43,24 +49,52 @@ class _Reported(BaseException):
     """Carries a bad-input error out of a Hydra job: Hydra catches ``Exception`` only and would print a stack."""
 
 
-def user_error(exc: BaseException) -> BaseException | None:
-    """The innermost bad-input error in ``exc``'s chain of causes (Hydra wraps constructor errors), or None."""
-    found, via_instantiate, seen = None, False, set()
+def user_errors(exc: BaseException) -> list[BaseException]:
+    """The bad-input errors in ``exc``'s chain of causes, outermost first (Hydra wraps constructor errors)."""
+    found, via_instantiate, seen = [], False, set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, USER_ERRORS) or (via_instantiate and isinstance(exc, ValueError | TypeError)):
-            found = exc
+            found.append(exc)
         via_instantiate = via_instantiate or isinstance(exc, InstantiationException)
         exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return found
 
 
-def one_line(exc: BaseException) -> str:
-    """``exc``'s message on one line: Hydra's multi-line messages are joined, the first line first."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+def describe(errors: list[BaseException]) -> str:
+    """One line for a chain of bad-input errors: the innermost says what is wrong; Hydra's "Could not override
+    'x'" context is kept in front of it, its hints after it."""
+    inner = one_line(errors[-1])
+    outer = errors[0]
+    if len(errors) > 1 and isinstance(outer, ConfigCompositionException | OverrideParseException):
+        first, *hints = _lines(outer)
+        return "; ".join([f"{first.rstrip('.')}: {inner}", *hints])
+    return inner
+
+
+# Lines of OmegaConf's and Hydra's messages that only repeat the key or list search paths.
+_NOISE = re.compile(r"(full_key:|object_type=|reference_type=|provider=|Config search path)")
+
+
+def _lines(exc: BaseException) -> list[str]:
     if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror:
-        lines = [f"{exc.strerror}: {exc.filename}"]
-    return "; ".join(lines) or type(exc).__name__
+        return [f"{exc.strerror}: {exc.filename}"]
+    return [line.strip() for line in str(exc).splitlines() if line.strip() and not _NOISE.match(line.strip())]
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line; a list Hydra prints after "...:" (e.g. available options) becomes a, b, c."""
+    text, listing = "", False
+    for line in _lines(exc):
+        if not text:
+            text = line
+        elif text.endswith(":") or (listing and " " not in line):
+            text += (" " if text.endswith(":") else ", ") + line
+            listing = True
+        else:
+            text += "; " + line
+            listing = False
+    return text or type(exc).__name__
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -84,10 +118,10 @@ def one_line_errors(full: bool | None = None) -> Iterator[None]:
     except _Reported as reported:
         fail(str(reported))
     except Exception as exc:
-        bad_input = user_error(exc)
-        if bad_input is None or full:
+        errors = user_errors(exc)
+        if not errors or full:
             raise
-        fail(one_line(bad_input))
+        fail(describe(errors))
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
@@ -100,10 +134,10 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
             try:
                 return task(cfg)
             except Exception as exc:
-                bad_input = user_error(exc)
-                if bad_input is None or full:
+                errors = user_errors(exc)
+                if not errors or full:
                     raise
-                raise _Reported(one_line(bad_input)) from exc
+                raise _Reported(describe(errors)) from exc
 
         hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(job)
 

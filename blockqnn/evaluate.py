@@ -79,21 +79,22 @@ def evaluate_candidate(arch: str, cfg: DictConfig) -> Result:
 
 
 def _train(arch: str, cfg: DictConfig, space, result: Result) -> None:
-    """Fill ``result`` step by step, so that whatever was measured before a failure is kept."""
-    block = space.parse(arch)
-    result.density = block.density()
-    seed = candidate_seed(cfg.seed, space.canonical_hash(arch))
+    """Fill ``result`` step by step, so that whatever was measured before a failure is kept. The global RNG is
+    seeded for the candidate and restored afterwards: the caller's random state is not touched."""
     recipe = cfg.trainer
-    data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, seed)
-    data.load()
-    template = instantiate(cfg.template)
-    with torch.device("meta"):
-        result.params, result.flops = complexity(
-            template.build(block, data.channels, data.num_classes), data.channels, data.image_size
-        )
     gpu = on_gpu(recipe)
     with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if gpu else []):
+        block = space.parse(arch)
+        result.density = block.density()
+        seed = candidate_seed(cfg.seed, space.canonical_hash(arch))
         torch.manual_seed(seed)
+        data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, seed)
+        data.load()
+        template = instantiate(cfg.template)
+        with torch.device("meta"):
+            result.params, result.flops = complexity(
+                template.build(block, data.channels, data.num_classes), data.channels, data.image_size
+            )
         module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,
                                         recipe, gpu)
         try:

@@ -117,7 +117,9 @@ class NASBench201Space:
     def best(self) -> tuple[str, float]:
         """The table's best architecture over this space's ops, and its metric."""
         allowed = set(self.ops)
-        arch = max((a for a in self.metrics if set(parse_arch(a)) <= allowed), key=self.metrics.__getitem__)
+        arch = max((a for a in self.metrics if set(parse_arch(a)) <= allowed), key=self.metrics.get, default=None)
+        if arch is None:
+            raise TableError(f"{self.table} has no architecture that uses only the ops {self.ops}")
         return arch, self.metrics[arch]
 
 
@@ -126,7 +128,7 @@ def _load_table(path: Path, arch_column: str, metric_column: str, unit: str) -> 
     if not path.is_file():
         raise TableNotFoundError(f"NAS-Bench-201 table {path} not found (set space.table to a CSV file)")
     values: dict[str, list[float]] = defaultdict(list)
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
         reader = csv.DictReader(f)
         missing = [c for c in (arch_column, metric_column) if c not in (reader.fieldnames or [])]
         if missing:

@@ -148,8 +148,9 @@ class Search:
 
 # ---- setting up -----------------------------------------------------------------------------------------------
 def search(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any] | None:
-    """Run (or resume) the search configured by ``cfg`` in ``run_dir``; returns the best candidate row."""
-    resuming = is_run(run_dir)
+    """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
+    ``cfg.resume`` is set); returns the best candidate row."""
+    resuming = cfg.resume is not None or is_run(run_dir)
     store = Store.open(run_dir) if resuming else None
     try:
         if store is not None:
@@ -229,7 +230,7 @@ def summary(best: dict[str, Any] | None, run_dir: Path) -> str:
 @hydra_app("search")
 def main(cfg: DictConfig) -> None:
     hydra = HydraConfig.get()
-    run_dir = Path(hydra.runtime.output_dir)
+    run_dir = Path(cfg.resume or hydra.runtime.output_dir)
     group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
     print(summary(search(cfg, run_dir, group), run_dir), flush=True)
 

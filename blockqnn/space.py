@@ -95,7 +95,7 @@ class NSCSpace:
     def _layers_at(self, index: int) -> tuple[tuple[Layer, ...], np.ndarray]:
         """All legal tuples at ``index`` and their exploration probabilities (type, then kernel, then preds)."""
         if index >= self.max_index:
-            return (Layer(index, LayerType.TERMINAL, 0, 0, 0),), np.ones(1)
+            return (Layer(index, int(LayerType.TERMINAL), 0, 0, 0),), np.ones(1)
         groups = [self._layers_of_type(t, index) for t in self.types if t != LayerType.TERMINAL or index > 1]
         weights = [self.terminal_weight if g[0].type == LayerType.TERMINAL else 1.0 for g in groups]
         layers = tuple(layer for g in groups for layer in g)
@@ -104,6 +104,6 @@ class NSCSpace:
 
     def _layers_of_type(self, kind: LayerType, index: int) -> list[Layer]:
         if kind == LayerType.TERMINAL:
-            return [Layer(index, kind, 0, 0, 0)]
+            return [Layer(index, int(kind), 0, 0, 0)]
         seconds = range(index) if kind in BINARY else (0,)
-        return [Layer(index, kind, k, p1, p2) for k in self.kernels[kind] for p1 in range(index) for p2 in seconds]
+        return [Layer(index, int(kind), k, p1, p2) for k in self.kernels[kind] for p1 in range(index) for p2 in seconds]

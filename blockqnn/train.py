@@ -64,14 +64,16 @@ def resolve_block(spec: Any) -> tuple[Block, dict[str, Any]]:
 
 
 # ---- the run folder ---------------------------------------------------------------------------------------------
-def run_folder(cfg: DictConfig) -> Path:
-    """``resume`` when given, else Hydra's output folder of this job (a sweep gives each job its own)."""
-    if cfg.resume:
-        folder = Path(cfg.resume)
-        if not (folder / CONFIG_FILE).is_file():
-            raise UserError(f"resume={folder}: not a train folder (no {CONFIG_FILE} in it)")
-        return folder
-    return Path(HydraConfig.get().runtime.output_dir)
+def train_dir_or_resume(resume: str | None, default: str) -> str:
+    """Hydra's run folder: the train folder to resume (checked before Hydra writes into it), else a new one."""
+    if resume is None:
+        return default
+    if not (Path(resume) / CONFIG_FILE).is_file():
+        raise UserError(f"resume={resume}: not a train folder (no {CONFIG_FILE} in it)")
+    return str(resume)
+
+
+OmegaConf.register_new_resolver("blockqnn.train_dir", train_dir_or_resume, replace=True)
 
 
 def pin_config(cfg: DictConfig, block: Block, folder: Path) -> DictConfig:
@@ -125,7 +127,8 @@ def tracking_logger(cfg: DictConfig, folder: Path) -> Logger | bool:
 # ---- training -----------------------------------------------------------------------------------------------------
 def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     """Full training of ``cfg.block`` into ``folder``; returns what ``result.json`` records."""
-    block, source = (None, {}) if cfg.block is None and cfg.resume else resolve_block(cfg.block)
+    resuming_without_block = cfg.block is None and (folder / CONFIG_FILE).is_file()
+    block, source = (None, {}) if resuming_without_block else resolve_block(cfg.block)
     cfg = pin_config(cfg, block, folder)
     block = block or Block.parse(cfg.block, export.ANY_LENGTH)
     recipe = cfg.trainer
@@ -173,7 +176,7 @@ def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:
 
 @hydra_app("train")
 def main(cfg: DictConfig) -> None:
-    train(cfg, run_folder(cfg))
+    train(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

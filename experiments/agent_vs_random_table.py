@@ -22,7 +22,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from blockqnn.agent import QLearningAgent
 from blockqnn.nasbench201 import NASBench201Space, TableError, write_synthetic_table
@@ -69,12 +71,12 @@ def search(agent: QLearningAgent, space: NASBench201Space, budget: int, optimum:
     return np.maximum.accumulate(metrics), np.array(distinct), hit
 
 
-def compose_agent(name: str, overrides: list[str]):
+def compose_agent(name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(str(CONF), version_base=None):
         return compose(overrides=[f"+agent={name}", *overrides]).agent
 
 
-def fit_scale(cfg, space: NASBench201Space, budget: int) -> float:
+def fit_scale(cfg: DictConfig, space: NASBench201Space, budget: int) -> float:
     """The smallest schedule scale whose iterations of B sample at least ``budget`` architectures."""
     low, high = 1e-4, max(1.0, budget / cfg.batch_size)
     for _ in range(50):
@@ -85,7 +87,7 @@ def fit_scale(cfg, space: NASBench201Space, budget: int) -> float:
     return high
 
 
-def run_variant(label: str, cfg, space: NASBench201Space, seeds: int, budget: int) -> Curves:
+def run_variant(label: str, cfg: DictConfig, space: NASBench201Space, seeds: int, budget: int) -> Curves:
     optimum = space.best()[0]
     runs = [search(instantiate(cfg, space=space, seed=seed), space, budget, optimum) for seed in range(seeds)]
     short = [len(best) for best, _, _ in runs if len(best) < budget]
@@ -159,16 +161,43 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", help="Q-learning variants (default: the config's alpha)")
     parser.add_argument("--output", type=Path, default=Path("runs/agent_vs_random_table.png"))
     args = parser.parse_args()
+    if args.seeds < 1 or args.budget < 1:
+        parser.error("--seeds and --budget must be at least 1")
     checkpoints = sorted({n for n in args.checkpoints if n <= args.budget} | {args.budget})
+    if not args.synthetic and args.table is None:
+        parser.error("give --table PATH or --synthetic")
+    try:
+        space = load_space(args)
+        variants = make_variants(args, space)
+    except (TableError, ValueError, HydraException) as e:
+        sys.exit(f"error: {str(e.__cause__ or e).splitlines()[0]}")  # Hydra wraps the cause
 
+    qcfg = variants[-1][1]
+    batch, schedule = qcfg.batch_size, instantiate(qcfg, space=space).schedule
+    name = "synthetic table" if args.synthetic else args.table.name
+    print(f"{name}: {len(space.metrics)} architectures; {args.seeds} seeds, budget {args.budget}, B={batch}, "
+          f"schedule {qcfg.epsilon_schedule} x{qcfg.schedule_scale:.3g} ({len(schedule)} iterations, "
+          f"{schedule.count(1.0) * batch} samples at epsilon 1)")
+    if len(schedule) * batch > args.budget + batch:
+        print(f"warning: the shortest schedule is {len(schedule)} iterations of {batch}: the budget ends it early "
+              f"at epsilon {schedule[args.budget // batch]}; use a smaller --batch-size")
+    curves = [run_variant(label, cfg, space, args.seeds, args.budget) for label, cfg in variants]
+    best_metric = space.best()[1]
+    report(curves, checkpoints, best_metric)
+    title = f"{name}: {args.seeds} seeds, budget {args.budget}, B={batch}"
+    plot(curves, best_metric, schedule.count(1.0) * batch, title, args.output)
+    print(f"plot: {args.output}")
+
+
+def load_space(args: argparse.Namespace) -> NASBench201Space:
+    if not args.synthetic:
+        return NASBench201Space(args.table, args.arch_column, args.metric_column)
     with tempfile.TemporaryDirectory() as tmp:
-        table = write_synthetic_table(Path(tmp) / "synthetic.csv") if args.synthetic else args.table
-        if table is None:
-            parser.error("give --table PATH or --synthetic")
-        try:
-            space = NASBench201Space(table, args.arch_column, args.metric_column)
-        except (TableError, ValueError) as e:
-            sys.exit(f"error: {e}")
+        return NASBench201Space(write_synthetic_table(Path(tmp) / "synthetic.csv"))
+
+
+def make_variants(args: argparse.Namespace, space: NASBench201Space) -> list[tuple[str, DictConfig]]:
+    """Random search and one Q-learning config per alpha, each schedule scaled to the budget."""
     overrides = [f"agent.batch_size={args.batch_size}", *args.overrides]
     variants = [("random", compose_agent("random", overrides))]
     for alpha in args.alphas or [None]:
@@ -176,18 +205,7 @@ def main() -> None:
         variants.append((f"qlearning alpha={cfg.alpha:g}", cfg))
     for _, cfg in variants:
         cfg.schedule_scale = fit_scale(cfg, space, args.budget)
-    scale = variants[-1][1].schedule_scale
-    print(f"{'synthetic table' if args.synthetic else table}: {len(space.metrics)} architectures; {args.seeds} seeds, "
-          f"budget {args.budget}, B={args.batch_size}, schedule {variants[-1][1].epsilon_schedule} x{scale:.3f}")
-    curves = [run_variant(label, cfg, space, args.seeds, args.budget) for label, cfg in variants]
-    best_metric = space.best()[1]
-    report(curves, checkpoints, best_metric)
-    title = f"{'synthetic table' if args.synthetic else table.name}: {args.seeds} seeds, B={args.batch_size}"
-    qcfg = variants[-1][1]
-    exploring = instantiate(qcfg, space=space).schedule.count(1.0) * qcfg.batch_size
-    plot(curves, best_metric, exploring, title, args.output)
-    print(f"plot: {args.output}")
-
+    return variants
 
 if __name__ == "__main__":
     main()

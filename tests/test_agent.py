@@ -170,9 +170,10 @@ def test_update_rejects_bad_input():
         agent.update([[(p, 0) for p in range(6)]], [float("nan")])
     with pytest.raises(ValueError, match="final"):
         agent.update([[(0, 0), (1, 0)]], [0.5])
+    good = [(p, 0) for p in range(6)]
     with pytest.raises(ValueError, match="not a legal action"):
-        agent.update([[(0, 0), (2, 0), (3, 0), (4, 0), (5, 0)]], [0.5])
-    assert agent.iteration == 0
+        agent.update([good, [(0, 0), (2, 0), (3, 0), (4, 0), (5, 0)]], [0.5, 0.5])
+    assert agent.iteration == 0 and agent.state_dict()["memory"] == [] and agent.state_dict()["q"] == {}
 
 
 def test_greedy_ties_follow_the_exploration_distribution():
@@ -261,6 +262,17 @@ def test_restoring_into_a_different_schedule_is_refused():
     agent = QLearningAgent(ChainSpace(), schedule_scale=0.1)
     with pytest.raises(ValueError, match="iterations"):
         QLearningAgent(ChainSpace()).load_state_dict(agent.state_dict())
+
+
+def test_restoring_into_another_space_or_a_tampered_state_is_refused():
+    agent = QLearningAgent(ChainSpace(), batch_size=8, alpha=0.3, seed=4)
+    run(agent, chain_score, iterations=2)
+    state = agent.state_dict()
+    with pytest.raises(ValueError, match="not a legal action"):
+        QLearningAgent(ChainSpace(options=3), batch_size=8).load_state_dict(state)
+    state["q"]["(7, 7)"] = state["q"].pop(repr(ChainSpace.start))
+    with pytest.raises(ValueError, match="no remembered block visits"):
+        QLearningAgent(ChainSpace(), batch_size=8).load_state_dict(state)
 
 
 CONTINUE = """

@@ -103,6 +103,8 @@ def test_restricted_ops(small_table):
         space.encode(RESNET)
     with pytest.raises(ValueError, match="space.ops"):
         NASBench201Space(small_table, ops=["sep_conv_3x3"])
+    with pytest.raises(TableError, match="no architecture that uses only"):
+        NASBench201Space(small_table, ops=["none"]).best()
 
 
 # ---- tables -----------------------------------------------------------------------------------------------------
@@ -123,6 +125,12 @@ def test_percent_and_fraction_tables_give_fractions(tmp_path, values, unit):
 def test_low_accuracies_in_percent_need_the_unit(tmp_path):
     table = write_table(tmp_path / "t.csv", [(RESNET, "0.5"), (CONV, "0.9")])
     assert NASBench201Space(table, metric_unit="percent").lookup(CONV) == pytest.approx(0.009)
+    assert NASBench201Space(table).lookup(CONV) == pytest.approx(0.9)
+
+
+def test_spreadsheet_byte_order_mark_is_ignored(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text(f"arch,accuracy\n{CONV},0.9\n", encoding="utf-8-sig")
     assert NASBench201Space(table).lookup(CONV) == pytest.approx(0.9)
 
 

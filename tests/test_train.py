@@ -18,7 +18,7 @@ from blockqnn.train import resolve_block, train
 from tests.blocks import RESIDUAL
 from tests.test_report import make_run
 
-SMOKE = ["dataset=synthetic", "template=tiny", "trainer=smoke", "logger=none"]
+SMOKE = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=4", "logger=none"]
 
 
 def config(tmp_path, *overrides):

@@ -18,6 +18,15 @@ from blockqnn.training import Classifier, NonFiniteLossError, accuracy_on_test_s
 from tests.blocks import RESIDUAL
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two OpenMP threads per pytest worker oversubscribe a 2-core machine and can slow training tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_run(compose, *overrides):
     """A tiny residual network, the synthetic data and a recipe (smoke unless overridden)."""
     cfg = compose("dataset=synthetic", "template=tiny", "trainer=smoke", *overrides)
@@ -144,7 +153,8 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     epoch, and the ranks end with the same weights and the same validation accuracy."""
     script = tmp_path / "ddp_fit.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"}
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin",
+           "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=240)
     rows = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -1,0 +1,151 @@
+"""evaluate_candidate: a candidate trains, scores and reproduces; every kind of failure comes back as a Result."""
+
+import json
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from blockqnn import evaluate
+from blockqnn.data import DataError
+from blockqnn.evaluate import Result, candidate_seed, evaluate_candidate, prepare
+from blockqnn.nsc import Block
+from blockqnn.training import Classifier
+from tests.blocks import RESIDUAL
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two OpenMP threads per pytest worker oversubscribe a 2-core machine and can slow training tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def smoke(compose):
+    """The search config of a seconds-long candidate: synthetic data, tiny template, one short epoch."""
+    return lambda *overrides: compose("dataset=synthetic", "template=tiny", "trainer=smoke", *overrides)
+
+
+def test_candidate_trains_above_chance_and_is_scored(smoke):
+    cfg = smoke()
+    result = evaluate_candidate(RESIDUAL, cfg)
+    assert result.status == "ok" and result.error is None
+    assert result.accuracy > 0.6  # 4 classes: chance is 0.25
+    assert result.epochs == 1 and result.params > 0 and result.flops > 0 and result.wall_time > 0
+    block = Block.parse(RESIDUAL)
+    assert result.density == block.density()
+    mu, rho, unit = cfg.reward.mu, cfg.reward.rho, cfg.reward.flops_unit
+    expected = result.accuracy - mu * math.log(result.flops / unit) - rho * math.log(result.density)
+    assert result.reward == pytest.approx(expected)
+
+
+def test_result_is_plain_data(smoke):
+    row = asdict(evaluate_candidate(RESIDUAL, smoke("reward=accuracy")))
+    assert json.loads(json.dumps(row)) == row
+    assert row["reward"] == row["accuracy"]
+
+
+def test_candidates_are_reproducible_and_leave_the_caller_rng_alone(smoke):
+    cfg = smoke()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first, second = evaluate_candidate(RESIDUAL, cfg), evaluate_candidate(RESIDUAL, cfg)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert first.status == second.status == "ok"
+    assert (first.accuracy, first.reward, first.flops) == (second.accuracy, second.reward, second.flops)
+
+
+def test_candidate_seed_depends_on_run_seed_and_architecture():
+    assert candidate_seed(0, "abc") == candidate_seed(0, "abc")
+    assert len({candidate_seed(0, "abc"), candidate_seed(1, "abc"), candidate_seed(0, "abd")}) == 3
+
+
+def test_more_flops_cost_reward_at_equal_accuracy(smoke):
+    """The wider template's network has more FLOPs; the paper reward charges for them."""
+    small, wide = (evaluate_candidate(RESIDUAL, smoke(f"template.filters={f}", "trainer.limit_train_batches=2"))
+                   for f in (4, 16))
+    small_cfg_mu = smoke().reward.mu
+    assert wide.flops > 4 * small.flops and wide.params > small.params
+    assert (wide.accuracy - wide.reward) - (small.accuracy - small.reward) == pytest.approx(
+        small_cfg_mu * math.log(wide.flops / small.flops))
+
+
+# ---- failures ------------------------------------------------------------------------------------------------------
+def test_nan_loss_fails_the_candidate_early(smoke, monkeypatch):
+    calls = []
+
+    def nan_forward(self, x):
+        calls.append(1)
+        return self.net(x) * float("nan")
+
+    monkeypatch.setattr(Classifier, "forward", nan_forward)
+    result = evaluate_candidate(RESIDUAL, smoke("trainer.nan_check_every=4"))
+    assert result.status == "failed" and result.accuracy is None and result.reward is None
+    assert "NonFiniteLossError" in result.error and "non-finite training loss" in result.error
+    assert len(calls) == 4 and result.epochs == 0  # stopped at the first check, not after the epoch
+    assert result.flops > 0 and result.density == Block.parse(RESIDUAL).density()  # measured before training
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    RuntimeError("CUDA error: out of memory"),
+])
+def test_out_of_memory_fails_the_candidate(smoke, monkeypatch, error):
+    def oom(self, x):
+        raise error
+
+    monkeypatch.setattr(Classifier, "forward", oom)
+    result = evaluate_candidate(RESIDUAL, smoke())
+    assert result.status == "failed" and "out of memory" in result.error and result.wall_time > 0
+
+
+def test_malformed_block_fails_the_candidate(smoke):
+    result = evaluate_candidate("(1,9,0,0,0) (2,7,0,0,0)", smoke())
+    assert result.status == "failed" and result.error.startswith("NSCError: layer 1")
+    assert "unknown type 9" in result.error
+
+
+def test_block_the_template_cannot_build_fails_the_candidate(smoke):
+    """Eight stages of 2x2 pooling do not fit a 16x16 image: the network cannot be built for it."""
+    result = evaluate_candidate(RESIDUAL, smoke("template.stages=8"))
+    assert result.status == "failed" and result.params is None and result.error
+    assert result.density == Block.parse(RESIDUAL).density()
+
+
+def test_any_exception_fails_the_candidate(smoke, monkeypatch):
+    def boom(*args, **kwargs):
+        raise ValueError("boom at step 3")
+
+    monkeypatch.setattr(evaluate, "fit", boom)
+    result = evaluate_candidate(RESIDUAL, smoke())
+    assert result == Result(status="failed", flops=result.flops, params=result.params, density=result.density,
+                            wall_time=result.wall_time, error="ValueError: boom at step 3")
+
+
+def test_missing_dataset_is_raised_not_recorded(compose):
+    cfg = compose("dataset=imagefolder", "dataset.source.root=/nonexistent/tree", "template=tiny", "trainer=smoke")
+    with pytest.raises(DataError, match="/nonexistent/tree/train"):
+        evaluate_candidate(RESIDUAL, cfg)
+    with pytest.raises(DataError):
+        prepare(cfg)
+
+
+def test_prepare_loads_and_builds_every_part(smoke):
+    prepare(smoke())  # no error: the data, space, template, reward and recipe are all usable
+
+
+# ---- table spaces ------------------------------------------------------------------------------------------------
+def test_table_space_is_looked_up_not_trained(compose, nb201_table, monkeypatch):
+    monkeypatch.setattr(evaluate, "fit", lambda *a, **k: pytest.fail("a table space must not train"))
+    cfg = compose("space=nasbench201", f"space.table={nb201_table}")
+    space = evaluate._instantiated(evaluate.config_key(cfg.space))
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
+    result = evaluate_candidate(arch, cfg)
+    assert result.status == "ok" and result.accuracy == result.reward == space.lookup(arch)
+    assert 0 < result.accuracy < 1 and result.epochs == 0
+    missing = evaluate_candidate("|bogus~0|", cfg)
+    assert missing.status == "failed" and "not a NAS-Bench-201 architecture" in missing.error
