@@ -72,14 +72,17 @@ def describe(errors: list[BaseException]) -> str:
     return inner
 
 
-# Lines of OmegaConf's and Hydra's messages that only repeat the key or list search paths.
+# Lines of OmegaConf's and Hydra's messages that only repeat the key or list search paths, and the prefix
+# OmegaConf puts before an error raised by a resolver (the run folder check of ``resume=``).
 _NOISE = re.compile(r"(full_key:|object_type=|reference_type=|provider=|Config search path)")
+_RESOLVER_PREFIX = re.compile(r"^\w+ raised while resolving interpolation: ")
 
 
 def _lines(exc: BaseException) -> list[str]:
     if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror:
         return [f"{exc.strerror}: {exc.filename}"]
-    return [line.strip() for line in str(exc).splitlines() if line.strip() and not _NOISE.match(line.strip())]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not _NOISE.match(line.strip())]
+    return [_RESOLVER_PREFIX.sub("", line) for line in lines]
 
 
 def one_line(exc: BaseException) -> str:

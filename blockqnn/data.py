@@ -15,6 +15,7 @@ with a fixed seed; the test set is only for final training.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -90,18 +91,22 @@ def image_folder(
     root: str, image_size: int, channels: int = 3, train_dir: str = "train", test_dir: str = "test"
 ) -> Arrays:
     """Any ``root/{train,test}/<class>/*`` tree of images, resized (shorter side) and centre-cropped to size."""
-    if not (Path(root) / train_dir).is_dir():
-        raise DataError(
-            f"image folder not found: {Path(str(root)) / train_dir} (expected {train_dir}/<class>/*.png|jpg and "
-            f"{test_dir}/<class>/* under dataset.source.root; set dataset.source.root=/path/to/tree)"
-        )
+    for split in (train_dir, test_dir):
+        if not (Path(root) / split).is_dir():
+            raise DataError(
+                f"image folder not found: {Path(root) / split} (expected {train_dir}/<class>/*.png|jpg and "
+                f"{test_dir}/<class>/* under dataset.source.root; set dataset.source.root=/path/to/tree)"
+            )
     mode = {1: "L", 3: "RGB"}[channels]
     to_tensor = v2.Compose([v2.Resize(image_size), v2.CenterCrop(image_size), v2.PILToTensor()])
 
     def load(split: str, class_to_idx: dict[str, int] | None = None) -> tuple[Tensor, Tensor, list[str]]:
-        folder = datasets.ImageFolder(
-            str(Path(root) / split), loader=lambda p: datasets.folder.pil_loader(p).convert(mode)
-        )
+        try:
+            folder = datasets.ImageFolder(
+                str(Path(root) / split), loader=lambda p: datasets.folder.pil_loader(p).convert(mode)
+            )
+        except FileNotFoundError as e:  # no class folders, or class folders without images
+            raise DataError(f"image folder {Path(root) / split}: {e}") from None
         if class_to_idx is not None and set(folder.class_to_idx) - set(class_to_idx):
             raise DataError(f"{Path(root) / split} has classes not in {train_dir}/: "
                             f"{sorted(set(folder.class_to_idx) - set(class_to_idx))}")
@@ -329,9 +334,10 @@ class _Data(L.LightningDataModule):
             raise DataError(f"dataset {self.name}: the data has {found} classes but dataset.num_classes="
                             f"{self.num_classes} (set it to {found}, or null to take it from the data)")
 
-    def _placement(self) -> tuple[torch.device, int, int]:
-        if self.trainer is None:
-            return torch.device("cpu"), 0, 1
+    def _placement(self, device: torch.device | str | None) -> tuple[torch.device, int, int]:
+        """Device, rank and world size: the trainer's, else the given device (default CPU) alone."""
+        if self.trainer is None or device is not None:
+            return torch.device(device or "cpu"), 0, 1
         return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
 
 
@@ -365,8 +371,8 @@ class DeviceData(_Data):
         self._check_classes(len(arrays.classes))
         return arrays
 
-    def setup(self, stage: str) -> None:
-        device, self.rank, self.world = self._placement()
+    def setup(self, stage: str, device: torch.device | str | None = None) -> None:
+        device, self.rank, self.world = self._placement(device)
         self.load()
         aug = self.augment
         self.splits = device_splits(self.source_key, self.val_size, self.split_seed, aug.crop_padding, aug.flip,
@@ -414,6 +420,7 @@ class StreamedData(_Data):
             [v2.Resize(round(image_size / eval_crop_fraction)), v2.CenterCrop(image_size), *normalize]
         )
         self.folders: dict[str, Subset | datasets.ImageFolder] = {}
+        self.device = torch.device("cpu")
 
     def load(self) -> dict:
         """Scan the tree (files are read lazily by the loaders) and carve the validation split."""
@@ -422,7 +429,8 @@ class StreamedData(_Data):
                 raise DataError(f"{self.name}: {self.root / split} not found (expected {self.train_dir}/<class>/* "
                                 f"and {self.test_dir}/<class>/* under dataset.root; set dataset.root=/path)")
         train = datasets.ImageFolder(str(self.root / self.train_dir), transform=self.train_tf)
-        val = datasets.ImageFolder(str(self.root / self.train_dir), transform=self.eval_tf)
+        val = copy.copy(train)  # the same scanned file list, evaluation transforms
+        val.transform = self.eval_tf
         test = datasets.ImageFolder(str(self.root / self.test_dir), transform=self.eval_tf)
         self._check_classes(len(train.classes))
         train_idx, val_idx = validation_split(len(train), self.val_size, self.split_seed)
@@ -430,8 +438,8 @@ class StreamedData(_Data):
                         "test": test}
         return self.folders
 
-    def setup(self, stage: str) -> None:
-        self.device, self.rank, self.world = self._placement()
+    def setup(self, stage: str, device: torch.device | str | None = None) -> None:
+        self.device, self.rank, self.world = self._placement(device)
         self.load()
 
     def _loader(self, split: str) -> DataLoader:
@@ -439,7 +447,7 @@ class StreamedData(_Data):
         return DataLoader(
             self.folders[split], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
             drop_last=train, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            pin_memory=getattr(self, "device", torch.device("cpu")).type == "cuda",
+            pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed),
         )
 

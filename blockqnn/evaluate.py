@@ -72,7 +72,7 @@ def evaluate_candidate(arch: str, cfg: DictConfig) -> Result:
         raise
     except Exception as e:  # noqa: BLE001 - a candidate's failure of any kind is recorded, never raised
         result.error = f"{type(e).__name__}: {e}"
-    if result.status == "failed":
+    if result.status == "failed" or torch.cuda.is_available():
         _release_memory()
     result.wall_time = time.perf_counter() - start
     return result
@@ -107,7 +107,9 @@ def _train(arch: str, cfg: DictConfig, space, result: Result) -> None:
 
 
 def _release_memory() -> None:
-    """After a failure (OOM above all) drop the dead candidate's tensors before the next one starts."""
+    """Drop the finished candidate's tensors before the next one starts: Lightning's trainer and module refer to
+    each other, so without a collection they would wait for Python's cyclic collector, holding device memory
+    (and after an OOM, the memory that the next candidate needs)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

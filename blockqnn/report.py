@@ -149,7 +149,7 @@ def plot_agents(histories: Sequence[History], path: Path) -> Path:
     """Best-so-far curves of every agent across runs (seeds): mean line, min-max band, each run thin."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colours = {"q-learning": "#3182bd", "random": "#e6550d"}
-    for agent, runs in sorted(_by_agent(histories).items()):
+    for agent, runs in sorted(by_agent(histories).items()):
         curves = [best_so_far(h) for h in runs]
         n = min(len(c) for c in curves)
         if n == 0:
@@ -170,7 +170,7 @@ def plot_agents(histories: Sequence[History], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _by_agent(histories: Sequence[History]) -> dict[str, list[History]]:
+def by_agent(histories: Sequence[History]) -> dict[str, list[History]]:
     groups: dict[str, list[History]] = {}
     for h in histories:
         groups.setdefault(h.agent, []).append(h)
@@ -330,7 +330,7 @@ def report_multirun(sweep_dir: Path, runs: Sequence[Path], top_k: int = 5, wandb
     plot = plot_agents(histories, sweep_dir / "agents.png")
     lines = [f"# Multirun report: {sweep_dir.name}", "", "| agent | runs | best reward (mean ± std) | trained blocks |",
              "|---|---|---|---|"]
-    for agent, group in sorted(_by_agent(histories).items()):
+    for agent, group in sorted(by_agent(histories).items()):
         finals = [b[-1] for b in map(best_so_far, group) if len(b)]
         trained = sorted({len(h.trained()) for h in group})
         lines.append(f"| {agent} | {len(group)} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from blockqnn.cli import UserError, hydra_app
-from blockqnn.evaluate import evaluate_candidate, prepare
 from blockqnn.store import Store, StoreError, check, is_run
 from blockqnn.tracking import Progress
 
@@ -62,6 +62,7 @@ class Search:
     executor: Any
     tracker: Any
     progress: Progress
+    evaluate: Callable[[str, DictConfig], Any]  # blockqnn.evaluate.evaluate_candidate, or a stand-in in tests
     seen: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # hash -> first evaluation
     counts: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
     best: dict[str, Any] | None = None
@@ -91,7 +92,7 @@ class Search:
             else:
                 waiting[h] = []
                 todo.append((pos, arch))
-        for pos, result in self.executor.map(evaluate_candidate, todo, self.cfg):
+        for pos, result in self.executor.map(self.evaluate, todo, self.cfg):
             row = dict(iteration=it, position=pos, arch=archs[pos], hash=hashes[pos], epsilon=epsilon, cached=0)
             rows[pos] = self._record(row | dataclasses.asdict(result))
             for other in waiting.pop(hashes[pos]):
@@ -147,9 +148,13 @@ class Search:
 
 
 # ---- setting up -----------------------------------------------------------------------------------------------
-def search(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str, Any] | None:
+def search(
+    cfg: DictConfig, run_dir: Path, group: str | None = None, evaluate: Callable[[str, DictConfig], Any] | None = None
+) -> dict[str, Any] | None:
     """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
-    ``cfg.resume`` is set); returns the best candidate row."""
+    ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests)."""
+    from blockqnn.evaluate import evaluate_candidate  # torch and Lightning: imported once the config is good
+
     resuming = cfg.resume is not None or is_run(run_dir)
     store = Store.open(run_dir) if resuming else None
     try:
@@ -167,7 +172,8 @@ def search(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str
         with instantiate(cfg.executor) as executor:
             tracker.start(cfg, run_dir, store, group)
             try:
-                Search(cfg, agent, space, store, executor, tracker, Progress(**cfg.progress)).run()
+                progress = Progress(**cfg.progress)
+                Search(cfg, agent, space, store, executor, tracker, progress, evaluate or evaluate_candidate).run()
             finally:
                 tracker.finish(store)
         best = store.best(1)
@@ -177,7 +183,7 @@ def search(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict[str
             store.close()
 
 
-def check_same_history(stored: DictConfig, cfg: DictConfig) -> None:
+def check_same_history(stored: DictConfig | dict, cfg: DictConfig | dict) -> None:
     """Refuse to continue a history under a config that would change what its candidates mean."""
     old, new = _leaves(stored), _leaves(cfg)
     differing = sorted(
@@ -191,7 +197,7 @@ def check_same_history(stored: DictConfig, cfg: DictConfig) -> None:
         raise UserError(f"cannot resume: the config changes what the stored history means: {shown}{more}")
 
 
-def _leaves(cfg: DictConfig) -> dict[str, Any]:
+def _leaves(cfg: DictConfig | dict) -> dict[str, Any]:
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -201,13 +207,14 @@ def _leaves(cfg: DictConfig) -> dict[str, Any]:
         else:
             flat[prefix] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg, "")
     return flat
 
 
 def _prepare(cfg: DictConfig) -> None:
     """Load the data and build every part once, so bad config or missing data stop the search with one line."""
     from blockqnn.data import DataError
+    from blockqnn.evaluate import prepare
 
     try:
         prepare(cfg)

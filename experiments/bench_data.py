@@ -106,7 +106,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the torchvision pipeline")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of this process, both pipelines (the fast path's ops are too small to "
+                             "gain from more, and on a busy CPU OpenMP barriers stall them)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     images, labels, source = cifar_sized_images(args.images)
     print(f"images: {len(images):,} from {source}; batch {args.batch}; device {device}; "

@@ -155,6 +155,12 @@ def test_image_folder_class_count_must_match_config(tmp_path):
         datamodule(cfg, batch_size=2).load()
 
 
+def test_image_folder_without_test_split_is_a_clear_error(tmp_path):
+    write_image_tree(tmp_path / "train", ["a", "b"], 2, (8, 8))
+    with pytest.raises(DataError, match=str(tmp_path / "test")):
+        datamodule(dataset_cfg("imagefolder", f"dataset.source.root={tmp_path}"), batch_size=2).load()
+
+
 def test_image_folder_missing_root_errors_name_the_setting(tmp_path):
     with pytest.raises(DataError, match=r"source\.root is not set"):
         datamodule(dataset_cfg("imagefolder"), batch_size=2)
@@ -206,6 +212,9 @@ def test_imagenet_streams_a_tiny_tree(tmp_path):
     assert x.shape == (3, 3, 32, 32) and x.dtype == torch.float32 and len(data.train_dataloader()) == 2
     xt, yt = next(iter(data.test_dataloader()))
     assert xt.shape == (4, 3, 32, 32) and sorted(yt.tolist()) == [0, 0, 1, 1]
+    assert train.dataset.transform is data.train_tf and val.dataset.transform is data.eval_tf
+    first, again = (next(iter(data.val_dataloader()))[0] for _ in range(2))
+    assert torch.equal(first, again)  # evaluation is deterministic, training is augmented
 
 
 # ---- the validation split ----------------------------------------------------------------------------------------

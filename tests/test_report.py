@@ -170,3 +170,17 @@ def test_report_never_writes_to_the_history(tmp_path):
     report.report(run, top_k=2, wandb=False)
     after = sqlite3.connect(run / "history.sqlite").execute("SELECT count(*) FROM candidates").fetchone()
     assert before == after
+
+
+def test_report_of_a_table_space_run_has_no_drawings(tmp_path):
+    from blockqnn.nasbench201 import all_archs
+
+    store = Store.create(tmp_path / "run", {"seed": 0, "agent": {"epsilon_override": None}})
+    for i, arch in enumerate(all_archs()[:12]):
+        store.record({"iteration": i // 4, "position": i % 4, "arch": arch, "hash": str(i), "status": "ok",
+                      "accuracy": i / 20, "reward": i / 20, "epsilon": 1.0, "cached": 0})
+    store.close()
+    written = report.report(tmp_path / "run", top_k=2, wandb=False)
+    assert not [p for p in written if p.name.startswith("top")]
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert all_archs()[11] in summary and "have in common" not in summary

@@ -1,0 +1,258 @@
+"""The search loop on the NAS-Bench-201 table space (rewards without training): history, dedupe, failures,
+resume after a kill, refused resumes, multiruns, Ray, presets and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from blockqnn.agent import QLearningAgent
+from blockqnn.cli import UserError, describe, one_line_errors, user_errors
+from blockqnn.evaluate import evaluate_candidate
+from blockqnn.nsc import Block, NSCError
+from blockqnn.search import check_same_history, search
+from blockqnn.store import DB_NAME, Store
+from tests.conftest import REPO, run_cli
+
+TIMES = ("wall_time", "started_at", "finished_at")
+
+
+def history(run_dir: Path) -> tuple[list[dict], dict]:
+    """Candidates without their timings, and the last agent checkpoint."""
+    with Store.open(run_dir, readonly=True) as store:
+        rows = [{k: v for k, v in row.items() if k not in TIMES} for row in store.candidates()]
+        return rows, store.latest_agent_state()
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_sampled_block_is_recorded_and_no_block_is_evaluated_twice(compose, table_search, tmp_path):
+    cfg = compose(*table_search, "space.ops=[none,skip_connect,nor_conv_3x3]")  # 729 cells: many repeats
+    evaluated = []
+
+    def counting(arch, cfg):
+        evaluated.append(arch)
+        return evaluate_candidate(arch, cfg)
+
+    best = search(cfg, tmp_path, evaluate=counting)
+    rows, (last, state) = history(tmp_path)
+    iterations, batch = len(set(r["iteration"] for r in rows)), cfg.agent.batch_size
+    assert [(r["iteration"], r["position"]) for r in rows] == [(i, p) for i in range(iterations) for p in range(batch)]
+    assert last == iterations - 1 and state["iteration"] == iterations == state["num_iterations"]
+    first = {}
+    for row in rows:
+        if row["cached"]:
+            original = first[row["hash"]]  # a cached copy always follows the block's evaluation
+            assert {k: row[k] for k in ("status", "reward", "accuracy")} == {
+                k: original[k] for k in ("status", "reward", "accuracy")}
+        else:
+            assert row["hash"] not in first
+            first[row["hash"]] = row
+    assert len(evaluated) == len(first) == len(set(evaluated))
+    assert sum(r["cached"] for r in rows) > 0
+    within_batch = Counter((r["iteration"], r["hash"]) for r in rows)
+    assert max(within_batch.values()) > 1, "no repeat inside one batch: that path went untested"
+    assert best["reward"] == max(r["reward"] for r in rows)
+    assert {r["epsilon"] for r in rows if r["iteration"] == 0} == {1.0}
+
+
+def test_failed_candidates_are_recorded_and_rewarded_failed_reward(compose, table_search, tmp_path, monkeypatch):
+    from blockqnn.evaluate import Result
+
+    def flaky(arch, cfg):
+        if int(hashlib.sha256(arch.encode()).hexdigest(), 16) % 3 == 0:
+            return Result(status="failed", error="RuntimeError: CUDA out of memory (injected)")
+        return evaluate_candidate(arch, cfg)
+
+    seen_rewards = []
+    update = QLearningAgent.update
+    monkeypatch.setattr(QLearningAgent, "update", lambda self, t, r: (seen_rewards.extend(r), update(self, t, r))[1])
+    search(compose(*table_search, "failed_reward=-0.25"), tmp_path, evaluate=flaky)
+    rows, _ = history(tmp_path)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all("out of memory" in r["error"] and r["reward"] is None for r in failed)
+    assert seen_rewards == [-0.25 if r["status"] == "failed" else r["reward"] for r in rows]
+
+
+def test_interrupted_search_resumes_to_the_same_history(compose, table_search, tmp_path):
+    """In-process kill at an arbitrary candidate (the subprocess SIGKILL test below does it for real)."""
+    reference = tmp_path / "reference"
+    search(compose(*table_search), reference)
+    for stop_after in (5, 13):  # inside the first iteration, and inside a later one
+        run = tmp_path / f"killed-{stop_after}"
+        calls = []
+
+        def dying(arch, cfg, calls=calls, stop_after=stop_after):
+            calls.append(arch)
+            if len(calls) > stop_after:
+                raise KeyboardInterrupt
+            return evaluate_candidate(arch, cfg)
+
+        with pytest.raises(KeyboardInterrupt):
+            search(compose(*table_search), run, evaluate=dying)
+        assert 0 < len(history(run)[0]) < len(history(reference)[0])
+        search(compose(*table_search, f"resume={run}"), run)
+        assert history(run) == history(reference)
+
+
+def test_resume_refuses_a_config_that_changes_the_history(compose, table_search, tmp_path):
+    search(compose(*table_search), tmp_path)
+    before = digest(tmp_path)
+    for change, key in [("agent.alpha=0.3", "agent.alpha"), ("seed=1", "seed"), ("failed_reward=-1", "failed_reward"),
+                        ("agent=random", "agent.epsilon_override")]:
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            search(compose(*table_search, change, f"resume={tmp_path}"), tmp_path)
+    assert digest(tmp_path) == before
+
+
+def test_resume_allows_harmless_changes_and_trains_nothing_again(compose, table_search, tmp_path):
+    search(compose(*table_search), tmp_path)
+    rows, state = history(tmp_path)
+    evaluated = []
+    search(compose(*table_search, "executor.threads=1", "progress.mode=log", "output_root=elsewhere",
+                   f"resume={tmp_path}"), tmp_path, evaluate=lambda arch, cfg: evaluated.append(arch))
+    assert evaluated == [] and history(tmp_path) == (rows, state)
+
+
+def test_changed_keys_are_named():
+    with pytest.raises(UserError, match=r"dataset\.val_size \(300 -> 200\)"):
+        check_same_history({"dataset": {"val_size": 300, "source": {"root": "a"}}, "logger": {"project": "x"}},
+                           {"dataset": {"val_size": 200, "source": {"root": "b"}}, "logger": {"project": "y"}})
+    check_same_history({"dataset": {"source": {"root": "a"}}, "executor": {"workers": 1}},  # data moved: allowed
+                       {"dataset": {"source": {"root": "b"}}, "executor": {"workers": 4}})
+
+
+def test_resume_of_a_folder_written_by_another_search_is_refused(compose, table_search, tmp_path):
+    search(compose(*table_search), tmp_path)
+    with sqlite3.connect(tmp_path / DB_NAME) as db:  # pretend the last iteration was never checkpointed...
+        db.execute("DELETE FROM agent_checkpoints")
+        db.execute("UPDATE candidates SET arch = '|none~0|+|none~0|none~1|+|none~0|none~1|none~2|' "
+                   "WHERE iteration = 0 AND position = 0")  # ...and its first block differs from the sample
+    with pytest.raises(Exception, match="does not match the agent's sample"):
+        search(compose(*table_search, f"resume={tmp_path}"), tmp_path)
+
+
+def test_one_line_errors_for_bad_input(capsys):
+    with pytest.raises(SystemExit) as exit_info, one_line_errors(full=False):
+        Block.parse("[(1,9,0,0,0),(2,7,0,0,0)]")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith("error: layer 1") and err.count("\n") == 1
+    with pytest.raises(NSCError), one_line_errors(full=True):
+        Block.parse("(1,1)")
+    with pytest.raises(ZeroDivisionError), one_line_errors(full=False):  # a bug keeps its traceback
+        _ = 1 / 0
+    assert describe(user_errors(FileNotFoundError(2, "No such file or directory", "/x.csv"))) == (
+        "No such file or directory: /x.csv")
+
+
+@pytest.mark.slow
+def test_ray_search_matches_the_local_one(compose, table_search, tmp_path):
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    search(compose(*table_search), local)
+    search(compose(*table_search, "executor=ray", "executor.init.num_cpus=2"), ray)
+    assert history(ray) == history(local)
+
+
+@pytest.mark.slow
+def test_local_worker_processes_match_in_process(compose, table_search, tmp_path):
+    search(compose(*table_search), tmp_path / "in-process")
+    search(compose(*table_search, "executor.workers=2"), tmp_path / "workers")
+    assert history(tmp_path / "workers") == history(tmp_path / "in-process")
+
+
+# ---- real processes -------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(table_search, tmp_path):
+    args = [a for a in table_search if not a.startswith("agent.")] + ["agent.batch_size=32", "agent.schedule_scale=0.2"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    done = run_cli(*args, f"hydra.run.dir={reference}")
+    assert done.returncode == 0, done.stderr
+    total = len(history(reference)[0])
+
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "blockqnn.search", *args, f"hydra.run.dir={killed}"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while _count(killed) < total // 3 and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    stored = _count(killed)
+    assert proc.returncode == -signal.SIGKILL and total // 3 <= stored < total, (stored, total)
+
+    resumed = run_cli(*args, f"resume={killed}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert history(killed) == history(reference)
+
+
+def _count(run_dir: Path) -> int:
+    try:
+        with Store.open(run_dir, readonly=True) as store:
+            return store.conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+    except Exception:  # not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_search_its_own_folder(table_search, tmp_path):
+    out = run_cli("-m", *table_search, "agent=qlearning,random", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    runs = sorted(p.parent for p in tmp_path.glob(f"*/{DB_NAME}"))
+    assert len(runs) == 4
+    configs = []
+    for run in runs:
+        with Store.open(run, readonly=True) as store:
+            cfg = store.config()
+            configs.append((cfg.agent.epsilon_override, cfg.seed))
+            rows = store.candidates()
+            assert len(rows) == cfg.agent.batch_size * len({r["iteration"] for r in rows})
+    assert sorted(configs, key=str) == sorted([(None, 0), (None, 1), (1.0, 0), (1.0, 1)], key=str)
+    assert len({tuple(r["arch"] for r in history(run)[0]) for run in runs}) == 4  # no shared state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["foo=1"], "Could not override 'foo'"),
+        (["agent.alfa=0.1"], "Key 'alfa' is not in struct"),
+        (["space=nasbench201", "space.table=/no/such/table.csv"], "/no/such/table.csv not found"),
+        (["space=nasbench201"], "Missing mandatory value: space.table"),
+        (["dataset=imagefolder", "dataset.source.root=/no/such/images", "logger=none"], "/no/such/images"),
+        (["resume={tmp}/plain"], "is not a search run"),
+        (["resume={tmp}/corrupt"], "corrupt"),
+    ],
+    ids=["unknown-option", "unknown-agent-option", "missing-table", "table-not-given", "missing-dataset",
+         "resume-not-a-run", "resume-corrupt"],
+)
+def test_bad_input_gives_one_error_line_and_touches_nothing(tmp_path, args, message):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("mine")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / DB_NAME).write_bytes(b"SQLite format 3\0" + os.urandom(3000))
+    before = digest(tmp_path)
+    out = run_cli(*[a.format(tmp=tmp_path) for a in args], f"output_root={tmp_path}/runs", cwd=tmp_path)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert {k: v for k, v in digest(tmp_path).items() if not k.startswith("runs/")} == before
+
+
+@pytest.mark.slow
+def test_full_error_shows_the_traceback(tmp_path):
+    out = run_cli("resume=" + str(tmp_path), env={"HYDRA_FULL_ERROR": "1"}, cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" in out.stderr and "is not a search run" in out.stderr
