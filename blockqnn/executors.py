@@ -112,7 +112,8 @@ class LocalExecutor:
 def _worker_env(index: int, gpus: list[str], threads: int) -> dict[str, str]:
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
-    return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "BLOCKQNN_TORCH_THREADS": str(threads)}
+    # torch takes its default thread count from OMP_NUM_THREADS at import: workers must not oversubscribe cores.
+    return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 class _Worker:
@@ -165,10 +166,6 @@ class _Worker:
 def _serve(conn: Connection, env: dict[str, str]) -> None:
     """A worker's life: set its device, then evaluate candidates until told to stop."""
     os.environ.update(env)
-    if "BLOCKQNN_TORCH_THREADS" in env:
-        import torch
-
-        torch.set_num_threads(int(env["BLOCKQNN_TORCH_THREADS"]))
     fn = cfg = None
     while (message := conn.recv()) is not None:
         position, arch, job = message

@@ -64,6 +64,9 @@ class BlockModule(nn.Module):
         return self.merge(torch.cat([nodes[i] for i in self.outputs], dim=1))
 
 
+STEMS = ("conv", "imagenet")
+
+
 def _stem(kind: str, in_channels: int, filters: int) -> nn.Sequential:
     if kind == "conv":
         return nn.Sequential(nn.Conv2d(in_channels, filters, 3, padding=1, bias=False), nn.BatchNorm2d(filters))
@@ -74,7 +77,7 @@ def _stem(kind: str, in_channels: int, filters: int) -> nn.Sequential:
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
-    raise ValueError(f"template.stem must be 'conv' or 'imagenet', got {kind!r}")
+    raise ValueError(f"template.stem must be one of {STEMS}, got {kind!r}")
 
 
 class Template:
@@ -85,7 +88,8 @@ class Template:
     def __init__(self, stem: str = "conv", stages: int = 3, repeats: int = 2, filters: int = 32) -> None:
         if stages < 1 or repeats < 1 or filters < 1:
             raise ValueError(f"template needs stages, repeats, filters >= 1 (got {stages}, {repeats}, {filters})")
-        _stem(stem, 1, 1)  # fail early on an unknown stem
+        if stem not in STEMS:
+            raise ValueError(f"template.stem must be one of {STEMS}, got {stem!r}")
         self.stem, self.stages, self.repeats, self.filters = stem, stages, repeats, filters
 
     def build(self, block: Block, in_channels: int, num_classes: int) -> nn.Sequential:

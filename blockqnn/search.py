@@ -153,8 +153,6 @@ def search(
 ) -> dict[str, Any] | None:
     """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
     ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests)."""
-    from blockqnn.evaluate import evaluate_candidate  # torch and Lightning: imported once the config is good
-
     resuming = cfg.resume is not None or is_run(run_dir)
     store = Store.open(run_dir) if resuming else None
     try:
@@ -162,7 +160,7 @@ def search(
             check_same_history(store.config(), cfg)
         space = instantiate(cfg.space)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
-        _prepare(cfg)
+        evaluate = evaluate or prepared_evaluator(cfg)
         store = store or Store.create(run_dir, cfg)
         restored = store.latest_agent_state()
         if restored is not None:
@@ -173,7 +171,7 @@ def search(
             tracker.start(cfg, run_dir, store, group)
             try:
                 progress = Progress(**cfg.progress)
-                Search(cfg, agent, space, store, executor, tracker, progress, evaluate or evaluate_candidate).run()
+                Search(cfg, agent, space, store, executor, tracker, progress, evaluate).run()
             finally:
                 tracker.finish(store)
         best = store.best(1)
@@ -181,6 +179,19 @@ def search(
     finally:
         if store is not None:
             store.close()
+
+
+def prepared_evaluator(cfg: DictConfig) -> Callable[[str, DictConfig], Any]:
+    """``evaluate_candidate``, after loading the data and building every part once: a bad config or missing data
+    stops the search with one line before anything is stored. Imports torch, so only once the config is good."""
+    from blockqnn.data import DataError
+    from blockqnn.evaluate import evaluate_candidate, prepare
+
+    try:
+        prepare(cfg)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    return evaluate_candidate
 
 
 def check_same_history(stored: DictConfig | dict, cfg: DictConfig | dict) -> None:
@@ -209,17 +220,6 @@ def _leaves(cfg: DictConfig | dict) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg, "")
     return flat
-
-
-def _prepare(cfg: DictConfig) -> None:
-    """Load the data and build every part once, so bad config or missing data stop the search with one line."""
-    from blockqnn.data import DataError
-    from blockqnn.evaluate import prepare
-
-    try:
-        prepare(cfg)
-    except DataError as e:
-        raise UserError(str(e)) from None
 
 
 def summary(best: dict[str, Any] | None, run_dir: Path) -> str:

@@ -31,7 +31,7 @@ TABLE_COLUMNS = (
     "cached", "epochs", "wall_time", "error",
 )
 # Numbers logged per candidate (history), besides the counters.
-LOGGED = ("iteration", "reward", "accuracy", "flops", "params", "density", "epsilon", "cached")
+LOGGED = ("iteration", "position", "reward", "accuracy", "flops", "params", "density", "epsilon", "cached")
 
 
 class NoTracker:

@@ -1,0 +1,90 @@
+"""The progress line and W&B tracking, read back from offline runs with wandb's own record format."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from blockqnn.search import search
+from blockqnn.store import Store
+from blockqnn.tracking import Progress, WandbTracker, wandb_mode
+from tests.conftest import read_wandb_run
+
+STATE = dict(iteration=1, iterations=4, epsilon=0.9, done=10, total=40, cached=2, failed=1, best=0.61234)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_on_a_terminal():
+    out = Terminal()
+    progress = Progress(stream=out)
+    progress.update(**STATE, new=10)
+    progress.update(**STATE | {"done": 40, "iteration": 4}, new=30, final=True)
+    first, second = out.getvalue().split("\r")[1:]
+    assert first.startswith("iteration 2/4  epsilon 0.90  candidates 10/40 (cached 2, failed 1)  best reward 0.6123")
+    assert "elapsed 0:00:00" in first and "remaining" in first
+    assert second.startswith("iteration 4/4") and second.endswith("\n") and first.count("\n") == 0
+
+
+def test_progress_logs_plain_lines_when_not_a_terminal(caplog):
+    out = io.StringIO()
+    progress = Progress(every_s=3600, stream=out)
+    with caplog.at_level(logging.INFO, logger="blockqnn.tracking"):
+        for _ in range(5):
+            progress.update(**STATE, new=1)
+        progress.update(**STATE, final=True)
+    assert out.getvalue() == ""
+    assert len(caplog.records) == 1 and "candidates 10/40" in caplog.records[0].getMessage()
+
+
+def test_progress_off_and_bad_mode(caplog):
+    out = Terminal()
+    with caplog.at_level(logging.INFO, logger="blockqnn.tracking"):
+        Progress(mode="off", stream=out).update(**STATE, final=True)
+    assert out.getvalue() == "" and not caplog.records
+    with pytest.raises(ValueError, match="progress.mode"):
+        Progress(mode="fancy")
+
+
+def test_wandb_mode_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert wandb_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert wandb_mode(None) == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode(None) == "disabled" and wandb_mode("offline") == "offline"
+
+
+def test_search_is_tracked_offline_and_a_resume_continues_the_run(compose, table_search, tmp_path):
+    args = [a for a in table_search if a != "logger=none"] + ["logger=wandb", "logger.table_every=2"]
+    search(compose(*args), tmp_path, group="sweep-1")
+    with Store.open(tmp_path, readonly=True) as store:
+        rows, run_id, best = store.candidates(), store.get("wandb_run_id"), store.best(1)[0]
+    [run] = read_wandb_run(tmp_path)
+    assert run["id"] == run_id and run["group"] == "sweep-1"
+    assert run["config"]["agent"]["batch_size"] == 8 and run["config"]["space"]["table"].endswith(".csv")
+    logged = [h for h in run["history"] if "reward" in h]  # in finishing order, each as it finished
+    assert [h["candidate"] for h in logged] == list(range(1, len(rows) + 1))
+    keys = ("iteration", "position", "reward", "accuracy", "epsilon", "cached", "failed")
+    assert sorted(tuple(h[k] for k in keys) for h in logged) == [
+        (r["iteration"], r["position"], r["reward"], r["accuracy"], r["epsilon"], r["cached"], 0) for r in rows]
+    assert logged[-1]["best_reward"] == best["reward"]
+    assert run["summary"]["best_arch"] == best["arch"] and run["summary"]["best_reward"] == best["reward"]
+    final_table = run["tables"][-1]
+    assert [row[final_table["columns"].index("arch")] for row in final_table["data"]] == [r["arch"] for r in rows]
+    assert len(run["tables"]) >= 2  # periodic tables too
+
+    search(compose(*args, f"resume={tmp_path}"), tmp_path)  # a finished run: nothing new, same W&B run
+    runs = read_wandb_run(tmp_path)
+    assert len(runs) == 2 and {r["id"] for r in runs} == {run_id}
+
+
+def test_tracker_without_a_run_finishes_quietly(tmp_path):
+    with Store.create(tmp_path, {}) as store:
+        WandbTracker().finish(store)  # finish before start (a search that failed early)
