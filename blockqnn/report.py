@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from blockqnn.cli import UserError, one_line_errors  # noqa: E402
 from blockqnn.drawing import NAMES, depths, draw_block, edges, wrap_code  # noqa: E402
 from blockqnn.nsc import Block, LayerType, NSCError  # noqa: E402
 from blockqnn.store import Store, is_run  # noqa: E402
+from blockqnn.tracking import wandb_mode  # noqa: E402
 
 ANY_LENGTH = 10**6  # parse stored blocks whatever the space's max_index was
 
@@ -129,7 +129,7 @@ def plot_rewards(history: History, path: Path) -> Path:
     ax.set_xlim(0.5, max(len(rows), 1) + 0.5)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{history.run_dir.name}: reward per candidate ({history.agent})", fontsize=10, pad=14)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_best_so_far(history: History, path: Path) -> Path:
@@ -142,7 +142,7 @@ def plot_best_so_far(history: History, path: Path) -> Path:
     ax.set_ylabel("best reward so far")
     ax.set_title(f"{history.run_dir.name}: best so far ({history.agent})", fontsize=10)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_agents(histories: Sequence[History], path: Path) -> Path:
@@ -167,7 +167,7 @@ def plot_agents(histories: Sequence[History], path: Path) -> Path:
     ax.set_title("agents compared at equal numbers of trained blocks (band: min-max over runs)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def by_agent(histories: Sequence[History]) -> dict[str, list[History]]:
@@ -177,7 +177,10 @@ def by_agent(histories: Sequence[History]) -> dict[str, list[History]]:
     return groups
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure; the PNG style of every report and experiment."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -367,7 +370,7 @@ def log_to_wandb(history: History, images: Sequence[Path]) -> None:
         logger = OmegaConf.select(history.config, "logger") or {}
         run = wandb.init(
             id=history.wandb_run_id, resume="allow", project=logger.get("project"), entity=logger.get("entity"),
-            dir=str(history.run_dir), mode=None if os.environ.get("WANDB_MODE") else logger.get("mode"),
+            dir=str(history.run_dir), mode=wandb_mode(logger.get("mode")), settings=wandb.Settings(console="off"),
         )
         table = wandb.Table(columns=["rank", "nsc", "reward", "accuracy", "flops", "params", "density"],
                             data=[[i, r["arch"], r["reward"], r["accuracy"], r["flops"], r["params"], r["density"]]

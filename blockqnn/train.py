@@ -145,9 +145,10 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
                                   every_n_epochs=cfg.checkpoint.every_n_epochs)
     last = folder / CHECKPOINTS / "last.ckpt"
     resume_from = str(last) if last.is_file() else None
+    logger = tracking_logger(cfg, folder)
     with quiet():
-        trainer = build_trainer(recipe, logger=tracking_logger(cfg, folder), callbacks=[checkpoints],
-                                enable_checkpointing=True, default_root_dir=str(folder))
+        trainer = build_trainer(recipe, logger=logger, callbacks=[checkpoints], enable_checkpointing=True,
+                                default_root_dir=str(folder))
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)
         (val,) = trainer.validate(module, datamodule=data, verbose=False)
         test_acc = accuracy_on_test_set(trainer, module, data)
@@ -162,6 +163,9 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
         (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
         print(f"test accuracy {test_acc:.4f} (validation {val['val_acc']:.4f}) after {result['epochs']} epochs; "
               f"model saved to {folder / cfg.export}")
+    if isinstance(logger, WandbLogger):
+        logger.experiment.summary.update({k: v for k, v in result.items() if v is not None})
+        logger.experiment.finish()
     return result
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -24,6 +23,7 @@ from scipy.stats import kendalltau
 
 from blockqnn.config import compose
 from blockqnn.evaluate import evaluate_candidate
+from blockqnn.report import save_figure
 from blockqnn.reward import PaperReward
 
 matplotlib.use("Agg")
@@ -105,10 +105,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"validation accuracy after {long_epochs} epochs")
     fig.suptitle(f"{len(ok)} random NSC blocks (colour: log FLOPs)", fontsize=10)
-    fig.tight_layout()
-    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.png, dpi=120)
-    print(f"figure: {args.png}")
+    print(f"figure: {save_figure(fig, args.png)}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -27,7 +26,7 @@ from hydra.utils import instantiate
 
 from blockqnn.config import compose
 from blockqnn.nsc import Block
-from blockqnn.report import block_features
+from blockqnn.report import block_features, save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -117,10 +116,7 @@ def main() -> None:
     ax.set(xlabel="iteration", ylabel="mean reward of the sampled blocks", title="synthetic reward, NSC space")
     ax_len.set(xlabel="iteration", ylabel="mean layers per sampled block", title="block length")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    Path(args.png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.png, dpi=120)
-    print(f"figure: {args.png}")
+    print(f"figure: {save_figure(fig, args.png)}")
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ def read_wandb_run(run_dir: Path) -> dict:
             elif kind == "summary":
                 run["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                                        for i in record.summary.update})
-        run["tables"] = [json.loads(p.read_text()) for p in sorted(folder.glob("files/media/table/*.table.json"))]
+        tables = folder.glob("files/media/table/*.table.json")  # named <key>_<step>_<hash>.table.json
+        run["tables"] = [json.loads(p.read_text()) for p in sorted(tables, key=lambda p: int(p.name.split("_")[-2]))]
         runs.append(run)
     return runs

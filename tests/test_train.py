@@ -13,8 +13,8 @@ from blockqnn import export
 from blockqnn.cli import UserError
 from blockqnn.config import compose
 from blockqnn.nsc import Block
-from blockqnn.store import Store
-from blockqnn.train import resolve_block, train
+from blockqnn.store import Store, StoreError
+from blockqnn.train import resolve_block, train, train_dir_or_resume
 from tests.blocks import RESIDUAL
 from tests.test_report import make_run
 
@@ -120,16 +120,23 @@ def cli(*args, cwd=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["bad_nsc", "rank", "not_a_run", "no_block"])
+@pytest.mark.parametrize("case", ["bad_nsc", "rank"])
 def test_cli_bad_input_is_one_line(tmp_path, case):
-    run = make_run(tmp_path / "search")
-    (tmp_path / "plain").mkdir()
-    block = {"bad_nsc": 'block="[(1,9,0,0,0),(2,7,0,0,0)]"', "rank": f"block={run}:50",
-             "not_a_run": f"block={tmp_path / 'plain'}:1", "no_block": "seed=1"}[case]
-    proc = cli(block, f"hydra.run.dir={tmp_path / 'out'}")
+    block = {"bad_nsc": 'block="[(1,9,0,0,0),(2,7,0,0,0)]"', "rank": f"block={make_run(tmp_path / 'search')}:50"}
+    proc = cli(block[case], f"hydra.run.dir={tmp_path / 'out'}")
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_missing_block_or_run_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a search run"):
+        resolve_block(f"{tmp_path / 'plain'}:1")
+    with pytest.raises(UserError, match="no block given"):
+        train(config(tmp_path), tmp_path / "out")
+    with pytest.raises(UserError, match="not a train folder"):
+        train_dir_or_resume(str(tmp_path / "plain"), "unused")
 
 
 @pytest.mark.slow
