@@ -170,10 +170,11 @@ def search(
         with instantiate(cfg.executor) as executor:
             tracker.start(cfg, run_dir, store, group)
             try:
-                progress = Progress(**cfg.progress)
-                Search(cfg, agent, space, store, executor, tracker, progress, evaluate).run()
-            finally:
-                tracker.finish(store)
+                Search(cfg, agent, space, store, executor, tracker, Progress(**cfg.progress), evaluate).run()
+            except BaseException:
+                tracker.finish(store, exit_code=1)  # killed or crashed: a resume continues the same W&B run
+                raise
+            tracker.finish(store)
         best = store.best(1)
         return best[0] if best else None
     finally:

@@ -46,7 +46,7 @@ class NoTracker:
     def end_iteration(self, iteration: int, store: Store) -> None:
         pass
 
-    def finish(self, store: Store) -> None:
+    def finish(self, store: Store, exit_code: int = 0) -> None:
         pass
 
 
@@ -102,11 +102,11 @@ class WandbTracker(NoTracker):
         if self.table_every and (iteration + 1) % self.table_every == 0:
             self._log_table(store.candidates())
 
-    def finish(self, store: Store) -> None:
+    def finish(self, store: Store, exit_code: int = 0) -> None:
         if self.run is None:
             return
         self._log_table(store.candidates())
-        self.run.finish()
+        self.run.finish(exit_code=exit_code)
         self.run = None
 
     def _log_table(self, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -162,6 +162,7 @@ def fit(module: Classifier, data: L.LightningDataModule, cfg: DictConfig, **trai
 
     ``module.history`` holds the epochs completed, also when training stops with an exception.
     """
+    torch.set_flush_denormal(True)  # on CPU, denormal weights after the LR decays made candidates 20-50x slower
     trainer = build_trainer(cfg, **trainer_kwargs)
     trainer.fit(module, datamodule=data)
     if module.history and module.history[-1]["val_acc"] is None and cfg.limit_val_batches != 0:
