@@ -107,12 +107,17 @@ class Template:
 
 
 def complexity(model: nn.Module, in_channels: int, image_size: int) -> tuple[int, float]:
-    """Parameters and forward FLOPs per image (multiply-adds count 2), on the model's device (meta works)."""
+    """Parameters and forward FLOPs per image (multiply-adds count 2), on the model's device (meta works).
+
+    Runs in eval mode (batch norm cannot train on one image of 1x1 features) and restores the model's mode.
+    """
     params = sum(p.numel() for p in model.parameters())
     device = next(model.parameters()).device
     x = torch.empty(1, in_channels, image_size, image_size, device=device)
+    training = model.training
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
+        model.eval()(x)
+    model.train(training)
     return params, float(counter.get_total_flops())
 
 

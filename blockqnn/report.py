@@ -265,7 +265,8 @@ def settings_lines(history: History) -> list[str]:
     for label, key in pick.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, DictConfig):
-            value = ", ".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, DictConfig | list))
+            value = ", ".join(f"{k}={v}" for k, v in value.items() if not str(k).startswith("_")
+                              and not isinstance(v, DictConfig))
         if value is not None:
             lines.append(f"- {label}: {value}")
     statuses = Counter("cached" if r["cached"] else r["status"] for r in rows)
@@ -327,9 +328,12 @@ def report_run(run_dir: str | Path, top_k: int = 5, wandb: bool = True) -> list[
 
 
 def report_multirun(sweep_dir: Path, runs: Sequence[Path], top_k: int = 5, wandb: bool = True) -> list[Path]:
-    """Each run's report, then the agents compared across runs in the sweep folder."""
-    written = [p for run in runs for p in report_run(run, top_k, wandb)]
+    """Each run's report, then the agents compared across runs in the sweep folder (runs without candidates yet,
+    e.g. still starting, are left out)."""
     histories = [h for h in (load_history(run, top_k) for run in runs) if h.rows]
+    if not histories:
+        raise UserError(f"no run in {sweep_dir} holds candidates yet: nothing to report")
+    written = [p for h in histories for p in report_run(h.run_dir, top_k, wandb)]
     plot = plot_agents(histories, sweep_dir / "agents.png")
     lines = [f"# Multirun report: {sweep_dir.name}", "", "| agent | runs | best reward (mean ± std) | trained blocks |",
              "|---|---|---|---|"]
@@ -338,7 +342,8 @@ def report_multirun(sweep_dir: Path, runs: Sequence[Path], top_k: int = 5, wandb
         trained = sorted({len(h.trained()) for h in group})
         lines.append(f"| {agent} | {len(group)} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "
                      f"{', '.join(map(str, trained))} |")
-    lines += ["", f"![agents]({plot.name})", "", "Runs: " + ", ".join(f"[{r.name}]({r.name}/summary.md)" for r in runs)]
+    links = ", ".join(f"[{h.run_dir.name}]({h.run_dir.name}/summary.md)" for h in histories)
+    lines += ["", f"![agents]({plot.name})", "", f"Runs: {links}"]
     summary = sweep_dir / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return [*written, plot, summary]

@@ -59,7 +59,8 @@ def resolve_block(spec: Any) -> tuple[Block, dict[str, Any]]:
     if len(best) < rank:
         raise UserError(f"block={text}: rank {rank} is out of range, {run} has {len(best)} trained blocks")
     row = best[rank - 1]
-    source = {"search_run": str(Path(run).resolve()), "rank": rank, **{k: row[k] for k in ("reward", "accuracy")}}
+    source = {"search_run": str(Path(run).resolve()), "rank": rank, "search_reward": row["reward"],
+              "search_accuracy": row["accuracy"]}
     return Block.parse(row["arch"], export.ANY_LENGTH), source
 
 
@@ -136,8 +137,8 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, cfg.seed)
     data.load()
     template = instantiate(cfg.template)
-    with torch.device("meta"):  # eval: batch norm of a 1x1 map at batch 1 (small images) is fine there
-        params, flops = complexity(template.build(block, data.channels, data.num_classes).eval(), data.channels,
+    with torch.device("meta"):
+        params, flops = complexity(template.build(block, data.channels, data.num_classes), data.channels,
                                    data.image_size)
     module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,
                                     recipe, on_gpu(recipe))

@@ -101,9 +101,11 @@ def test_multirun_compares_agents(tmp_path):
     for i, (agent, seed) in enumerate([("q-learning", 0), ("q-learning", 1), ("random", 0), ("random", 1)]):
         make_run(sweep / str(i), agent=agent, seed=seed)
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    Store.create(sweep / "4", {"seed": 9}).close()  # a run that has not finished a candidate yet
     written = report.report(sweep, top_k=2)
     assert (sweep / "agents.png").is_file()
     assert all((sweep / str(i) / "summary.md").is_file() for i in range(4))
+    assert not (sweep / "4" / "summary.md").exists()
     summary = (sweep / "summary.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.startswith("| ")}
     assert "| 2 |" in rows["q-learning"] and "| 2 |" in rows["random"]

@@ -72,7 +72,7 @@ def test_block_from_a_search_rank(tmp_path):
     for rank in (1, 3):
         block, source = resolve_block(f"{run}:{rank}")
         assert str(block) == best[rank - 1]["arch"]
-        assert source["rank"] == rank and source["reward"] == best[rank - 1]["reward"]
+        assert source["rank"] == rank and source["search_reward"] == best[rank - 1]["reward"]
     with pytest.raises(UserError, match="rank 999 is out of range"):
         resolve_block(f"{run}:999")
     with pytest.raises(UserError, match="ranks start at 1"):
