@@ -80,26 +80,32 @@ class Search:
         archs = [self.space.decode(t) for t in trajectories]
         hashes = [self.space.canonical_hash(a) for a in archs]
         rows = self._stored(it, archs)
-        waiting: dict[str, list[int]] = {}  # hash -> later positions of the same block in this batch
-        todo = []
+        todo, repeats = self._new_blocks(it, epsilon, archs, hashes, rows)
+        for pos, result in self.executor.map(self.evaluate, todo, self.cfg):
+            row = dict(iteration=it, position=pos, arch=archs[pos], hash=hashes[pos], epsilon=epsilon, cached=0)
+            rows[pos] = self._record(row | dataclasses.asdict(result))
+            for other in repeats.pop(hashes[pos]):
+                rows[other] = self._record_copy(rows[pos], it, other, archs[other], epsilon)
+        self.agent.update(trajectories, [self._reward(rows[pos]) for pos in range(len(archs))])
+        self.store.checkpoint(it, self.agent.state_dict())
+        self.tracker.end_iteration(it, self.store)
+
+    def _new_blocks(self, it: int, epsilon: float, archs: list[str], hashes: list[str], rows: dict[int, dict]
+                    ) -> tuple[list[tuple[int, str]], dict[str, list[int]]]:
+        """Record blocks evaluated before as cached copies; return the ``(position, arch)`` to evaluate and, per
+        hash, the later positions of the same block in this batch (recorded as copies once it is evaluated)."""
+        todo, repeats = [], {}
         for pos, (arch, h) in enumerate(zip(archs, hashes)):
             if pos in rows:
                 continue
             if h in self.seen:
                 rows[pos] = self._record_copy(self.seen[h], it, pos, arch, epsilon)
-            elif h in waiting:
-                waiting[h].append(pos)
+            elif h in repeats:
+                repeats[h].append(pos)
             else:
-                waiting[h] = []
+                repeats[h] = []
                 todo.append((pos, arch))
-        for pos, result in self.executor.map(self.evaluate, todo, self.cfg):
-            row = dict(iteration=it, position=pos, arch=archs[pos], hash=hashes[pos], epsilon=epsilon, cached=0)
-            rows[pos] = self._record(row | dataclasses.asdict(result))
-            for other in waiting.pop(hashes[pos]):
-                rows[other] = self._record_copy(rows[pos], it, other, archs[other], epsilon)
-        self.agent.update(trajectories, [self._reward(rows[pos]) for pos in range(len(archs))])
-        self.store.checkpoint(it, self.agent.state_dict())
-        self.tracker.end_iteration(it, self.store)
+        return todo, repeats
 
     def _stored(self, iteration: int, archs: list[str]) -> dict[int, dict[str, Any]]:
         """This iteration's candidates already in the history (a resumed iteration), checked against the sample."""

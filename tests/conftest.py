@@ -82,14 +82,14 @@ def read_wandb_file(path: Path) -> list:
 
 
 def read_wandb_run(run_dir: Path) -> dict:
-    """Every offline W&B run under ``run_dir/wandb``: id, group, config, history rows, summary and tables."""
+    """Every offline W&B run under ``run_dir/wandb``: id, project, group, config, history, summary and tables."""
     runs = []
     for folder in sorted((Path(run_dir) / "wandb").glob("offline-run-*")):
         run = {"folder": folder, "history": [], "summary": {}, "config": {}}
         for record in read_wandb_file(next(folder.glob("*.wandb"))):
             kind = record.WhichOneof("record_type")
             if kind == "run":
-                run.update(id=record.run.run_id, group=record.run.run_group)
+                run.update(id=record.run.run_id, group=record.run.run_group, project=record.run.project)
                 run["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
             elif kind == "history":
                 run["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)

@@ -20,8 +20,8 @@ from blockqnn.cli import UserError, describe, one_line_errors, user_errors
 from blockqnn.evaluate import evaluate_candidate
 from blockqnn.nsc import Block, NSCError
 from blockqnn.search import check_same_history, search
-from blockqnn.store import DB_NAME, Store
-from tests.conftest import REPO, run_cli
+from blockqnn.store import DB_NAME, Store, StoreError
+from tests.conftest import REPO, read_wandb_run, run_cli
 
 TIMES = ("wall_time", "started_at", "finished_at")
 
@@ -140,7 +140,7 @@ def test_resume_of_a_folder_written_by_another_search_is_refused(compose, table_
         db.execute("DELETE FROM agent_checkpoints")
         db.execute("UPDATE candidates SET arch = '|none~0|+|none~0|none~1|+|none~0|none~1|none~2|' "
                    "WHERE iteration = 0 AND position = 0")  # ...and its first block differs from the sample
-    with pytest.raises(Exception, match="does not match the agent's sample"):
+    with pytest.raises(StoreError, match="does not match the agent's sample"):
         search(compose(*table_search, f"resume={tmp_path}"), tmp_path)
 
 
@@ -174,11 +174,10 @@ def test_local_worker_processes_match_in_process(compose, table_search, tmp_path
 
 # ---- real processes -------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(table_search, tmp_path):
+def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, table_search, tmp_path):
     args = [a for a in table_search if not a.startswith("agent.")] + ["agent.batch_size=32", "agent.schedule_scale=0.2"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    done = run_cli(*args, f"hydra.run.dir={reference}")
-    assert done.returncode == 0, done.stderr
+    search(compose(*args), reference)
     total = len(history(reference)[0])
 
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
@@ -207,18 +206,23 @@ def _count(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_multirun_gives_each_search_its_own_folder(table_search, tmp_path):
-    out = run_cli("-m", *table_search, "agent=qlearning,random", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
+def test_multirun_gives_each_search_its_own_folder_and_wandb_group(table_search, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    (tmp_path / ".env").write_text("WANDB_PROJECT=from-dotenv\n")  # read by the entry point
+    sweep = tmp_path / "sweep"
+    args = [a for a in table_search if a != "logger=none"]
+    out = run_cli("-m", *args, "agent=qlearning,random", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    runs = sorted(p.parent for p in tmp_path.glob(f"*/{DB_NAME}"))
+    runs = sorted(p.parent for p in sweep.glob(f"*/{DB_NAME}"))
     assert len(runs) == 4
     configs = []
     for run in runs:
         with Store.open(run, readonly=True) as store:
-            cfg = store.config()
-            configs.append((cfg.agent.epsilon_override, cfg.seed))
-            rows = store.candidates()
-            assert len(rows) == cfg.agent.batch_size * len({r["iteration"] for r in rows})
+            cfg, rows = store.config(), store.candidates()
+        configs.append((cfg.agent.epsilon_override, cfg.seed))
+        assert len(rows) == cfg.agent.batch_size * len({r["iteration"] for r in rows})
+        [tracked] = read_wandb_run(run)
+        assert (tracked["group"], tracked["project"]) == ("sweep", "from-dotenv")
     assert sorted(configs, key=str) == sorted([(None, 0), (None, 1), (1.0, 0), (1.0, 1)], key=str)
     assert len({tuple(r["arch"] for r in history(run)[0]) for run in runs}) == 4  # no shared state
 
@@ -256,3 +260,33 @@ def test_bad_input_gives_one_error_line_and_touches_nothing(tmp_path, args, mess
 def test_full_error_shows_the_traceback(tmp_path):
     out = run_cli("resume=" + str(tmp_path), env={"HYDRA_FULL_ERROR": "1"}, cwd=tmp_path)
     assert out.returncode == 1 and "Traceback" in out.stderr and "is not a search run" in out.stderr
+
+
+# ---- presets --------------------------------------------------------------------------------------------------
+def test_presets_compose_to_what_they_promise(compose, nb201_table):
+    from hydra.utils import instantiate
+
+    def agent_of(cfg):
+        return instantiate(cfg.agent, space=instantiate(cfg.space), seed=0)
+
+    quick = compose("experiment=quickstart")
+    assert (quick.dataset.name, quick.template.filters, quick.executor.workers) == ("digits", 8, "auto")
+    assert agent_of(quick).total_samples <= 200  # a few minutes on a laptop CPU
+    paper = compose("experiment=paper_cifar100")
+    assert (paper.dataset.name, paper.template.stages, paper.trainer.max_epochs) == ("cifar100", 3, 12)
+    assert (agent_of(paper).num_iterations, agent_of(paper).total_samples) == (178, 11392)
+    table = compose("experiment=nasbench201", f"space.table={nb201_table}")
+    space = instantiate(table.space)
+    assert 0 < space.lookup(space.decode(agent_of(table).sample(1)[0])) < 1
+
+
+@pytest.mark.slow
+def test_quickstart_ends_with_the_best_block_and_the_run_folder(tmp_path):
+    out = run_cli("experiment=quickstart", "agent.batch_size=2", "agent.schedule_scale=0.01", "trainer.max_epochs=1",
+                  "logger=none", f"output_root={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    [run] = [p.parent for p in tmp_path.glob(f"search/*/{DB_NAME}")]
+    with Store.open(run, readonly=True) as store:
+        best = store.best(1)[0]
+    assert f"best block: {best['arch']}" in out.stdout and f"reward {best['reward']:.4f}" in out.stdout
+    assert f"run stored in {run}" in out.stdout
