@@ -20,6 +20,17 @@ os.environ.pop("WANDB_API_KEY", None)
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two OpenMP threads per pytest worker oversubscribe a 2-core machine and can slow training tenfold."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def compose():
     """``compose(*overrides)``: the search config ``python -m blockqnn.search OVERRIDES`` would run with."""

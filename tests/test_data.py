@@ -27,15 +27,6 @@ from blockqnn.data import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two OpenMP threads per pytest worker oversubscribe a 2-core machine and can slow training tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def dataset_cfg(name: str, *overrides: str):
     return compose("search", [f"dataset={name}", *overrides]).dataset
 

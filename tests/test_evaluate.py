@@ -15,15 +15,6 @@ from blockqnn.training import Classifier
 from tests.blocks import RESIDUAL
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two OpenMP threads per pytest worker oversubscribe a 2-core machine and can slow training tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def smoke(compose):
     """The search config of a seconds-long candidate: synthetic data, tiny template, one short epoch."""

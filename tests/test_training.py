@@ -18,15 +18,6 @@ from blockqnn.training import Classifier, NonFiniteLossError, accuracy_on_test_s
 from tests.blocks import RESIDUAL
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two OpenMP threads per pytest worker oversubscribe a 2-core machine and can slow training tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_run(compose, *overrides):
     """A tiny residual network, the synthetic data and a recipe (smoke unless overridden)."""
     cfg = compose("dataset=synthetic", "template=tiny", "trainer=smoke", *overrides)
