@@ -35,9 +35,12 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from blockqnn.cli import UserError
 
-class DataError(RuntimeError):
-    """A dataset that cannot be loaded; the message names the expected path and the ways out."""
+
+class DataError(UserError, RuntimeError):
+    """A dataset that cannot be loaded; the message names the expected path and the ways out. Bad input, not a
+    candidate's failure: it stops a search (from any worker) with one line."""
 
 
 # ---- raw splits ------------------------------------------------------------------------------------------------

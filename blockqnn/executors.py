@@ -38,9 +38,16 @@ def failed_result(error: str) -> Any:
 
 
 def call(fn: Evaluator, arch: str, cfg: Any) -> Any:
-    """``fn(arch, cfg)``, with an escaping exception turned into a failed result (evaluators should not raise)."""
+    """``fn(arch, cfg)``, with an escaping exception turned into a failed result (evaluators should not raise).
+
+    Bad input (``UserError``, e.g. data missing on this node) is no candidate's fault and would fail every one of
+    them: it is passed on to stop the search with one line."""
+    from blockqnn.cli import UserError
+
     try:
         return fn(arch, cfg)
+    except UserError:
+        raise
     except Exception as e:  # one candidate must never stop the search
         return failed_result(f"{type(e).__name__}: {e}")
 
@@ -141,12 +148,15 @@ class _Worker:
     def receive(self, position: int) -> tuple[int, Any]:
         """The result for ``position``, or a failed one when the process died before sending it."""
         try:
-            return self.conn.recv()
+            position, result = self.conn.recv()
         except (EOFError, OSError):
             self.process.join()
             error = f"worker process died (exit code {self.process.exitcode})"
             self._restart()
             return position, failed_result(error)
+        if isinstance(result, BaseException):
+            raise result
+        return position, result
 
     def _restart(self) -> None:
         self.conn.close()
@@ -171,7 +181,11 @@ def _serve(conn: Connection, env: dict[str, str]) -> None:
         position, arch, job = message
         if job is not None:
             fn, cfg = pickle.loads(job)
-        conn.send((position, call(fn, arch, cfg)))
+        try:
+            result = call(fn, arch, cfg)
+        except Exception as e:  # bad input, raised again in the search process
+            result = e
+        conn.send((position, result))
 
 
 # ---- ray ------------------------------------------------------------------------------------------------------
@@ -216,6 +230,8 @@ class RayExecutor:
         import ray
         from ray.exceptions import RayError
 
+        from blockqnn.cli import UserError
+
         fn_ref, cfg_ref = ray.put(fn), ray.put(cfg)
         pending = {self._task.remote(fn_ref, arch, cfg_ref): position for position, arch in items}
         while pending:
@@ -225,6 +241,8 @@ class RayExecutor:
                 try:
                     result = ray.get(ref)
                 except RayError as e:
+                    if isinstance(getattr(e, "cause", None), UserError):
+                        raise e.cause from None
                     result = failed_result(f"lost after {self.max_retries} retries: {_first_line(e)}")
                 yield position, result
 

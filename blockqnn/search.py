@@ -25,7 +25,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from blockqnn.cli import UserError, hydra_app
 from blockqnn.store import Store, StoreError, check, is_run
@@ -136,7 +136,7 @@ class Search:
         self.counts["done"] += 1
         self.counts["cached"] += row["cached"]
         self.counts["failed"] += row["status"] != "ok"
-        if not row["cached"]:
+        if not row["cached"] and row["status"] == "ok":  # a failure may be transient (OOM, lost worker): retry it
             self.seen.setdefault(row["hash"], row)
         if row["status"] == "ok" and (self.best is None or row["reward"] > self.best["reward"]):
             self.best = row
@@ -155,15 +155,21 @@ class Search:
 
 # ---- setting up -----------------------------------------------------------------------------------------------
 def search(
-    cfg: DictConfig, run_dir: Path, group: str | None = None, evaluate: Callable[[str, DictConfig], Any] | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    group: str | None = None,
+    evaluate: Callable[[str, DictConfig], Any] | None = None,
+    overridden: set[str] | None = None,
 ) -> dict[str, Any] | None:
     """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
-    ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests)."""
+    ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests).
+    ``overridden``: the config sections the command line set; on resume the others come from the history."""
     resuming = cfg.resume is not None or is_run(run_dir)
     store = Store.open(run_dir) if resuming else None
     try:
         if store is not None:
-            check_same_history(store.config(), cfg)
+            cfg = adopt_history(store.config(), cfg, set(HISTORY_KEYS) if overridden is None else overridden)
+        check_one_device(cfg)
         space = instantiate(cfg.space)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
         evaluate = evaluate or prepared_evaluator(cfg)
@@ -199,6 +205,34 @@ def prepared_evaluator(cfg: DictConfig) -> Callable[[str, DictConfig], Any]:
     except DataError as e:
         raise UserError(str(e)) from None
     return evaluate_candidate
+
+
+def adopt_history(stored: DictConfig, cfg: DictConfig, overridden: set[str]) -> DictConfig:
+    """On resume, the sections that give the history its meaning come from the stored config unless the command
+    line sets them, so ``resume=RUN_DIR`` alone continues any run; sections it does set must agree."""
+    merged = cfg.copy()
+    with open_dict(merged):
+        for key in HISTORY_KEYS:
+            if key not in overridden and key in stored:
+                merged[key] = stored[key]
+    check_same_history(stored, merged)
+    return merged
+
+
+def overridden_sections(overrides: list[str]) -> set[str]:
+    """Top-level config sections named by command-line overrides (``agent.alpha=0.1`` -> agent); a preset
+    (``experiment=``) may set any of them."""
+    keys = {o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] for o in overrides}
+    return keys | set(HISTORY_KEYS) if "experiment" in keys else keys
+
+
+def check_one_device(cfg: DictConfig) -> None:
+    """A search trains each candidate on one device: candidates, not gradients, are what it spreads out."""
+    if str(cfg.trainer.devices) != "1":
+        raise UserError(
+            f"a search trains each candidate on one device (trainer.devices=1, got {cfg.trainer.devices}): spread "
+            "candidates over GPUs with executor.workers or executor=ray; DDP is for python -m blockqnn.train"
+        )
 
 
 def check_same_history(stored: DictConfig | dict, cfg: DictConfig | dict) -> None:
@@ -246,7 +280,8 @@ def main(cfg: DictConfig) -> None:
     hydra = HydraConfig.get()
     run_dir = Path(cfg.resume or hydra.runtime.output_dir)
     group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
-    print(summary(search(cfg, run_dir, group), run_dir), flush=True)
+    overridden = overridden_sections(list(hydra.overrides.task))
+    print(summary(search(cfg, run_dir, group, overridden=overridden), run_dir), flush=True)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,17 @@ def test_ray_retries_lost_workers_then_records_failed(ray_instance, tmp_path):
         assert dict(executor.map(dies_once, [(0, "a"), (1, "b")], {"dir": str(tmp_path)})) == {0: "a", 1: "b"}
         [(position, result)] = executor.map(dies_on, [(4, "x")], {"die": "x"})
     assert position == 4 and result.status == "failed" and result.error.startswith("lost after 1 retries")
+
+
+def missing_data(arch: str, cfg: dict) -> None:
+    from blockqnn.cli import UserError
+
+    raise UserError(f"dataset not found at {cfg['dir']}")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_input_in_an_evaluator_stops_the_search_instead_of_failing_each_candidate(workers, tmp_path):
+    from blockqnn.cli import UserError
+
+    with LocalExecutor(workers=workers, threads=1) as executor, pytest.raises(UserError, match="dataset not found"):
+        list(executor.map(missing_data, ITEMS, {"dir": str(tmp_path)}))

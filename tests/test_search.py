@@ -19,7 +19,7 @@ from blockqnn.agent import QLearningAgent
 from blockqnn.cli import UserError, describe, one_line_errors, user_errors
 from blockqnn.evaluate import evaluate_candidate
 from blockqnn.nsc import Block, NSCError
-from blockqnn.search import check_same_history, search
+from blockqnn.search import check_same_history, overridden_sections, search
 from blockqnn.store import DB_NAME, Store, StoreError
 from tests.conftest import REPO, read_wandb_run, run_cli
 
@@ -105,6 +105,35 @@ def test_interrupted_search_resumes_to_the_same_history(compose, table_search, t
         assert 0 < len(history(run)[0]) < len(history(reference)[0])
         search(compose(*table_search, f"resume={run}"), run)
         assert history(run) == history(reference)
+
+
+def test_resume_alone_continues_a_run_started_with_other_settings(compose, table_search, tmp_path):
+    """``resume=RUN_DIR`` needs none of the original overrides: unset sections come from the history."""
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    search(compose(*table_search), reference)
+    calls = []
+
+    def dying(arch, cfg):
+        calls.append(arch)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return evaluate_candidate(arch, cfg)
+
+    with pytest.raises(KeyboardInterrupt):
+        search(compose(*table_search), run, evaluate=dying)
+    overrides = ["logger=none", "progress.mode=off", f"resume={run}"]
+    assert overridden_sections(overrides) == {"logger", "progress", "resume"}
+    search(compose(*overrides), run, overridden=overridden_sections(overrides))
+    assert history(run) == history(reference)
+    with pytest.raises(UserError, match=r"agent\.alpha"):  # a section the command line does set must agree
+        overrides = [*overrides, "agent.alpha=0.9"]
+        search(compose(*overrides), run, overridden=overridden_sections(overrides))
+
+
+def test_a_search_refuses_several_devices_per_candidate(compose, table_search, tmp_path):
+    with pytest.raises(UserError, match="one device"):
+        search(compose(*table_search, "trainer.devices=2"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_refuses_a_config_that_changes_the_history(compose, table_search, tmp_path):
