@@ -22,8 +22,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockqnn.data import DataError, config_key, datamodule
-from blockqnn.network import complexity
+from blockqnn.network import TemplateMismatch, network_complexity
+from blockqnn.nsc import Block
 from blockqnn.training import Classifier, fit, on_gpu, quiet
+
+IDENTITY_BLOCK = Block.parse("(1,4,0,0,0),(2,7,0,0,0)")
 
 
 @dataclass
@@ -91,10 +94,9 @@ def _train(arch: str, cfg: DictConfig, space, result: Result) -> None:
         data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, seed)
         data.load()
         template = instantiate(cfg.template)
-        with torch.device("meta"):
-            result.params, result.flops = complexity(
-                template.build(block, data.channels, data.num_classes), data.channels, data.image_size
-            )
+        result.params, result.flops = network_complexity(
+            block, template, data.channels, data.num_classes, data.image_size
+        )
         module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,
                                         recipe, gpu)
         try:
@@ -125,4 +127,10 @@ def prepare(cfg: DictConfig) -> None:
     if cfg.trainer.scheduler:
         instantiate(cfg.trainer.scheduler)
     if not hasattr(_instantiated(config_key(cfg.space)), "lookup"):
-        datamodule(cfg.dataset, cfg.trainer.batch_size).load()
+        data = datamodule(cfg.dataset, cfg.trainer.batch_size)
+        data.load()
+        try:  # the smallest block: a template too deep for the images would fail every candidate alike
+            network_complexity(IDENTITY_BLOCK, instantiate(cfg.template), data.channels, data.num_classes,
+                               data.image_size)
+        except TemplateMismatch as e:
+            raise DataError(str(e)) from None

@@ -121,27 +121,37 @@ def complexity(model: nn.Module, in_channels: int, image_size: int) -> tuple[int
     return params, float(counter.get_total_flops())
 
 
-def build_network(block: Block, template_cfg, dataset_cfg) -> nn.Module:
-    """The network of a block under a template config, sized for a dataset config (channels, classes)."""
-    from hydra.utils import instantiate
-
-    template: Template = instantiate(template_cfg)
-    return template.build(block, dataset_cfg.channels, dataset_cfg.num_classes)
+class TemplateMismatch(ValueError):
+    """A template that cannot take a dataset's images (too many down-sampling stages for their size)."""
 
 
-def network_complexity(block: Block, template_cfg, dataset_cfg) -> tuple[int, float]:
+def network_complexity(
+    block: Block, template: Template, channels: int, num_classes: int, image_size: int
+) -> tuple[int, float]:
     """Parameters and FLOPs per image without allocating weights or touching data (meta tensors)."""
     with torch.device("meta"):
-        model = build_network(block, template_cfg, dataset_cfg)
-    return complexity(model, dataset_cfg.channels, dataset_cfg.image_size)
+        model = template.build(block, channels, num_classes)
+    try:
+        return complexity(model, channels, image_size)
+    except RuntimeError as e:
+        raise TemplateMismatch(
+            f"the template ({template.stages} stages, stem {template.stem}) does not fit {image_size}x{image_size} "
+            f"images: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def describe_network(block: Block, template: str, dataset: str) -> str:
     """The `nsc show --template` lines: the network's size for a named template and dataset config."""
+    from hydra.utils import instantiate
+
     from blockqnn.config import load_group
 
     template_cfg, dataset_cfg = load_group("template", template), load_group("dataset", dataset)
-    params, flops = network_complexity(block, template_cfg, dataset_cfg)
+    if dataset_cfg.num_classes is None:
+        raise ValueError(f"dataset {dataset} counts its classes from the data: use a dataset config that names them")
+    params, flops = network_complexity(
+        block, instantiate(template_cfg), dataset_cfg.channels, dataset_cfg.num_classes, dataset_cfg.image_size
+    )
     return (
         f"network: template={template} dataset={dataset} ({dataset_cfg.channels}x{dataset_cfg.image_size}"
         f"x{dataset_cfg.image_size}, {dataset_cfg.num_classes} classes)\n"

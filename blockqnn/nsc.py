@@ -261,12 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     for p in sub.choices.values():
         p.add_argument("--max-index", type=int, default=DEFAULT_MAX_INDEX)
     args = parser.parse_args(argv)
-    from blockqnn.config import ConfigError
-
     try:
         block = Block.parse(args.code, args.max_index)
         print("ok" if args.command == "check" else _show(block, args.template, args.dataset))
-    except (NSCError, ConfigError) as e:
+    except (NSCError, ValueError) as e:  # ConfigError and TemplateMismatch are ValueErrors too
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from blockqnn import export
 from blockqnn.cli import UserError, hydra_app
 from blockqnn.data import channel_stats, datamodule
-from blockqnn.network import complexity
+from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
 from blockqnn.store import Store
 from blockqnn.tracking import WandbTracker, wandb_mode
@@ -121,7 +121,8 @@ def tracking_logger(cfg: DictConfig, folder: Path) -> Logger | bool:
         save_dir=str(folder), id=run_id, resume="allow" if run_id else None, mode=wandb_mode(tracker.mode),
         job_type="train", config=OmegaConf.to_container(cfg, resolve=True),
     )
-    id_file.write_text(logger.experiment.id)
+    if rank_zero_only.rank == 0:  # other DDP ranks hold a stand-in experiment
+        id_file.write_text(logger.experiment.id)
     return logger
 
 
@@ -137,9 +138,7 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, cfg.seed)
     data.load()
     template = instantiate(cfg.template)
-    with torch.device("meta"):
-        params, flops = complexity(template.build(block, data.channels, data.num_classes), data.channels,
-                                   data.image_size)
+    params, flops = network_complexity(block, template, data.channels, data.num_classes, data.image_size)
     module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,
                                     recipe, on_gpu(recipe))
     checkpoints = ModelCheckpoint(dirpath=folder / CHECKPOINTS, save_last=True, save_top_k=0,

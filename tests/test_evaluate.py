@@ -129,6 +129,11 @@ def test_prepare_loads_and_builds_every_part(smoke):
     prepare(smoke())  # no error: the data, space, template, reward and recipe are all usable
 
 
+def test_prepare_refuses_a_template_too_deep_for_the_images(smoke):
+    with pytest.raises(DataError, match="does not fit 16x16 images"):
+        prepare(smoke("template.stages=8"))
+
+
 # ---- table spaces ------------------------------------------------------------------------------------------------
 def test_table_space_is_looked_up_not_trained(compose, nb201_table, monkeypatch):
     monkeypatch.setattr(evaluate, "fit", lambda *a, **k: pytest.fail("a table space must not train"))

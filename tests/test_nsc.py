@@ -123,7 +123,15 @@ def test_cli_show_prints_table_hash_density_and_network_size(capsys):
     assert "params: " in out and "flops per image: " in out
 
 
-def test_cli_show_unknown_template_is_one_clear_error(capsys):
-    assert main(["show", RESIDUAL, "--template", "nope"]) == 1
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--template", "nope"], "nope"),
+        (["--template", "imagenet", "--dataset", "digits"], "does not fit 8x8 images"),
+        (["--template", "cifar", "--dataset", "imagefolder"], "counts its classes from the data"),
+    ],
+)
+def test_cli_show_bad_template_or_dataset_is_one_clear_error(capsys, args, message):
+    assert main(["show", RESIDUAL, *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nope" in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
