@@ -81,25 +81,25 @@ def _stem(kind: str, in_channels: int, filters: int) -> nn.Sequential:
 
 
 class Template:
-    """A stacking template: stem, ``stages`` stages of ``repeats`` blocks with 2x2 max pooling between them,
+    """A stacking template: stem, ``stages`` stages of ``N`` blocks with 2x2 max pooling between them,
     widths doubling at each pooling (F, 2F, 4F, ...), then ReLU, global average pooling and a linear classifier.
     """
 
-    def __init__(self, stem: str = "conv", stages: int = 3, repeats: int = 2, filters: int = 32) -> None:
-        if stages < 1 or repeats < 1 or filters < 1:
-            raise ValueError(f"template needs stages, repeats, filters >= 1 (got {stages}, {repeats}, {filters})")
+    def __init__(self, stem: str = "conv", stages: int = 3, N: int = 2, F: int = 32) -> None:  # noqa: N803 (paper)
+        if stages < 1 or N < 1 or F < 1:
+            raise ValueError(f"template needs stages, N, F >= 1 (got {stages}, {N}, {F})")
         if stem not in STEMS:
             raise ValueError(f"template.stem must be one of {STEMS}, got {stem!r}")
-        self.stem, self.stages, self.repeats, self.filters = stem, stages, repeats, filters
+        self.stem, self.stages, self.N, self.F = stem, stages, N, F
 
     def build(self, block: Block, in_channels: int, num_classes: int) -> nn.Sequential:
-        modules: list[nn.Module] = [_stem(self.stem, in_channels, self.filters)]
-        width = self.filters
+        modules: list[nn.Module] = [_stem(self.stem, in_channels, self.F)]
+        width = self.F
         for stage in range(self.stages):
             if stage:
                 modules.append(nn.MaxPool2d(2))
-            stage_width = self.filters * 2**stage
-            for _ in range(self.repeats):
+            stage_width = self.F * 2**stage
+            for _ in range(self.N):
                 modules.append(BlockModule(block, width, stage_width))
                 width = stage_width
         modules += [nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]

@@ -73,8 +73,10 @@ class Block:
     # ---- text and JSON forms -------------------------------------------------------------------------------
     @classmethod
     def parse(cls, text: str, max_index: int = DEFAULT_MAX_INDEX) -> Block:
-        """Parse and validate ``[(1,4,0,0,0),...]``; spaces and the outer brackets are optional."""
+        """Parse and validate ``[(1,4,0,0,0),...]`` (spaces and the outer brackets optional) or the JSON form."""
         body = text.strip()
+        if body.startswith("[["):
+            return cls.from_json(body, max_index)
         if body.startswith("[") and body.endswith("]"):
             body = body[1:-1]
         tuples = _TUPLE.findall(body)

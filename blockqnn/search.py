@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 # Config sections that give the stored candidates their meaning: a resumed search must agree on all of them.
 HISTORY_KEYS = ("seed", "space", "dataset", "template", "trainer", "reward", "agent", "failed_reward")
-# Leaves inside those that say where data is found, not what it is (data may move between machines).
-LOCATION_KEYS = ("root", "download")
+# Leaves inside those that say where or on what a run computes, not what its candidates mean: data and tables may
+# move, and a resumed search may run on other hardware.
+LOCATION_KEYS = ("root", "download", "table", "accelerator", "cudnn_benchmark", "eval_batch_size")
 
 
 def run_dir_or_resume(resume: str | None, default: str) -> str:

@@ -1,7 +1,7 @@
 """``python -m blockqnn.train block=RUN_DIR:1``: train a found block properly, test it, export it as one file.
 
 The search ranks blocks on a small template with an early-stopped schedule; this is the other half of the paper:
-the chosen block stacked into a bigger template (``template.repeats`` = N, ``template.filters`` = F), trained with
+the chosen block stacked into a bigger template (``template.N`` = N, ``template.F`` = F), trained with
 the full recipe (``trainer=final``), on CIFAR or, by swapping groups, ImageNet. Lightning does the rest: checkpoints
 in ``RUN_DIR/checkpoints`` (a re-run into the same folder resumes from ``last.ckpt``), DDP and bf16 from the
 trainer config, W&B through the logger group. The folder ends with ``model.pt`` (``blockqnn.load``) and

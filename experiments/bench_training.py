@@ -11,7 +11,7 @@ recipe, validation included) of a `cifar` template candidate (N=4, F=32) on CIFA
 synthetic 32x32 images, 100 classes): meant for a GPU.
 
     python experiments/bench_training.py                                  # CPU: tiny template, 5,000 images
-    python experiments/bench_training.py template=cifar template.repeats=4 --images 10000   # any Hydra override
+    python experiments/bench_training.py template=cifar template.N=4 --images 10000   # any Hydra override
     python experiments/bench_training.py --early-stop                     # on a GPU
 """
 
@@ -136,8 +136,8 @@ def fixed_costs(block, template, data, recipe, device, fit_overhead_s: float) ->
 def early_stop_evaluation(device: torch.device) -> None:
     overrides = [
         "dataset=synthetic", "dataset.image_size=32", "dataset.num_classes=100", "dataset.val_size=5000",
-        "dataset.source.train_size=50000", "dataset.source.test_size=100", "template=cifar", "template.repeats=4",
-        "template.filters=32", "trainer=early_stop", f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+        "dataset.source.train_size=50000", "dataset.source.test_size=100", "template=cifar", "template.N=4",
+        "template.F=32", "trainer=early_stop", f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
     ]
     # Warm-up on the same data (a search loads it once per process): one batch, so only the candidate is timed.
     evaluate_candidate(RESIDUAL, compose("search", [*overrides, "trainer.max_epochs=1",
@@ -165,7 +165,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if gpu else "cpu")
     images = args.images or (9_000 if gpu else 5_000)
-    defaults = ["template=cifar", "template.repeats=4", "template.filters=32"] if gpu else ["template=tiny"]
+    defaults = ["template=cifar", "template.N=4", "template.F=32"] if gpu else ["template=tiny"]
     cfg = compose("search", [*defaults, *data_overrides(images), "trainer=early_stop", "trainer.max_epochs=2",
                              "trainer.limit_val_batches=0", *args.overrides])
     recipe = cfg.trainer

@@ -57,7 +57,7 @@ def test_candidate_seed_depends_on_run_seed_and_architecture():
 
 def test_more_flops_cost_reward_at_equal_accuracy(smoke):
     """The wider template's network has more FLOPs; the paper reward charges for them."""
-    small, wide = (evaluate_candidate(RESIDUAL, smoke(f"template.filters={f}", "trainer.limit_train_batches=2"))
+    small, wide = (evaluate_candidate(RESIDUAL, smoke(f"template.F={f}", "trainer.limit_train_batches=2"))
                    for f in (4, 16))
     small_cfg_mu = smoke().reward.mu
     assert wide.flops > 4 * small.flops and wide.params > small.params

@@ -11,7 +11,7 @@ from blockqnn.network import Template
 from blockqnn.nsc import Block
 from tests.blocks import INCEPTION, RESIDUAL
 
-TEMPLATE = {"_target_": "blockqnn.network.Template", "stem": "conv", "stages": 2, "repeats": 1, "filters": 8}
+TEMPLATE = {"_target_": "blockqnn.network.Template", "stem": "conv", "stages": 2, "N": 1, "F": 8}
 DATASET = {"name": "synthetic", "channels": 3, "image_size": 16, "num_classes": 5, "mean": [0.5] * 3, "std": [0.2] * 3}
 
 

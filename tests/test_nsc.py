@@ -20,6 +20,9 @@ def test_json_form_round_trips():
     block = Block.parse(INCEPTION)
     assert Block.from_json(block.to_json()) == block
     assert block.to_json().startswith("[[1, 4, 0, 0, 0]")
+    assert Block.parse(block.to_json()) == block  # wherever a code is accepted, so is its JSON form
+    with pytest.raises(NSCError, match="layer 2"):
+        Block.parse("[[1,1,3,0,0],[3,7,0,0,0]]")
 
 
 @pytest.mark.parametrize(

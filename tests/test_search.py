@@ -299,7 +299,7 @@ def test_presets_compose_to_what_they_promise(compose, nb201_table):
         return instantiate(cfg.agent, space=instantiate(cfg.space), seed=0)
 
     quick = compose("experiment=quickstart")
-    assert (quick.dataset.name, quick.template.filters, quick.executor.workers) == ("digits", 8, "auto")
+    assert (quick.dataset.name, quick.template.F, quick.executor.workers) == ("digits", 8, "auto")
     assert agent_of(quick).total_samples <= 200  # a few minutes on a laptop CPU
     paper = compose("experiment=paper_cifar100")
     assert (paper.dataset.name, paper.template.stages, paper.trainer.max_epochs) == ("cifar100", 3, 12)

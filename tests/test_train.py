@@ -62,7 +62,7 @@ def test_resume_refuses_another_network(tmp_path):
     folder = tmp_path / "run"
     train(config(tmp_path, "block=[[1,1,1,0,0],[2,7,0,0,0]]"), folder)
     with pytest.raises(UserError, match="another template"):
-        train(config(tmp_path, "block=[[1,1,1,0,0],[2,7,0,0,0]]", "template.filters=4", f"resume={folder}"), folder)
+        train(config(tmp_path, "block=[[1,1,1,0,0],[2,7,0,0,0]]", "template.F=4", f"resume={folder}"), folder)
 
 
 def test_block_from_a_search_rank(tmp_path):
@@ -101,8 +101,8 @@ def test_imagenet_template_on_a_tiny_tree_in_bf16(tmp_path):
     tree = image_tree(tmp_path / "imagenet")
     cfg = compose("train", [
         "dataset=imagenet", "template=imagenet", f"dataset.root={tree}", "dataset.image_size=32",
-        "dataset.num_classes=2", "dataset.val_size=2", "dataset.num_workers=0", "template.filters=4",
-        "template.repeats=1", "trainer=smoke", "trainer.batch_size=4", "trainer.precision=bf16-mixed",
+        "dataset.num_classes=2", "dataset.val_size=2", "dataset.num_workers=0", "template.F=4",
+        "template.N=1", "trainer=smoke", "trainer.batch_size=4", "trainer.precision=bf16-mixed",
         "logger=none", f"block={RESIDUAL!r}".replace("'", '"'),
     ])
     result = train(cfg, tmp_path / "run")
