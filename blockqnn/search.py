@@ -48,7 +48,13 @@ def run_dir_or_resume(resume: str | None, default: str) -> str:
     return str(resume)
 
 
+def hydra_subdir(resume: str | None) -> str:
+    """Where Hydra writes the job's config: a resume keeps the original run's ``.hydra`` and adds its own."""
+    return ".hydra" if resume is None else f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+
+
 OmegaConf.register_new_resolver("blockqnn.run_dir", run_dir_or_resume, replace=True)
+OmegaConf.register_new_resolver("blockqnn.hydra_subdir", hydra_subdir, replace=True)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
@@ -173,17 +179,17 @@ def search(
         check_one_device(cfg)
         space = instantiate(cfg.space)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
+        tracker, executor, progress = instantiate(cfg.logger), instantiate(cfg.executor), _progress(cfg)
         evaluate = evaluate or prepared_evaluator(cfg)
-        store = store or Store.create(run_dir, cfg)
+        store = store or Store.create(run_dir, cfg)  # only once every part of the config has proved usable
         restored = store.latest_agent_state()
         if restored is not None:
             agent.load_state_dict(restored[1])
         log.info("%s search in %s", "resuming" if resuming else "starting", run_dir)
-        tracker = instantiate(cfg.logger)
-        with instantiate(cfg.executor) as executor:
+        with executor:
             tracker.start(cfg, run_dir, store, group)
             try:
-                Search(cfg, agent, space, store, executor, tracker, Progress(**cfg.progress), evaluate).run()
+                Search(cfg, agent, space, store, executor, tracker, progress, evaluate).run()
             except BaseException:
                 tracker.finish(store, exit_code=1)  # killed or crashed: a resume continues the same W&B run
                 raise
@@ -193,6 +199,13 @@ def search(
     finally:
         if store is not None:
             store.close()
+
+
+def _progress(cfg: DictConfig) -> Progress:
+    try:
+        return Progress(**cfg.progress)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
 
 
 def prepared_evaluator(cfg: DictConfig) -> Callable[[str, DictConfig], Any]:

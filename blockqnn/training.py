@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import lightning as L
@@ -144,14 +145,17 @@ def build_trainer(
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence Lightning's per-trainer info lines ("GPU available", "LOCAL_RANK") for a block of code."""
+    """Silence Lightning's per-trainer info lines ("GPU available", "LOCAL_RANK") for a block of code, and the
+    deprecation Lightning's own pytree helper triggers in recent torch (nothing a user can act on)."""
     names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

@@ -221,9 +221,12 @@ def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, 
     stored = _count(killed)
     assert proc.returncode == -signal.SIGKILL and total // 3 <= stored < total, (stored, total)
 
+    original_overrides = (killed / ".hydra" / "overrides.yaml").read_text()
     resumed = run_cli(*args, f"resume={killed}")
     assert resumed.returncode == 0, resumed.stderr
     assert history(killed) == history(reference)
+    assert (killed / ".hydra" / "overrides.yaml").read_text() == original_overrides  # the resume wrote beside it
+    assert list((killed / ".hydra").glob("resume-*/overrides.yaml"))
 
 
 def _count(run_dir: Path) -> int:
@@ -283,6 +286,14 @@ def test_bad_input_gives_one_error_line_and_touches_nothing(tmp_path, args, mess
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     assert {k: v for k, v in digest(tmp_path).items() if not k.startswith("runs/")} == before
+
+
+@pytest.mark.parametrize("bad", ["progress.mode=loud", "executor.workers=-1"])
+def test_bad_values_stop_before_a_history_is_created(compose, table_search, tmp_path, bad):
+    with pytest.raises(Exception, match="progress.mode|executor.workers") as info:
+        search(compose(*table_search, bad), tmp_path / "run")
+    assert user_errors(info.value), "reported as bad input (one line), not as a bug"
+    assert not (tmp_path / "run" / DB_NAME).exists()
 
 
 @pytest.mark.slow
