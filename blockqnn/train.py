@@ -78,10 +78,8 @@ OmegaConf.register_new_resolver("blockqnn.train_dir", train_dir_or_resume, repla
 
 
 def pin_config(cfg: DictConfig, block: Block, folder: Path) -> DictConfig:
-    """Record what this folder trains; a resumed run must train the same network on the same data.
-
-    A missing ``block`` on resume is taken from the folder. Returns the config to train with.
-    """
+    """The config to train with: a resumed folder must train the same network on the same data, and a missing
+    ``block`` on resume is taken from the folder. Writes nothing (see ``save_config``)."""
     saved_path = folder / CONFIG_FILE
     cfg = OmegaConf.merge(cfg, {"block": str(block)}) if block is not None else cfg
     if saved_path.is_file():
@@ -92,10 +90,15 @@ def pin_config(cfg: DictConfig, block: Block, folder: Path) -> DictConfig:
             if _resolved(saved, key) != _resolved(cfg, key):
                 raise UserError(f"{folder} was trained with another {key} ({_short(saved[key])}); "
                                 f"train into a new folder or repeat the folder's settings")
-        return cfg
-    folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create({k: _resolved(cfg, k) for k in cfg if k != "hydra"}), saved_path)
     return cfg
+
+
+def save_config(cfg: DictConfig, folder: Path) -> None:
+    """Record what this folder trains, once the data has loaded: a folder with a config is a resumable one."""
+    saved_path = folder / CONFIG_FILE
+    if not saved_path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create({k: _resolved(cfg, k) for k in cfg if k != "hydra"}), saved_path)
 
 
 def _resolved(cfg: DictConfig, key: str) -> Any:
@@ -137,6 +140,7 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, cfg.seed)
     data.load()
+    save_config(cfg, folder)
     template = instantiate(cfg.template)
     params, flops = network_complexity(block, template, data.channels, data.num_classes, data.image_size)
     module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,

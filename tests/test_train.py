@@ -120,13 +120,19 @@ def cli(*args, cwd=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["bad_nsc", "rank"])
+@pytest.mark.parametrize("case", ["bad_nsc", "rank", "missing_data"])
 def test_cli_bad_input_is_one_line(tmp_path, case):
-    block = {"bad_nsc": 'block="[(1,9,0,0,0),(2,7,0,0,0)]"', "rank": f"block={make_run(tmp_path / 'search')}:50"}
-    proc = cli(block[case], f"hydra.run.dir={tmp_path / 'out'}")
+    args = {
+        "bad_nsc": ['block="[(1,9,0,0,0),(2,7,0,0,0)]"'],
+        "rank": [f"block={make_run(tmp_path / 'search')}:50"],
+        "missing_data": ['block="[(1,4,0,0,0),(2,7,0,0,0)]"', "dataset=imagefolder",
+                         f"dataset.source.root={tmp_path / 'no-images'}"],
+    }
+    proc = cli(*args[case], f"hydra.run.dir={tmp_path / 'out'}")
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "out" / "checkpoints").exists()
+    assert not (tmp_path / "out" / "config.yaml").exists()  # the folder is not mistaken for a resumable one
 
 
 def test_missing_block_or_run_folder_is_a_clear_error(tmp_path):
@@ -143,8 +149,9 @@ def test_missing_block_or_run_folder_is_a_clear_error(tmp_path):
 def test_cli_trains_with_ddp_on_two_cpu_processes(tmp_path):
     out = tmp_path / "out"
     proc = cli("block=[[1,1,3,0,0],[2,5,0,0,1],[3,7,0,0,0]]", "trainer.accelerator=cpu", "trainer.devices=2",
-               "trainer.strategy=ddp", f"hydra.run.dir={out}", f"data_dir={tmp_path}")
+               "trainer.strategy=ddp", f"hydra.run.dir={out}", f"data_dir={tmp_path}", "logger=wandb")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len((out / "wandb_run_id").read_text().strip()) > 0  # written by rank 0 (tracked offline)
     assert "test accuracy" in proc.stdout
     result = json.loads((out / "result.json").read_text())
     assert 0.0 <= result["test_acc"] <= 1.0
