@@ -21,18 +21,16 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockqnn.agent import QLearningAgent
+from blockqnn.config import compose
 from blockqnn.nasbench201 import NASBench201Space, TableError, write_synthetic_table
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass
@@ -72,8 +70,7 @@ def search(agent: QLearningAgent, space: NASBench201Space, budget: int, optimum:
 
 
 def compose_agent(name: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(str(CONF), version_base=None):
-        return compose(overrides=[f"+agent={name}", *overrides]).agent
+    return compose("search", [f"agent={name}", *overrides]).agent
 
 
 def fit_scale(cfg: DictConfig, space: NASBench201Space, budget: int) -> float:

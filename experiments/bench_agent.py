@@ -15,14 +15,11 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from blockqnn.config import compose
 from blockqnn.nsc import Layer, LayerType
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def synthetic_reward(layers: list[Layer]) -> float:
@@ -39,8 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    with initialize_config_dir(str(CONF), version_base=None):
-        cfg = compose(overrides=["+agent=qlearning", "+space=nsc", *args.overrides])
+    cfg = compose("search", ["agent=qlearning", "space=nsc", *args.overrides])
     agent = instantiate(cfg.agent, space=instantiate(cfg.space), seed=args.seed)
 
     seen: set[str] = set()
