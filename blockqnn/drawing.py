@@ -45,16 +45,10 @@ def label(layer: Layer) -> str:
     return f"{name} {layer.kernel}x{layer.kernel}" if layer.kernel else name
 
 
-def edges(block: Block) -> list[tuple[int, int]]:
-    """DAG edges (from, to); the output node is the Terminal's index and receives every unconsumed layer."""
-    out = block.layers[-1].index
-    return [(p, layer.index) for layer in block.body for p in layer.preds] + [(i, out) for i in block.outputs()]
-
-
 def depths(block: Block) -> dict[int, int]:
     """Longest-path depth of every node from the input (0); indices are topological, so one pass suffices."""
     depth = {0: 0}
-    for src, dst in sorted(edges(block), key=lambda e: e[1]):
+    for src, dst in sorted(block.edges(), key=lambda e: e[1]):
         depth[dst] = max(depth.get(dst, 0), depth[src] + 1)
     return depth
 
@@ -70,7 +64,7 @@ def layout(block: Block) -> tuple[dict[Node, tuple[float, float]], list[list[Nod
     """
     depth = depths(block)
     routes = []
-    for src, dst in edges(block):
+    for src, dst in block.edges():
         routes.append([src, *((src, dst, r) for r in range(depth[src] + 1, depth[dst])), dst])
     row_of = {**depth, **{p: p[2] for route in routes for p in route[1:-1]}}
     preds: dict[Node, list[Node]] = {}

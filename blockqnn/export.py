@@ -25,7 +25,6 @@ FORMAT = "blockqnn-model"
 VERSION = 1
 TEMPLATE_TARGET = "blockqnn.network.Template"
 TEMPLATE_FIELDS = tuple(inspect.signature(Template).parameters)
-ANY_LENGTH = 10**6  # a saved block is loaded whatever the max_index of the space it was found in
 DATASET_FIELDS = ("channels", "image_size", "num_classes")
 
 
@@ -91,7 +90,7 @@ def read(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 def build(meta: Mapping[str, Any]) -> nn.Module:
     """The untrained network a model file describes (no ``_target_`` from the file is instantiated)."""
-    block = Block.parse(meta["nsc"], max_index=ANY_LENGTH)
+    block = Block.parse(meta["nsc"], max_index=None)
     template, dataset = meta["template"], meta["dataset"]
     unknown = set(template) - set(TEMPLATE_FIELDS)
     if unknown:

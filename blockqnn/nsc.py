@@ -68,11 +68,13 @@ _TUPLE = re.compile(r"\(([^()]*)\)")
 
 @dataclass(frozen=True)
 class Block:
+    """A validated block. ``max_index=None`` lifts the space's depth limit (blocks read back from results)."""
+
     layers: tuple[Layer, ...]
 
     # ---- text and JSON forms -------------------------------------------------------------------------------
     @classmethod
-    def parse(cls, text: str, max_index: int = DEFAULT_MAX_INDEX) -> Block:
+    def parse(cls, text: str, max_index: int | None = DEFAULT_MAX_INDEX) -> Block:
         """Parse and validate ``[(1,4,0,0,0),...]`` (spaces and the outer brackets optional) or the JSON form."""
         body = text.strip()
         if body.startswith("[["):
@@ -91,13 +93,13 @@ class Block:
         return cls.of(layers, max_index)
 
     @classmethod
-    def of(cls, layers, max_index: int = DEFAULT_MAX_INDEX) -> Block:
+    def of(cls, layers, max_index: int | None = DEFAULT_MAX_INDEX) -> Block:
         block = cls(tuple(Layer(*layer) for layer in layers))
         block.validate(max_index)
         return block
 
     @classmethod
-    def from_json(cls, text: str, max_index: int = DEFAULT_MAX_INDEX) -> Block:
+    def from_json(cls, text: str, max_index: int | None = DEFAULT_MAX_INDEX) -> Block:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
@@ -113,7 +115,7 @@ class Block:
         return "[" + ",".join(str(layer) for layer in self.layers) + "]"
 
     # ---- rules -----------------------------------------------------------------------------------------------
-    def validate(self, max_index: int = DEFAULT_MAX_INDEX) -> None:
+    def validate(self, max_index: int | None = DEFAULT_MAX_INDEX) -> None:
         if not self.layers:
             raise NSCError("empty block: a block needs at least one layer and a Terminal")
         for position, layer in enumerate(self.layers, start=1):
@@ -130,6 +132,11 @@ class Block:
         consumed = {p for layer in self.body for p in layer.preds}
         return [layer.index for layer in self.body if layer.index not in consumed]
 
+    def edges(self) -> list[tuple[int, int]]:
+        """(from, to) pairs of the DAG; the Terminal is the output node and receives every unconsumed layer."""
+        out = self.layers[-1].index
+        return [(p, layer.index) for layer in self.body for p in layer.preds] + [(i, out) for i in self.outputs()]
+
     def density(self) -> float:
         """Edges / nodes of the block DAG.
 
@@ -137,8 +144,7 @@ class Block:
         Edges: one per predecessor reference (two for add/concat) plus one from each unconsumed layer to
         the Terminal.
         """
-        edges = sum(len(layer.preds) for layer in self.body) + len(self.outputs())
-        return edges / (len(self.layers) + 1)
+        return len(self.edges()) / (len(self.layers) + 1)
 
     def canonical(self) -> str:
         """A text form shared by every code of the same DAG (renumbered, add/concat operands swapped).
@@ -166,13 +172,13 @@ class Block:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
 
 
-def _check_layer(layer: Layer, position: int, length: int, max_index: int) -> None:
+def _check_layer(layer: Layer, position: int, length: int, max_index: int | None) -> None:
     def fail(rule: str) -> None:
         raise NSCError(f"layer {position} {layer}: {rule}")
 
     if layer.index != position:
         fail(f"index must be {position} (indices run 1..n consecutively)")
-    if layer.index > max_index:
+    if max_index is not None and layer.index > max_index:
         fail(f"index exceeds the space's maximum index {max_index}")
     if layer.type not in LayerType._value2member_map_:
         fail(f"unknown type {layer.type} (types are 1..7)")

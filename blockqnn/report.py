@@ -27,12 +27,10 @@ import numpy as np  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from blockqnn.cli import UserError, one_line_errors  # noqa: E402
-from blockqnn.drawing import NAMES, depths, draw_block, edges, wrap_code  # noqa: E402
+from blockqnn.drawing import NAMES, depths, draw_block, wrap_code  # noqa: E402
 from blockqnn.nsc import Block, LayerType, NSCError  # noqa: E402
 from blockqnn.store import Store, is_run  # noqa: E402
 from blockqnn.tracking import wandb_mode  # noqa: E402
-
-ANY_LENGTH = 10**6  # parse stored blocks whatever the space's max_index was
 
 
 # ---- reading a run ---------------------------------------------------------------------------------------------
@@ -65,7 +63,7 @@ def load_history(run_dir: str | Path, top_k: int) -> History:
 def parse_block(arch: str) -> Block | None:
     """The NSC block of a stored architecture, or None for other spaces (NAS-Bench-201 cells)."""
     try:
-        return Block.parse(arch, ANY_LENGTH)
+        return Block.parse(arch, max_index=None)
     except NSCError:
         return None
 
@@ -193,13 +191,13 @@ def block_features(block: Block) -> dict[str, float]:
     that skips a layer of a longer path, as in a residual block), length and density."""
     depth = depths(block)
     succs: dict[int, set[int]] = {}
-    for src, dst in edges(block):
+    for src, dst in block.edges():
         succs.setdefault(src, set()).add(dst)
     counts = Counter(LayerType(layer.type) for layer in block.body)
     return {
         **{f"n_{NAMES[t]}": counts[t] for t in NAMES},
         "multi_branch": float(any(len(s) > 1 for s in succs.values())),
-        "shortcut": float(any(depth[dst] - depth[src] > 1 for src, dst in edges(block))),
+        "shortcut": float(any(depth[dst] - depth[src] > 1 for src, dst in block.edges())),
         "layers": len(block.body),
         "density": block.density(),
     }

@@ -46,11 +46,11 @@ def resolve_block(spec: Any) -> tuple[Block, dict[str, Any]]:
     if spec is None:
         raise UserError("no block given: block=RUN_DIR:k (k-th best of a search) or block='\"<NSC code>\"'")
     if isinstance(spec, ListConfig | list):
-        return Block.of([tuple(row) for row in spec], export.ANY_LENGTH), {}
+        return Block.of([tuple(row) for row in spec], None), {}
     text = str(spec).strip()
     ranked = RANKED.fullmatch(text)
     if ranked is None:
-        return Block.parse(text, export.ANY_LENGTH), {}
+        return Block.parse(text, None), {}
     run, rank = ranked["run"], int(ranked["rank"])
     if rank < 1:
         raise UserError(f"block={text}: ranks start at 1")
@@ -61,7 +61,7 @@ def resolve_block(spec: Any) -> tuple[Block, dict[str, Any]]:
     row = best[rank - 1]
     source = {"search_run": str(Path(run).resolve()), "rank": rank, "search_reward": row["reward"],
               "search_accuracy": row["accuracy"]}
-    return Block.parse(row["arch"], export.ANY_LENGTH), source
+    return Block.parse(row["arch"], None), source
 
 
 # ---- the run folder ---------------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
     resuming_without_block = cfg.block is None and (folder / CONFIG_FILE).is_file()
     block, source = (None, {}) if resuming_without_block else resolve_block(cfg.block)
     cfg = pin_config(cfg, block, folder)
-    block = block or Block.parse(cfg.block, export.ANY_LENGTH)
+    block = block or Block.parse(cfg.block, None)
     recipe = cfg.trainer
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, cfg.seed)

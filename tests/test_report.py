@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from blockqnn import report
-from blockqnn.drawing import depths, draw_block, edges, layout
+from blockqnn.drawing import depths, draw_block, layout
 from blockqnn.nsc import Block
 from blockqnn.space import NSCSpace
 from blockqnn.store import Store
@@ -124,11 +124,11 @@ def test_features_of_the_paper_blocks():
 def test_drawing_of_the_paper_blocks(tmp_path, code):
     block = Block.parse(code)
     depth = depths(block)
-    assert all(depth[dst] > depth[src] for src, dst in edges(block))
+    assert all(depth[dst] > depth[src] for src, dst in block.edges())
     pos, routes = layout(block)
     real = [p for n, p in pos.items() if not isinstance(n, tuple)]
     assert len(real) == len(block.layers) + 1 and len(set(real)) == len(real)  # input, layers, output; no overlap
-    assert len(routes) == len(edges(block))
+    assert len(routes) == len(block.edges())
     assert all(pos[r[0]][1] > pos[r[-1]][1] for r in routes)  # every edge runs downwards
     path = draw_block(block, tmp_path / "block.png", "title")
     with Image.open(path) as im:
