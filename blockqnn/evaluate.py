@@ -104,6 +104,9 @@ def _train(arch: str, cfg: DictConfig, space, result: Result) -> None:
                 fit(module, data, recipe)
         finally:
             result.epochs = len(module.history)
+    if not module.history or module.history[-1].get("val_acc") is None:
+        raise ValueError("no validation accuracy: the recipe validated nothing (dataset.val_size or "
+                         "trainer.limit_val_batches is 0)")
     result.accuracy = module.history[-1]["val_acc"]
     result.reward = float(_instantiated(config_key(cfg.reward))(result.accuracy, result.flops, result.density))
 

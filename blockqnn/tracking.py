@@ -10,12 +10,13 @@ offline unless the environment says otherwise (``WANDB_MODE``, or ``WANDB_API_KE
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,6 +31,8 @@ TABLE_COLUMNS = (
     "iteration", "position", "arch", "status", "reward", "accuracy", "flops", "params", "density", "epsilon",
     "cached", "epochs", "wall_time", "error",
 )
+# The best candidate's fields kept in the run summary.
+BEST_SUMMARY = ("reward", "accuracy", "arch", "flops", "params")
 # Numbers logged per candidate (history), besides the counters.
 LOGGED = ("iteration", "position", "reward", "accuracy", "flops", "params", "density", "epsilon", "cached")
 
@@ -95,12 +98,22 @@ class WandbTracker(NoTracker):
         metrics.update(candidate=count, failed=int(row["status"] != "ok"))
         if best is not None:
             metrics["best_reward"] = best["reward"]
-            self.run.summary.update({f"best_{k}": best[k] for k in ("reward", "accuracy", "arch", "flops", "params")})
-        self.run.log(metrics)
+        with self._tolerated():
+            if best is not None:
+                self.run.summary.update({f"best_{k}": best[k] for k in BEST_SUMMARY})
+            self.run.log(metrics)
 
     def end_iteration(self, iteration: int, store: Store) -> None:
         if self.table_every and (iteration + 1) % self.table_every == 0:
             self._log_table(store.candidates())
+
+    @contextlib.contextmanager
+    def _tolerated(self) -> Iterator[None]:
+        """A tracking failure (W&B down, disk full under wandb/) must not stop a search: the history has it all."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001
+            log.warning("W&B logging failed, the search goes on (history.sqlite has every candidate): %s", e)
 
     def finish(self, store: Store, exit_code: int = 0) -> None:
         if self.run is None:
@@ -113,7 +126,8 @@ class WandbTracker(NoTracker):
         import wandb
 
         data = [[row.get(c) for c in TABLE_COLUMNS] for row in rows]
-        self.run.log({"candidates": wandb.Table(columns=list(TABLE_COLUMNS), data=data)})
+        with self._tolerated():
+            self.run.log({"candidates": wandb.Table(columns=list(TABLE_COLUMNS), data=data)})
 
 
 def wandb_mode(mode: str | None) -> str:

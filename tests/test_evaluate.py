@@ -145,3 +145,8 @@ def test_table_space_is_looked_up_not_trained(compose, nb201_table, monkeypatch)
     assert 0 < result.accuracy < 1 and result.epochs == 0
     missing = evaluate_candidate("|bogus~0|", cfg)
     assert missing.status == "failed" and "not a NAS-Bench-201 architecture" in missing.error
+
+
+def test_a_recipe_that_validates_nothing_fails_with_a_clear_reason(smoke):
+    result = evaluate_candidate(RESIDUAL, smoke("trainer.limit_val_batches=0"))
+    assert result.status == "failed" and "no validation accuracy" in result.error

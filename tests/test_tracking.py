@@ -88,3 +88,20 @@ def test_search_is_tracked_offline_and_a_resume_continues_the_run(compose, table
 def test_tracker_without_a_run_finishes_quietly(tmp_path):
     with Store.create(tmp_path, {}) as store:
         WandbTracker().finish(store)  # finish before start (a search that failed early)
+
+
+def test_a_tracking_failure_does_not_stop_the_search(compose, table_search, tmp_path, monkeypatch, caplog):
+    def broken_log(self, metrics):
+        raise OSError("No space left on device")
+
+    args = [a for a in table_search if a != "logger=none"] + ["logger=wandb"]
+    reference = tmp_path / "reference"
+    search(compose(*table_search), reference)
+    import wandb.sdk.wandb_run
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", broken_log)
+    with caplog.at_level(logging.WARNING, logger="blockqnn.tracking"):
+        search(compose(*args), tmp_path / "run")
+    assert "W&B logging failed" in caplog.text
+    with Store.open(reference, readonly=True) as ref, Store.open(tmp_path / "run", readonly=True) as run:
+        assert [r["arch"] for r in run.candidates()] == [r["arch"] for r in ref.candidates()]
