@@ -38,6 +38,8 @@ HISTORY_KEYS = ("seed", "space", "dataset", "template", "trainer", "reward", "ag
 # Leaves inside those that say where or on what a run computes, not what its candidates mean: data and tables may
 # move, and a resumed search may run on other hardware.
 LOCATION_KEYS = ("root", "download", "table", "accelerator", "cudnn_benchmark", "eval_batch_size")
+# Leaves holding paths; stored absolute.
+PATH_KEYS = ("root", "table")
 
 
 def run_dir_or_resume(resume: str | None, default: str) -> str:
@@ -176,6 +178,7 @@ def search(
     try:
         if store is not None:
             cfg = adopt_history(store.config(), cfg, set(HISTORY_KEYS) if overridden is None else overridden)
+        cfg = absolute_locations(cfg)
         check_one_device(cfg)
         space = instantiate(cfg.space)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
@@ -231,6 +234,24 @@ def adopt_history(stored: DictConfig, cfg: DictConfig, overridden: set[str]) -> 
                 merged[key] = stored[key]
     check_same_history(stored, merged)
     return merged
+
+
+def absolute_locations(cfg: DictConfig) -> DictConfig:
+    """Data roots and tables as absolute paths (``~`` expanded), so that the stored run resumes from any folder."""
+    cfg = cfg.copy()
+
+    def walk(node: DictConfig) -> None:
+        for key in node:
+            value = node[key]
+            if isinstance(value, DictConfig):
+                walk(value)
+            elif key in PATH_KEYS and isinstance(value, str):
+                node[key] = str(Path(value).expanduser().absolute())
+
+    for section in ("dataset", "space"):
+        if isinstance(cfg.get(section), DictConfig):
+            walk(cfg[section])
+    return cfg
 
 
 def overridden_sections(overrides: list[str]) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -86,41 +87,55 @@ def test_failed_candidates_are_recorded_and_rewarded_failed_reward(compose, tabl
     assert seen_rewards == [-0.25 if r["status"] == "failed" else r["reward"] for r in rows]
 
 
+def dying_after(n: int):
+    """An evaluator that is interrupted (as by Ctrl-C) when asked for its (n+1)-th candidate."""
+    calls = []
+
+    def evaluate(arch, cfg):
+        calls.append(arch)
+        if len(calls) > n:
+            raise KeyboardInterrupt
+        return evaluate_candidate(arch, cfg)
+
+    return evaluate
+
+
 def test_interrupted_search_resumes_to_the_same_history(compose, table_search, tmp_path):
     """In-process kill at an arbitrary candidate (the subprocess SIGKILL test below does it for real)."""
     reference = tmp_path / "reference"
     search(compose(*table_search), reference)
     for stop_after in (5, 13):  # inside the first iteration, and inside a later one
         run = tmp_path / f"killed-{stop_after}"
-        calls = []
-
-        def dying(arch, cfg, calls=calls, stop_after=stop_after):
-            calls.append(arch)
-            if len(calls) > stop_after:
-                raise KeyboardInterrupt
-            return evaluate_candidate(arch, cfg)
-
         with pytest.raises(KeyboardInterrupt):
-            search(compose(*table_search), run, evaluate=dying)
+            search(compose(*table_search), run, evaluate=dying_after(stop_after))
         assert 0 < len(history(run)[0]) < len(history(reference)[0])
         search(compose(*table_search, f"resume={run}"), run)
         assert history(run) == history(reference)
+
+
+def test_a_run_resumes_from_another_working_folder(compose, table_search, nb201_table, tmp_path, monkeypatch):
+    """Relative data and table paths are stored absolute: ``resume=`` works from anywhere."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(nb201_table, tmp_path / "a" / "table.csv")
+    monkeypatch.chdir(tmp_path / "a")
+    args = [a for a in table_search if not a.startswith("space.table")] + ["space.table=table.csv"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    search(compose(*args), reference)
+    with pytest.raises(KeyboardInterrupt):
+        search(compose(*args), run, evaluate=dying_after(5))
+    monkeypatch.chdir(tmp_path / "b")
+    overrides = ["logger=none", "progress.mode=off", f"resume={run}"]
+    search(compose(*overrides), run, overridden=overridden_sections(overrides))
+    assert history(run) == history(reference)
 
 
 def test_resume_alone_continues_a_run_started_with_other_settings(compose, table_search, tmp_path):
     """``resume=RUN_DIR`` needs none of the original overrides: unset sections come from the history."""
     reference, run = tmp_path / "reference", tmp_path / "run"
     search(compose(*table_search), reference)
-    calls = []
-
-    def dying(arch, cfg):
-        calls.append(arch)
-        if len(calls) > 5:
-            raise KeyboardInterrupt
-        return evaluate_candidate(arch, cfg)
-
     with pytest.raises(KeyboardInterrupt):
-        search(compose(*table_search), run, evaluate=dying)
+        search(compose(*table_search), run, evaluate=dying_after(5))
     overrides = ["logger=none", "progress.mode=off", f"resume={run}"]
     assert overridden_sections(overrides) == {"logger", "progress", "resume"}
     search(compose(*overrides), run, overridden=overridden_sections(overrides))
