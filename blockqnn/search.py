@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -50,9 +52,9 @@ def run_dir_or_resume(resume: str | None, default: str) -> str:
     return str(resume)
 
 
-def hydra_subdir(resume: str | None) -> str:
+def hydra_subdir(run_dir: str) -> str:
     """Where Hydra writes the job's config: a resume keeps the original run's ``.hydra`` and adds its own."""
-    return ".hydra" if resume is None else f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}" if is_run(run_dir) else ".hydra"
 
 
 OmegaConf.register_new_resolver("blockqnn.run_dir", run_dir_or_resume, replace=True)
@@ -316,7 +318,17 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.resume or hydra.runtime.output_dir)
     group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
     overridden = overridden_sections(list(hydra.overrides.task))
-    print(summary(search(cfg, run_dir, group, overridden=overridden), run_dir), flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # docker stop, a pre-empted job: end like Ctrl-C, cleanly
+    try:
+        best = search(cfg, run_dir, group, overridden=overridden)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python -m blockqnn.search resume={run_dir}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    print(summary(best, run_dir), flush=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -217,6 +217,20 @@ def test_local_worker_processes_match_in_process(compose, table_search, tmp_path
 
 
 # ---- real processes -------------------------------------------------------------------------------------------
+def _signal_midway(args: list[str], run_dir: Path, sig: int, at: int) -> subprocess.CompletedProcess:
+    """Run a real search and send it ``sig`` once ``at`` candidates are stored (polling the history)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "blockqnn.search", *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while _count(run_dir) < at and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(sig)
+    finally:
+        _, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+
+
 @pytest.mark.slow
 def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, table_search, tmp_path):
     args = [a for a in table_search if not a.startswith("agent.")] + ["agent.batch_size=32", "agent.schedule_scale=0.2"]
@@ -224,24 +238,32 @@ def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, 
     search(compose(*args), reference)
     total = len(history(reference)[0])
 
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "blockqnn.search", *args, f"hydra.run.dir={killed}"], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while _count(killed) < total // 3 and proc.poll() is None:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    proc = _signal_midway(args, killed, signal.SIGKILL, total // 3)
     stored = _count(killed)
     assert proc.returncode == -signal.SIGKILL and total // 3 <= stored < total, (stored, total)
 
     original_overrides = (killed / ".hydra" / "overrides.yaml").read_text()
-    resumed = run_cli(*args, f"resume={killed}")
+    resumed = run_cli(*args, f"hydra.run.dir={killed}")  # the other documented way to resume
     assert resumed.returncode == 0, resumed.stderr
     assert history(killed) == history(reference)
     assert (killed / ".hydra" / "overrides.yaml").read_text() == original_overrides  # the resume wrote beside it
     assert list((killed / ".hydra").glob("resume-*/overrides.yaml"))
+
+
+@pytest.mark.slow
+def test_sigterm_ends_cleanly_with_the_way_to_resume(compose, table_search, tmp_path):
+    args = [a for a in table_search if not a.startswith("agent.")] + ["agent.batch_size=32", "agent.schedule_scale=0.2"]
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    search(compose(*args), reference)
+    total = len(history(reference)[0])
+
+    proc = _signal_midway(args, stopped, signal.SIGTERM, total // 3)
+    assert proc.returncode == 130, proc.stderr
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line == f"interrupted; continue with: python -m blockqnn.search resume={stopped}"
+    assert "Traceback" not in proc.stderr
+    search(compose(*args, f"resume={stopped}"), stopped)
+    assert history(stopped) == history(reference)
 
 
 def _count(run_dir: Path) -> int:
