@@ -27,7 +27,7 @@ from hydra.errors import (
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from blockqnn.config import CONF_DIR, ConfigError
+from blockqnn.config import CONF_DIR, ConfigError, check_conf_dir
 from blockqnn.nsc import NSCError
 from blockqnn.store import StoreError
 
@@ -152,6 +152,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
             os.environ[FULL_ERROR_ENV] = "1"  # Hydra then re-raises instead of printing its own report
             try:
                 with one_line_errors(full):
+                    check_conf_dir()
                     return hydra_main()
             finally:
                 if not full:

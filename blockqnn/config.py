@@ -18,8 +18,16 @@ class ConfigError(ValueError):
     """A config that cannot be composed: unknown option, group member or missing value."""
 
 
+def check_conf_dir() -> None:
+    """The configs live beside the package (``conf/``, as in a checkout); a plain wheel install has none."""
+    if not (CONF_DIR / "search.yaml").is_file():
+        raise ConfigError(f"blockqnn's configs are missing ({CONF_DIR}): install from a checkout with "
+                          "pip install -e . (the conf/ folder stays next to the package)")
+
+
 def compose(config_name: str = "search", overrides: Sequence[str] = ()) -> DictConfig:
     """The config ``python -m blockqnn.<config_name> OVERRIDES`` would run with (hydra.* resolved away)."""
+    check_conf_dir()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name, overrides=list(overrides))

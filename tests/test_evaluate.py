@@ -126,7 +126,14 @@ def test_missing_dataset_is_raised_not_recorded(compose):
 
 
 def test_prepare_loads_and_builds_every_part(smoke):
-    prepare(smoke())  # no error: the data, space, template, reward and recipe are all usable
+    from blockqnn.data import load_source
+
+    cfg = smoke()
+    load_source.cache_clear()
+    prepare(cfg)  # the data, space, template, reward and recipe are all usable...
+    assert load_source.cache_info().currsize == 1  # ...and the data is loaded once, for every later candidate
+    assert evaluate_candidate(RESIDUAL, cfg).status == "ok"
+    assert load_source.cache_info().misses == 1
 
 
 def test_prepare_refuses_a_template_too_deep_for_the_images(smoke):

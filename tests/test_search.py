@@ -165,7 +165,8 @@ def test_resume_allows_harmless_changes_and_trains_nothing_again(compose, table_
     search(compose(*table_search), tmp_path)
     rows, state = history(tmp_path)
     evaluated = []
-    search(compose(*table_search, "executor.threads=1", "progress.mode=log", "output_root=elsewhere",
+    search(compose(*table_search, "executor.threads=1", "executor.workers=0", "progress.mode=log",
+                   "output_root=elsewhere", "trainer.accelerator=cpu", "trainer.eval_batch_size=64",
                    f"resume={tmp_path}"), tmp_path, evaluate=lambda arch, cfg: evaluated.append(arch))
     assert evaluated == [] and history(tmp_path) == (rows, state)
 
@@ -367,3 +368,13 @@ def test_quickstart_ends_with_the_best_block_and_the_run_folder(tmp_path):
         best = store.best(1)[0]
     assert f"best block: {best['arch']}" in out.stdout and f"reward {best['reward']:.4f}" in out.stdout
     assert f"run stored in {run}" in out.stdout
+
+
+def test_missing_configs_are_one_clear_error(monkeypatch, tmp_path, capsys):
+    """A plain wheel install has no conf/: say how to install instead of failing inside Hydra."""
+    import blockqnn.config
+
+    monkeypatch.setattr(blockqnn.config, "CONF_DIR", tmp_path / "conf")
+    with pytest.raises(SystemExit) as exit_info, one_line_errors(full=False):
+        blockqnn.config.compose("search")
+    assert exit_info.value.code == 1 and "pip install -e ." in capsys.readouterr().err

@@ -86,8 +86,11 @@ def test_search_is_tracked_offline_and_a_resume_continues_the_run(compose, table
 
 
 def test_tracker_without_a_run_finishes_quietly(tmp_path):
+    tracker = WandbTracker()
     with Store.create(tmp_path, {}) as store:
-        WandbTracker().finish(store)  # finish before start (a search that failed early)
+        tracker.finish(store)  # finish before start (a search that failed early)
+        assert tracker.run is None and store.get("wandb_run_id") is None  # no run was created on the way
+    assert not (tmp_path / "wandb").exists()
 
 
 def test_a_tracking_failure_does_not_stop_the_search(compose, table_search, tmp_path, monkeypatch, caplog):
