@@ -254,10 +254,13 @@ def _num(value: float | None, digits: int = 4) -> str:
 def settings_lines(history: History) -> list[str]:
     """The run's settings that decide what it found, then the counts of what it did."""
     cfg, rows = history.config, history.rows
+    looked_up = OmegaConf.select(cfg, "space.table") is not None  # a table space: nothing was trained
+    training = {} if looked_up else {
+        "dataset": "dataset.name", "template": "template", "training epochs": "trainer.max_epochs"}
     pick = {
-        "dataset": "dataset.name", "template": "template", "space": "space", "agent (epsilon schedule)":
-        "agent.epsilon_schedule", "alpha": "agent.alpha", "batch per iteration": "agent.batch_size",
-        "reward": "reward", "training epochs": "trainer.max_epochs", "seed": "seed",
+        **training, "space": "space", "agent (epsilon schedule)": "agent.epsilon_schedule", "alpha": "agent.alpha",
+        "batch per iteration": "agent.batch_size", "reward": "reward._target_" if looked_up else "reward",
+        "seed": "seed",
     }
     lines = [f"- agent: {history.agent}"]
     for label, key in pick.items():
