@@ -232,39 +232,41 @@ def _signal_midway(args: list[str], run_dir: Path, sig: int, at: int) -> subproc
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
 
 
-@pytest.mark.slow
-def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, table_search, tmp_path):
+def _interrupt_a_real_search(compose, table_search, run_dir: Path, sig: int):
+    """The search run in-process to the end (the reference), and again in a subprocess sent ``sig`` a third of
+    the way in. Returns the overrides, the reference history, its candidate count and the subprocess."""
     args = [a for a in table_search if not a.startswith("agent.")] + ["agent.batch_size=32", "agent.schedule_scale=0.2"]
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    reference = run_dir.parent / "reference"
     search(compose(*args), reference)
     total = len(history(reference)[0])
+    return args, history(reference), total, _signal_midway(args, run_dir, sig, total // 3)
 
-    proc = _signal_midway(args, killed, signal.SIGKILL, total // 3)
+
+@pytest.mark.slow
+def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, table_search, tmp_path):
+    killed = tmp_path / "killed"
+    args, reference, total, proc = _interrupt_a_real_search(compose, table_search, killed, signal.SIGKILL)
     stored = _count(killed)
     assert proc.returncode == -signal.SIGKILL and total // 3 <= stored < total, (stored, total)
 
     original_overrides = (killed / ".hydra" / "overrides.yaml").read_text()
     resumed = run_cli(*args, f"hydra.run.dir={killed}")  # the other documented way to resume
     assert resumed.returncode == 0, resumed.stderr
-    assert history(killed) == history(reference)
+    assert history(killed) == reference
     assert (killed / ".hydra" / "overrides.yaml").read_text() == original_overrides  # the resume wrote beside it
     assert list((killed / ".hydra").glob("resume-*/overrides.yaml"))
 
 
 @pytest.mark.slow
 def test_sigterm_ends_cleanly_with_the_way_to_resume(compose, table_search, tmp_path):
-    args = [a for a in table_search if not a.startswith("agent.")] + ["agent.batch_size=32", "agent.schedule_scale=0.2"]
-    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
-    search(compose(*args), reference)
-    total = len(history(reference)[0])
-
-    proc = _signal_midway(args, stopped, signal.SIGTERM, total // 3)
+    stopped = tmp_path / "stopped"
+    args, reference, _, proc = _interrupt_a_real_search(compose, table_search, stopped, signal.SIGTERM)
     assert proc.returncode == 130, proc.stderr
     last_line = proc.stderr.strip().splitlines()[-1]
     assert last_line == f"interrupted; continue with: python -m blockqnn.search resume={stopped}"
     assert "Traceback" not in proc.stderr
     search(compose(*args, f"resume={stopped}"), stopped)
-    assert history(stopped) == history(reference)
+    assert history(stopped) == reference
 
 
 def _count(run_dir: Path) -> int:
