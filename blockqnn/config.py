@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -33,6 +34,35 @@ def compose(config_name: str = "search", overrides: Sequence[str] = ()) -> DictC
             return hydra_compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def changed_leaves(
+    old: DictConfig | Mapping[str, Any], new: DictConfig | Mapping[str, Any], sections: Sequence[str],
+    ignored: Sequence[str] = (),
+) -> list[str]:
+    """``key (old -> new)`` for each resolved leaf under ``sections`` that differs, leaves named in ``ignored``
+    aside: what a resumed run (search or training) may not change."""
+    before, after = _leaves(old), _leaves(new)
+    keys = sorted(
+        key for key in before.keys() | after.keys()
+        if key.split(".")[0] in sections and key.split(".")[-1] not in ignored
+        and before.get(key, "<unset>") != after.get(key, "<unset>")
+    )
+    return [f"{k} ({before.get(k, '<unset>')} -> {after.get(k, '<unset>')})" for k in keys]
+
+
+def _leaves(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg), "")
+    return flat
 
 
 def load_group(group: str, name: str) -> DictConfig:

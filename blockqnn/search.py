@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from blockqnn.cli import UserError, hydra_app
+from blockqnn.config import changed_leaves
 from blockqnn.store import Store, StoreError, check, is_run
 from blockqnn.tracking import Progress
 
@@ -274,30 +275,11 @@ def check_one_device(cfg: DictConfig) -> None:
 
 def check_same_history(stored: DictConfig | dict, cfg: DictConfig | dict) -> None:
     """Refuse to continue a history under a config that would change what its candidates mean."""
-    old, new = _leaves(stored), _leaves(cfg)
-    differing = sorted(
-        key for key in old.keys() | new.keys()
-        if key.split(".")[0] in HISTORY_KEYS and key.split(".")[-1] not in LOCATION_KEYS
-        and old.get(key, "<unset>") != new.get(key, "<unset>")
-    )
+    differing = changed_leaves(stored, cfg, HISTORY_KEYS, LOCATION_KEYS)
     if differing:
-        shown = ", ".join(f"{k} ({old.get(k, '<unset>')} -> {new.get(k, '<unset>')})" for k in differing[:6])
         more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
-        raise UserError(f"cannot resume: the config changes what the stored history means: {shown}{more}")
-
-
-def _leaves(cfg: DictConfig | dict) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        else:
-            flat[prefix] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg, "")
-    return flat
+        raise UserError(f"cannot resume: the config changes what the stored history means: "
+                        f"{', '.join(differing[:6])}{more}")
 
 
 def summary(best: dict[str, Any] | None, run_dir: Path) -> str:

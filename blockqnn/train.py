@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from blockqnn import export
 from blockqnn.cli import UserError, hydra_app
+from blockqnn.config import changed_leaves
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
@@ -87,8 +88,9 @@ def pin_config(cfg: DictConfig, block: Block, folder: Path) -> DictConfig:
         if block is None:
             cfg = OmegaConf.merge(cfg, {"block": saved.block})
         for key in ("block", "template", "dataset"):
-            if _resolved(saved, key) != _resolved(cfg, key):
-                raise UserError(f"{folder} was trained with another {key} ({_short(saved[key])}); "
+            differing = changed_leaves(saved, cfg, [key])
+            if differing:
+                raise UserError(f"{folder} was trained with another {key} ({', '.join(differing[:3])}); "
                                 f"train into a new folder or repeat the folder's settings")
     return cfg
 
@@ -104,11 +106,6 @@ def save_config(cfg: DictConfig, folder: Path) -> None:
 def _resolved(cfg: DictConfig, key: str) -> Any:
     value = cfg[key]
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def tracking_logger(cfg: DictConfig, folder: Path) -> Logger | bool:
