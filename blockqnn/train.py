@@ -31,7 +31,7 @@ from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
 from blockqnn.store import Store
 from blockqnn.tracking import WandbTracker, wandb_mode
-from blockqnn.training import Classifier, accuracy_on_test_set, build_trainer, on_gpu, quiet
+from blockqnn.training import Classifier, accuracy_on_test_set, build_trainer, on_gpu, quiet, release_process_group
 
 RANKED = re.compile(r"(?P<run>[^()\[\]]+):(?P<rank>-?\d+)")
 CONFIG_FILE, RESULT_FILE, CHECKPOINTS = "config.yaml", "result.json", "checkpoints"
@@ -164,9 +164,10 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
         (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
         print(f"test accuracy {test_acc:.4f} (validation {val['val_acc']:.4f}) after {result['epochs']} epochs; "
               f"model saved to {folder / cfg.export}")
-    if isinstance(logger, WandbLogger):
+    if trainer.is_global_zero and isinstance(logger, WandbLogger):  # other ranks hold a dummy experiment
         logger.experiment.summary.update({k: v for k, v in result.items() if v is not None})
         logger.experiment.finish()
+    release_process_group()
     return result
 
 

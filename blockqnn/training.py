@@ -172,7 +172,17 @@ def fit(module: Classifier, data: L.LightningDataModule, cfg: DictConfig, **trai
     if module.history and module.history[-1]["val_acc"] is None and cfg.limit_val_batches != 0:
         trainer.validate(module, datamodule=data, verbose=False)
         module.history[-1]["val_acc"] = module._val
+    release_process_group()
     return trainer
+
+
+def release_process_group() -> None:
+    """End a DDP run's process group once every rank is done with it. Lightning destroys only NCCL groups at exit;
+    a gloo group (DDP on CPU) left to interpreter shutdown can abort the process ("terminate called without an
+    active exception") after training succeeded."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def accuracy_on_test_set(trainer: L.Trainer, module: Classifier, data: L.LightningDataModule) -> float:
