@@ -11,13 +11,16 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import hydra
 from dotenv import find_dotenv, load_dotenv
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     ConfigCompositionException,
     HydraException,
@@ -127,6 +130,16 @@ def one_line_errors(full: bool | None = None) -> Iterator[None]:
         fail(describe(errors))
 
 
+def discard_unused_output_dir() -> None:
+    """Remove the job's output folder when it holds nothing but what Hydra wrote before the job failed on bad
+    input: a refused start should not leave an empty run folder that looks like a run."""
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    hydra_files = {Path(hydra_cfg.output_subdir or ".hydra").parts[0], f"{hydra_cfg.job.name}.log"}
+    if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= hydra_files:
+        shutil.rmtree(folder)
+
+
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Like ``@hydra.main`` on ``conf/<config_name>.yaml``, with one-line bad-input errors and ``.env`` loaded."""
 
@@ -140,6 +153,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                 errors = user_errors(exc)
                 if not errors or full:
                     raise
+                discard_unused_output_dir()
                 raise _Reported(describe(errors)) from exc
 
         hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(job)

@@ -265,13 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("show", help="layer table, canonical hash, density, and optionally network size")
     show.add_argument("code")
     show.add_argument("--template", help="stacking template (conf/template/*.yaml), e.g. cifar")
-    show.add_argument("--dataset", default="cifar10", help="dataset config giving channels, size, classes")
+    show.add_argument("--dataset", help="dataset config giving channels, size, classes (default cifar10)")
     for p in sub.choices.values():
         p.add_argument("--max-index", type=int, default=DEFAULT_MAX_INDEX)
     args = parser.parse_args(argv)
+    if getattr(args, "dataset", None) and not args.template:
+        show.error("--dataset sizes a network: give --template too")
     try:
         block = Block.parse(args.code, args.max_index)
-        print("ok" if args.command == "check" else _show(block, args.template, args.dataset))
+        print("ok" if args.command == "check" else _show(block, args.template, args.dataset or "cifar10"))
     except (NSCError, ValueError) as e:  # ConfigError and TemplateMismatch are ValueErrors too
         print(f"error: {e}", file=sys.stderr)
         return 1

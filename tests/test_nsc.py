@@ -138,3 +138,10 @@ def test_cli_show_bad_template_or_dataset_is_one_clear_error(capsys, args, messa
     assert main(["show", RESIDUAL, *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_cli_show_dataset_without_template_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", RESIDUAL, "--dataset", "cifar100"])
+    assert exit_info.value.code == 2
+    assert "--dataset sizes a network: give --template too" in capsys.readouterr().err
