@@ -26,12 +26,13 @@ schedule position, random generator) saves to plain JSON data and restores to co
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from blockqnn.space import Action, SearchSpace, State
+from blockqnn.store import StoreError
 
 # The paper's schedule as (epsilon, iterations): 178 iterations, 11,392 blocks at B = 64.
 PAPER_STAGES: tuple[tuple[float, int], ...] = (
@@ -39,6 +40,12 @@ PAPER_STAGES: tuple[tuple[float, int], ...] = (
 )
 SCHEDULES = ("paper", "linear", "constant")
 STATE_FORMAT = 1
+_STATE_TYPES = {"iteration": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
+
+
+class AgentStateError(StoreError, ValueError):
+    """A saved agent state this agent cannot restore: damaged, or saved with another space or schedule. A
+    ``StoreError`` since it comes from a run's history, so a refused resume is one line, not a traceback."""
 
 
 def _scaled(iterations: int, scale: float) -> int:
@@ -255,34 +262,86 @@ class QLearningAgent:
             "rng": self.rng.bit_generator.state,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict`` saved by an agent with the same space and schedule.
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict`` saved by an agent with the same space and schedule; any other state raises
+        ``AgentStateError`` and leaves the agent as it was.
 
         Every Q-value that moved was updated along a remembered trajectory, so re-reading the memory visits
         every saved state; a saved state or action the space does not produce means a different space config.
         """
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"agent state format {state.get('format')!r} is not {STATE_FORMAT}")
-        if state["num_iterations"] != self.num_iterations:
-            raise ValueError(
-                f"agent state was saved with {state['num_iterations']} iterations, this schedule has "
-                f"{self.num_iterations}: resume with the run's own agent config"
-            )
+        _check_state(state, self.num_iterations)
+        rng_state = _checked_rng_state(state["rng"], self.rng)
+        previous = self._nodes, self._memory, self._memory_text
         self._nodes, self._memory, self._memory_text = {}, [], []
-        for text, reward in state["memory"]:
-            self._remember(*self._entry(self.space.encode(text), reward))
+        try:
+            self._restore_memory(state["memory"])
+            self._restore_q(state["q"])
+        except AgentStateError:
+            self._nodes, self._memory, self._memory_text = previous
+            raise
+        self.iteration = state["iteration"]
+        self.rng.bit_generator.state = rng_state
+
+    def _restore_memory(self, memory: list) -> None:
+        """Replay the saved memory into fresh nodes: it rebuilds every state the saved Q-values refer to."""
+        for item in memory:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                raise AgentStateError(f"saved agent state has a memory entry {item!r:.80} that is not [block, reward]")
+            text, reward = item
+            try:
+                self._remember(*self._entry(self.space.encode(text), reward))
+            except (TypeError, ValueError) as e:
+                message = f"saved agent state remembers {text}, which this agent cannot replay: {e}"
+                raise AgentStateError(message) from None
+
+    def _restore_q(self, q: dict) -> None:
+        """Set the saved Q-values on the nodes the memory rebuilt (keyed by ``repr``, as ``state_dict`` wrote)."""
         nodes = {repr(s): node for s, node in self._nodes.items()}
-        for key, values in state["q"].items():
+        for key, values in q.items():
             if key not in nodes:
-                raise ValueError(f"saved agent state has Q-values at state {key}, which no remembered block visits")
+                raise AgentStateError(f"saved agent state has Q-values at state {key}, "
+                                      "which no remembered block visits")
+            if not isinstance(values, dict) or not all(map(_finite, values.values())):
+                raise AgentStateError(f"saved agent state has Q-values at state {key} that are not numbers by action")
             node = nodes[key]
             index = {repr(a): i for i, a in enumerate(node.actions)}
             for name, value in values.items():
                 if name not in index:
-                    raise ValueError(f"saved agent state has action {name} at state {key}, unknown to this space")
+                    raise AgentStateError(f"saved agent state has action {name} at state {key}, unknown to this space")
                 node.q[index[name]] = value
-        self.iteration = int(state["iteration"])
-        self.rng.bit_generator.state = state["rng"]
+
+
+def _check_state(state: Any, num_iterations: int) -> None:
+    """Refuse a state of the wrong shape (damaged, or not an agent's) before anything of the agent is replaced."""
+    if not isinstance(state, Mapping):
+        raise AgentStateError(f"saved agent state is a {type(state).__name__}, not a mapping")
+    if state.get("format") != STATE_FORMAT:
+        raise AgentStateError(f"agent state format {state.get('format')!r} is not {STATE_FORMAT}")
+    wrong = [f"{key} ({kind.__name__})" for key, kind in _STATE_TYPES.items()
+             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+    if wrong:
+        raise AgentStateError(f"saved agent state lacks, or has the wrong type of: {', '.join(wrong)}")
+    if state["num_iterations"] != num_iterations:
+        raise AgentStateError(
+            f"agent state was saved with {state['num_iterations']} iterations, this schedule has "
+            f"{num_iterations}: resume with the run's own agent config"
+        )
+    if not 0 <= state["iteration"] <= num_iterations:
+        raise AgentStateError(f"saved agent state is at iteration {state['iteration']} of {num_iterations}")
+
+
+def _checked_rng_state(saved: dict, rng: np.random.Generator) -> dict:
+    """``saved`` as accepted by a generator like ``rng`` (tried on a new one, so a refused state changes nothing)."""
+    bits = type(rng.bit_generator)()
+    try:
+        bits.state = saved
+    except (KeyError, TypeError, ValueError) as e:
+        raise AgentStateError(f"saved agent state has an unusable random generator state ({e!r:.80})") from None
+    return bits.state
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _draw(cum: np.ndarray, rng: np.random.Generator) -> int:

@@ -131,13 +131,17 @@ def one_line_errors(full: bool | None = None) -> Iterator[None]:
 
 
 def discard_unused_output_dir() -> None:
-    """Remove the job's output folder when it holds nothing but what Hydra wrote before the job failed on bad
-    input: a refused start should not leave an empty run folder that looks like a run."""
+    """Undo what Hydra wrote before the job failed on bad input: a refused start leaves no run folder that looks
+    like a run (the folder goes if it holds nothing else), and a refused resume no ``.hydra/resume-*`` record."""
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
-    hydra_files = {Path(hydra_cfg.output_subdir or ".hydra").parts[0], f"{hydra_cfg.job.name}.log"}
-    if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= hydra_files:
+    subdir = Path(hydra_cfg.output_subdir or ".hydra")
+    if not folder.is_dir():
+        return
+    if {entry.name for entry in folder.iterdir()} <= {subdir.parts[0], f"{hydra_cfg.job.name}.log"}:
         shutil.rmtree(folder)
+    elif len(subdir.parts) > 1:  # a resume's own record beside the run's original .hydra
+        shutil.rmtree(folder / subdir, ignore_errors=True)
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,3 +73,14 @@ def load_group(group: str, name: str) -> DictConfig:
         return OmegaConf.create(OmegaConf.to_container(cfg[group], resolve=True))
     except OmegaConfBaseException as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def override_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys command-line overrides set (``+trainer.max_epochs=60`` -> ``trainer.max_epochs``, ``dataset@x=y`` ->
+    ``dataset``): on resume, what comes from the command line rather than from the stored run."""
+    return {o.lstrip("+~").split("=")[0].split("@")[0] for o in overrides}
+
+
+def hydra_output_subdir(resuming: bool) -> str:
+    """Hydra's ``output_subdir``: a resume keeps the run's original ``.hydra`` and writes its own beside it."""
+    return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resuming else ".hydra"

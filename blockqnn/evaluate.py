@@ -19,8 +19,9 @@ from functools import cache
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from blockqnn.cli import UserError
 from blockqnn.data import DataError, config_key, datamodule
 from blockqnn.network import TemplateMismatch, network_complexity
 from blockqnn.nsc import Block
@@ -82,14 +83,19 @@ def evaluate_candidate(arch: str, cfg: DictConfig) -> Result:
 
 
 def _train(arch: str, cfg: DictConfig, space, result: Result) -> None:
-    """Fill ``result`` step by step, so that whatever was measured before a failure is kept. The global RNG is
-    seeded for the candidate and restored afterwards: the caller's random state is not touched."""
+    """Fill ``result`` step by step, so that whatever was measured before a failure is kept."""
+    block = space.parse(arch)
+    result.density = block.density()
+    _fit_block(block, cfg, candidate_seed(cfg.seed, space.canonical_hash(arch)), result)
+    result.reward = float(_instantiated(config_key(cfg.reward))(result.accuracy, result.flops, result.density))
+
+
+def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result) -> None:
+    """Size and train ``block``'s network into ``result``. The global RNG is seeded for the candidate and
+    restored afterwards: the caller's random state is not touched."""
     recipe = cfg.trainer
     gpu = on_gpu(recipe)
     with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if gpu else []):
-        block = space.parse(arch)
-        result.density = block.density()
-        seed = candidate_seed(cfg.seed, space.canonical_hash(arch))
         torch.manual_seed(seed)
         data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, seed)
         data.load()
@@ -108,7 +114,6 @@ def _train(arch: str, cfg: DictConfig, space, result: Result) -> None:
         raise ValueError("no validation accuracy: the recipe validated nothing (dataset.val_size or "
                          "trainer.limit_val_batches is 0)")
     result.accuracy = module.history[-1]["val_acc"]
-    result.reward = float(_instantiated(config_key(cfg.reward))(result.accuracy, result.flops, result.density))
 
 
 def _release_memory() -> None:
@@ -121,19 +126,27 @@ def _release_memory() -> None:
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Instantiate every part once and load the dataset: call before a search so that config and data errors
-    stop it with one message instead of failing each candidate, and so that this process starts warm."""
-    _instantiated(config_key(cfg.space))
+    """Build every part once and try the recipe on one batch of the smallest block: a bad config or missing data
+    then stops the search with one message before anything is stored, instead of failing every candidate alike
+    (and this process starts warm)."""
+    space = _instantiated(config_key(cfg.space))
     _instantiated(config_key(cfg.reward))
-    instantiate(cfg.template)
-    instantiate(cfg.trainer.optimizer)
-    if cfg.trainer.scheduler:
-        instantiate(cfg.trainer.scheduler)
-    if not hasattr(_instantiated(config_key(cfg.space)), "lookup"):
-        data = datamodule(cfg.dataset, cfg.trainer.batch_size)
-        data.load()
-        try:  # the smallest block: a template too deep for the images would fail every candidate alike
-            network_complexity(IDENTITY_BLOCK, instantiate(cfg.template), data.channels, data.num_classes,
-                               data.image_size)
-        except TemplateMismatch as e:
-            raise DataError(str(e)) from None
+    if hasattr(space, "lookup"):
+        space.check_complete()
+        return
+    try:
+        _fit_block(IDENTITY_BLOCK, _one_batch(cfg), cfg.seed, Result(status="failed"))
+    except DataError:
+        raise
+    except TemplateMismatch as e:
+        raise DataError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - whatever breaks the smallest block would break every candidate
+        raise UserError(f"the search's recipe cannot train even the smallest block: {type(e).__name__}: {e}") from e
+
+
+def _one_batch(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with a recipe that trains one epoch of one batch and validates at most one batch."""
+    limit_val = cfg.trainer.limit_val_batches
+    short = {"max_epochs": 1, "limit_train_batches": 1,
+             "limit_val_batches": limit_val if limit_val is not None and limit_val < 1 else 1}
+    return OmegaConf.merge(cfg, {"trainer": short})

@@ -213,8 +213,13 @@ class RayExecutor:
     def __enter__(self) -> RayExecutor:
         import ray
 
+        from blockqnn.cli import UserError
+
         if not ray.is_initialized():
-            ray.init(address=self.address, **self.init)
+            try:
+                ray.init(address=self.address, **self.init)
+            except ConnectionError as e:
+                raise UserError(f"executor.address={self.address}: {e}") from None
             self._started = True
         self._task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)(call)
         return self

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -114,6 +115,13 @@ class NASBench201Space:
             raise TableError(f"architecture {key} is not in {self.table} ({len(self.metrics)} architectures)")
         return self.metrics[key]
 
+    def check_complete(self) -> None:
+        """A search may sample any cell over ``ops``: a table lacking some would leave their reward unknown."""
+        missing = [arch for arch in all_archs(self.ops) if arch not in self.metrics]
+        if missing:
+            raise TableError(f"{self.table} lacks {len(missing)} of the {len(self.ops) ** len(EDGE_SOURCES)} "
+                             f"architectures of this space (ops {list(self.ops)}), e.g. {missing[0]}")
+
     def best(self) -> tuple[str, float]:
         """The table's best architecture over this space's ops, and its metric."""
         allowed = set(self.ops)
@@ -137,7 +145,9 @@ def _load_table(path: Path, arch_column: str, metric_column: str, unit: str) -> 
             try:
                 value = float(row[metric_column])
             except (TypeError, ValueError):
-                raise TableError(f"{path}:{line}: {metric_column} {row[metric_column]!r} is not a number") from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise TableError(f"{path}:{line}: {metric_column} {row[metric_column]!r} is not a number")
             try:
                 arch = format_arch(parse_arch(row[arch_column] or ""))
             except TableError as e:

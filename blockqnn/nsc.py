@@ -13,9 +13,11 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from numbers import Integral
+from typing import Any, NamedTuple
 
 
 class LayerType(IntEnum):
@@ -39,6 +41,7 @@ KERNELS: dict[LayerType, tuple[int, ...]] = {
 }
 BINARY = (LayerType.ADD, LayerType.CONCAT)
 DEFAULT_MAX_INDEX = 10
+FIELDS = "5 integers (index, type, kernel, pred1, pred2)"
 
 
 class NSCError(ValueError):
@@ -88,13 +91,16 @@ class Block:
         for i, inner in enumerate(tuples, start=1):
             fields = [f.strip() for f in inner.split(",")]
             if len(fields) != 5 or not all(re.fullmatch(r"-?\d+", f) for f in fields):
-                raise NSCError(f"layer {i}: ({inner}) must be 5 integers (index, type, kernel, pred1, pred2)")
+                raise NSCError(f"layer {i}: ({inner}) must be {FIELDS}")
             layers.append(Layer(*map(int, fields)))
         return cls.of(layers, max_index)
 
     @classmethod
-    def of(cls, layers, max_index: int | None = DEFAULT_MAX_INDEX) -> Block:
-        block = cls(tuple(Layer(*layer) for layer in layers))
+    def of(cls, layers: Sequence[Sequence[int]], max_index: int | None = DEFAULT_MAX_INDEX) -> Block:
+        """Validate rows of five integers (tuples, JSON lists, Hydra's list syntax): every list form checks here."""
+        if isinstance(layers, str | bytes) or not isinstance(layers, Sequence):
+            raise NSCError(f"an NSC code must be a list of layers, each {FIELDS}; got {layers!r}")
+        block = cls(tuple(_layer(row, position) for position, row in enumerate(layers, start=1)))
         block.validate(max_index)
         return block
 
@@ -104,8 +110,6 @@ class Block:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise NSCError(f"not NSC JSON: {e}") from None
-        if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 5 for r in rows):
-            raise NSCError("NSC JSON must be a list of 5-integer lists")
         return cls.of(rows, max_index)
 
     def to_json(self) -> str:
@@ -170,6 +174,16 @@ class Block:
 
     def canonical_hash(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+
+def _layer(row: Any, position: int) -> Layer:
+    """One row of a list form; 1.0, true, null or [0] are mistakes to report, not numbers to coerce."""
+    if isinstance(row, str | bytes) or not isinstance(row, Sequence) or len(row) != 5:
+        raise NSCError(f"layer {position}: expected {FIELDS}, got {row!r}")
+    for value in row:
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise NSCError(f"layer {position}: fields must be integers, got {value!r}")
+    return Layer(*map(int, row))
 
 
 def _check_layer(layer: Layer, position: int, length: int, max_index: int | None) -> None:

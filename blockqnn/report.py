@@ -4,7 +4,8 @@ For one search folder: the search curve (reward per candidate, running mean, eps
 reward against the number of trained blocks, a drawing of each top-k block and ``summary.md`` (top-k table, run
 settings, and the paper's analysis: how often each layer type, multi-branch structure and shortcuts occur in the
 top-k against all sampled blocks). For a multirun folder (Hydra sweep): each run's report, and the agents'
-best-so-far curves with their spread (Q-learning against random search at equal numbers of trained blocks).
+best-so-far curves with their spread (Q-learning against random search at equal numbers of trained blocks); a run
+that cannot be read is left out with a warning.
 The pictures also go to the run's W&B run when it was tracked.
 """
 
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from blockqnn.cli import UserError, one_line_errors  # noqa: E402
 from blockqnn.drawing import NAMES, depths, draw_block, wrap_code  # noqa: E402
 from blockqnn.nsc import Block, LayerType, NSCError  # noqa: E402
-from blockqnn.store import Store, is_run  # noqa: E402
+from blockqnn.store import Store, StoreError, is_run  # noqa: E402
 from blockqnn.tracking import wandb_mode  # noqa: E402
 
 
@@ -329,11 +330,17 @@ def report_run(run_dir: str | Path, top_k: int = 5, wandb: bool = True) -> list[
 
 
 def report_multirun(sweep_dir: Path, runs: Sequence[Path], top_k: int = 5, wandb: bool = True) -> list[Path]:
-    """Each run's report, then the agents compared across runs in the sweep folder (runs without candidates yet,
-    e.g. still starting, are left out)."""
-    histories = [h for h in (load_history(run, top_k) for run in runs) if h.rows]
+    """Each run's report, then the agents compared across runs in the sweep folder. Runs without candidates yet
+    (still starting) are left out, and so are runs that cannot be read, with a warning and a line in the summary
+    naming each: one damaged seed should not hide what the others found."""
+    loaded, refused = load_histories(runs, top_k)
+    histories = [h for h in loaded if h.rows]
+    if not histories and refused:
+        raise refused[0]
     if not histories:
         raise UserError(f"no run in {sweep_dir} holds candidates yet: nothing to report")
+    for error in refused:
+        print(f"warning: left out of the report: {error}", file=sys.stderr)
     written = [p for h in histories for p in report_run(h.run_dir, top_k, wandb)]
     plot = plot_agents(histories, sweep_dir / "agents.png")
     lines = [f"# Multirun report: {sweep_dir.name}", "", "| agent | runs | best reward (mean ± std) | trained blocks |",
@@ -345,9 +352,22 @@ def report_multirun(sweep_dir: Path, runs: Sequence[Path], top_k: int = 5, wandb
                      f"{', '.join(map(str, trained))} |")
     links = ", ".join(f"[{h.run_dir.name}]({h.run_dir.name}/summary.md)" for h in histories)
     lines += ["", f"![agents]({plot.name})", "", f"Runs: {links}"]
+    if refused:
+        lines += ["", "Left out, unreadable:", *(f"- {error}" for error in refused)]
     summary = sweep_dir / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return [*written, plot, summary]
+
+
+def load_histories(runs: Sequence[Path], top_k: int) -> tuple[list[History], list[StoreError]]:
+    """The histories of the runs that can be read, and the refusals of those that cannot."""
+    histories, refused = [], []
+    for run in runs:
+        try:
+            histories.append(load_history(run, top_k))
+        except StoreError as e:
+            refused.append(e)
+    return histories, refused
 
 
 def report(run_dir: str | Path, top_k: int = 5, wandb: bool = True) -> list[Path]:

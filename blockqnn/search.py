@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from blockqnn.cli import UserError, hydra_app
-from blockqnn.config import changed_leaves
+from blockqnn.config import changed_leaves, hydra_output_subdir, override_keys
 from blockqnn.store import Store, StoreError, check, is_run
 from blockqnn.tracking import Progress
 
@@ -55,7 +55,7 @@ def run_dir_or_resume(resume: str | None, default: str) -> str:
 
 def hydra_subdir(run_dir: str) -> str:
     """Where Hydra writes the job's config: a resume keeps the original run's ``.hydra`` and adds its own."""
-    return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}" if is_run(run_dir) else ".hydra"
+    return hydra_output_subdir(is_run(run_dir))
 
 
 OmegaConf.register_new_resolver("blockqnn.run_dir", run_dir_or_resume, replace=True)
@@ -182,17 +182,17 @@ def search(
         if store is not None:
             cfg = adopt_history(store.config(), cfg, set(HISTORY_KEYS) if overridden is None else overridden)
         cfg = absolute_locations(cfg)
-        check_one_device(cfg)
+        check_search_values(cfg)
         space = instantiate(cfg.space)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
         tracker, executor, progress = instantiate(cfg.logger), instantiate(cfg.executor), _progress(cfg)
         evaluate = evaluate or prepared_evaluator(cfg)
-        store = store or Store.create(run_dir, cfg)  # only once every part of the config has proved usable
-        restored = store.latest_agent_state()
-        if restored is not None:
-            agent.load_state_dict(restored[1])
-        log.info("%s search in %s", "resuming" if resuming else "starting", run_dir)
         with executor:
+            store = store or Store.create(run_dir, cfg)  # only once every part of the config has proved usable
+            restored = store.latest_agent_state()
+            if restored is not None:
+                agent.load_state_dict(restored[1])
+            log.info("%s search in %s", "resuming" if resuming else "starting", run_dir)
             tracker.start(cfg, run_dir, store, group)
             try:
                 Search(cfg, agent, space, store, executor, tracker, progress, evaluate).run()
@@ -219,10 +219,11 @@ def prepared_evaluator(cfg: DictConfig) -> Callable[[str, DictConfig], Any]:
     stops the search with one line before anything is stored. Imports torch, so only once the config is good."""
     from blockqnn.data import DataError
     from blockqnn.evaluate import evaluate_candidate, prepare
+    from blockqnn.nasbench201 import TableError
 
     try:
         prepare(cfg)
-    except DataError as e:
+    except (DataError, TableError) as e:
         raise UserError(str(e)) from None
     return evaluate_candidate
 
@@ -260,12 +261,15 @@ def absolute_locations(cfg: DictConfig) -> DictConfig:
 def overridden_sections(overrides: list[str]) -> set[str]:
     """Top-level config sections named by command-line overrides (``agent.alpha=0.1`` -> agent); a preset
     (``experiment=``) may set any of them."""
-    keys = {o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] for o in overrides}
+    keys = {key.split(".")[0] for key in override_keys(overrides)}
     return keys | set(HISTORY_KEYS) if "experiment" in keys else keys
 
 
-def check_one_device(cfg: DictConfig) -> None:
-    """A search trains each candidate on one device: candidates, not gradients, are what it spreads out."""
+def check_search_values(cfg: DictConfig) -> None:
+    """Values used only once a candidate fails or trains: checked before the history exists. A search trains each
+    candidate on one device: candidates, not gradients, are what it spreads out."""
+    if isinstance(cfg.failed_reward, bool) or not isinstance(cfg.failed_reward, int | float):
+        raise UserError(f"failed_reward must be a number (the reward of a failed candidate), got {cfg.failed_reward!r}")
     if str(cfg.trainer.devices) != "1":
         raise UserError(
             f"a search trains each candidate on one device (trainer.devices=1, got {cfg.trainer.devices}): spread "

@@ -57,9 +57,14 @@ class NSCSpace:
         if max_index < 2:
             raise ValueError(f"space.max_index must be at least 2 (one layer and the Terminal), got {max_index}")
         self.max_index = max_index
+        unknown = set(types) - set(LayerType)
+        if unknown:
+            raise ValueError(f"space.types: {sorted(unknown)} are not NSC layer types (1-7)")
         self.types = tuple(LayerType(t) for t in types)
-        if LayerType.TERMINAL not in self.types:
-            raise ValueError("space.types must include 7 (Terminal)")
+        if LayerType.TERMINAL not in self.types or len(set(self.types)) < 2:
+            raise ValueError(f"space.types must include 7 (Terminal) and at least one layer type, got {list(types)}")
+        if not terminal_weight > 0:
+            raise ValueError(f"space.terminal_weight must be > 0 (the weight of stopping), got {terminal_weight}")
         self.kernels = {t: tuple(KERNELS[t]) for t in self.types}
         for name, allowed in (kernels or {}).items():
             kind = LayerType[name.upper()]

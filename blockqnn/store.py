@@ -24,7 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 DB_NAME = "history.sqlite"
 SCHEMA_VERSION = "1"
@@ -42,7 +44,8 @@ CREATE TABLE candidates (
 CREATE INDEX candidates_hash ON candidates (hash);
 CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
 """
-_TABLES = {"run", "candidates", "agent_checkpoints"}
+# What the code reads and writes, checked on every open; extra tables and columns are harmless.
+_COLUMNS = {"run": ("key", "value"), "candidates": CANDIDATE_COLUMNS, "agent_checkpoints": ("iteration", "state")}
 
 
 class StoreError(Exception):
@@ -59,8 +62,10 @@ def is_run(run_dir: str | Path) -> bool:
 
 
 def check(run_dir: str | Path) -> None:
-    """Raise ``StoreError`` unless ``run_dir`` holds a readable history. Opens read-only: changes nothing."""
-    Store.open(run_dir, readonly=True).close()
+    """Raise ``StoreError`` unless ``run_dir`` holds a history a search can resume (readable, its agent checkpoint
+    too), before anything is written into the folder. Opens read-only: changes nothing."""
+    with Store.open(run_dir, readonly=True) as store:
+        store.latest_agent_state()
 
 
 class Store:
@@ -125,7 +130,7 @@ class Store:
 
     def config(self) -> DictConfig:
         """The resolved config the run was started with."""
-        return OmegaConf.create(self.get("config") or "{}")
+        return _parse_config(self.get("config"), self.path)
 
     # ---- candidates ---------------------------------------------------------------------------------------------
     def record(self, row: Mapping[str, Any]) -> None:
@@ -159,7 +164,7 @@ class Store:
     def latest_agent_state(self) -> tuple[int, dict[str, Any]] | None:
         """``(iteration, state)`` of the last finished iteration, or None before the first one finished."""
         row = self.conn.execute("SELECT iteration, state FROM agent_checkpoints ORDER BY iteration DESC").fetchone()
-        return None if row is None else (row[0], json.loads(row[1]))
+        return None if row is None else (row[0], _decode_state(row[1], row[0], self.path))
 
 
 _INSERT = f"INSERT INTO candidates ({', '.join(CANDIDATE_COLUMNS)}) VALUES ({', '.join('?' * len(CANDIDATE_COLUMNS))})"
@@ -174,19 +179,61 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _corrupt(path: Path, detail: str) -> StoreError:
+    return StoreError(f"{path} is corrupt or not a search history ({detail})")
+
+
 def _validate(conn: sqlite3.Connection, path: Path) -> None:
-    corrupt = f"{path} is corrupt or not a search history"
+    """Refuse, before anything reads or writes it, a file the code could not use: another database (other tables
+    or columns), damaged pages, another schema version, a config that is not YAML."""
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        missing = _TABLES - tables
+        missing = _missing(conn)
         if missing:
-            raise StoreError(f"{corrupt} (missing tables: {', '.join(sorted(missing))})")
+            raise _corrupt(path, f"missing {missing}")
         ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-        version = conn.execute("SELECT value FROM run WHERE key = 'schema_version'").fetchone()
+        rows = dict(conn.execute("SELECT key, value FROM run WHERE key IN ('schema_version', 'config')").fetchall())
     except sqlite3.DatabaseError as e:
-        raise StoreError(f"{corrupt} ({e})") from None
+        raise _corrupt(path, str(e)) from None
     if ok != "ok":
-        raise StoreError(f"{corrupt} (integrity check: {ok})")
-    if version is None or version[0] != SCHEMA_VERSION:
-        found = None if version is None else version[0]
-        raise StoreError(f"{path} has history schema version {found}, this blockqnn reads version {SCHEMA_VERSION}")
+        raise _corrupt(path, f"integrity check: {ok}")
+    version = rows.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{path} has history schema version {version}, this blockqnn reads version {SCHEMA_VERSION}")
+    _parse_config(rows.get("config"), path)
+
+
+def _missing(conn: sqlite3.Connection) -> str:
+    """The tables the file lacks, else the columns (as ``table.column``); empty when it has all ``_COLUMNS``."""
+    found = set(conn.execute("SELECT m.name, p.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p "
+                             "WHERE m.type = 'table'"))
+    tables = [t for t in _COLUMNS if t not in {table for table, _ in found}]
+    if tables:
+        return f"tables: {', '.join(tables)}"
+    columns = [f"{t}.{c}" for t, names in _COLUMNS.items() for c in names if (t, c) not in found]
+    return f"columns: {', '.join(columns)}" if columns else ""
+
+
+def _parse_config(text: str | None, path: Path) -> DictConfig:
+    """The stored config; a history without a readable one cannot be resumed or reported."""
+    if text is None:
+        raise _corrupt(path, "no stored config")
+    try:
+        config = OmegaConf.create(text)
+    except yaml.YAMLError as e:
+        raise _corrupt(path, f"the stored config is not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except (AssertionError, OmegaConfBaseException):  # a YAML scalar: OmegaConf asserts on what is no container
+        config = None
+    if not isinstance(config, DictConfig):
+        raise _corrupt(path, "the stored config is not a YAML mapping")
+    return config
+
+
+def _decode_state(text: Any, iteration: int, path: Path) -> dict[str, Any]:
+    """A stored agent state: a JSON object, or the history is corrupt (the search could not resume from it)."""
+    try:
+        state = json.loads(text)
+    except (TypeError, ValueError):  # JSONDecodeError is a ValueError; TypeError: a NULL or a number, not text
+        state = None
+    if not isinstance(state, dict):
+        raise _corrupt(path, f"the agent checkpoint of iteration {iteration} is not a JSON object")
+    return state

@@ -3,29 +3,34 @@
 The search ranks blocks on a small template with an early-stopped schedule; this is the other half of the paper:
 the chosen block stacked into a bigger template (``template.N`` = N, ``template.F`` = F), trained with
 the full recipe (``trainer=final``), on CIFAR or, by swapping groups, ImageNet. Lightning does the rest: checkpoints
-in ``RUN_DIR/checkpoints`` (a re-run into the same folder resumes from ``last.ckpt``), DDP and bf16 from the
-trainer config, W&B through the logger group. The folder ends with ``model.pt`` (``blockqnn.load``) and
-``result.json`` (test and validation accuracy, size, where the block came from).
+in ``RUN_DIR/checkpoints`` (``resume=RUN_DIR`` alone continues from ``last.ckpt`` with the folder's settings), DDP
+and bf16 from the trainer config, W&B through the logger group. The folder ends with ``model.pt``
+(``blockqnn.load``) and ``result.json`` (test and validation accuracy, size, where the block came from).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn import export
 from blockqnn.cli import UserError, hydra_app
-from blockqnn.config import changed_leaves
+from blockqnn.config import changed_leaves, hydra_output_subdir, override_keys
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
@@ -34,7 +39,14 @@ from blockqnn.tracking import WandbTracker, wandb_mode
 from blockqnn.training import Classifier, accuracy_on_test_set, build_trainer, on_gpu, quiet, release_process_group
 
 RANKED = re.compile(r"(?P<run>[^()\[\]]+):(?P<rank>-?\d+)")
-CONFIG_FILE, RESULT_FILE, CHECKPOINTS = "config.yaml", "result.json", "checkpoints"
+CONFIG_FILE, RESULT_FILE, CHECKPOINTS, LAST = "config.yaml", "result.json", "checkpoints", "last.ckpt"
+# What a train folder's config.yaml fixes: a resume must train the same network on the same data...
+SAME_NETWORK = ("block", "template", "dataset")
+# ...and takes these from the folder unless the command line names them (the recipe and logging may change).
+ADOPTED = (*SAME_NETWORK, "seed", "trainer", "logger", "checkpoint", "export")
+# What to do about a corrupt config.yaml, and about a corrupt checkpoint.
+RESTORE = "restore it, or train into a new folder"
+RESTART = "delete it to train this folder from the start, or train into a new folder"
 
 
 # ---- which block --------------------------------------------------------------------------------------------------
@@ -47,7 +59,7 @@ def resolve_block(spec: Any) -> tuple[Block, dict[str, Any]]:
     if spec is None:
         raise UserError("no block given: block=RUN_DIR:k (k-th best of a search) or block='\"<NSC code>\"'")
     if isinstance(spec, ListConfig | list):
-        return Block.of([tuple(row) for row in spec], None), {}
+        return Block.of(spec, None), {}
     text = str(spec).strip()
     ranked = RANKED.fullmatch(text)
     if ranked is None:
@@ -66,41 +78,123 @@ def resolve_block(spec: Any) -> tuple[Block, dict[str, Any]]:
 
 
 # ---- the run folder ---------------------------------------------------------------------------------------------
+def is_train_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` was started by a training (its config is recorded): a run there resumes it."""
+    return (Path(folder) / CONFIG_FILE).is_file()
+
+
+def check_train_folder(folder: str | Path) -> DictConfig:
+    """The folder's recorded config, after checking that it and the last checkpoint can be read: a broken folder
+    stops the run before anything is written into it."""
+    folder = Path(folder)
+    if not is_train_folder(folder):
+        raise UserError(f"resume={folder}: not a train folder (no {CONFIG_FILE} in it)")
+    saved = _saved_config(folder / CONFIG_FILE)
+    last = folder / CHECKPOINTS / LAST
+    if last.is_file():
+        checkpoint_epoch(last)
+    return saved
+
+
+def _saved_config(path: Path) -> DictConfig:
+    try:
+        saved = OmegaConf.create(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as e:
+        raise _corrupt(path, e, RESTORE) from None
+    if not isinstance(saved, DictConfig) or not isinstance(saved.get("block"), str):
+        raise _corrupt(path, "no block recorded in it", RESTORE)
+    return saved
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a Lightning checkpoint resumes at, read with its tensors memory-mapped (cheap); any failure to read
+    it means the file is corrupt."""
+    if not zipfile.is_zipfile(path):
+        raise _corrupt(path, "not a zip archive, which torch.save writes", RESTART)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except OSError:  # unreadable (permissions, I/O) is not corrupt
+        raise
+    except Exception as e:  # torch reports a damaged archive with many exception types
+        raise _corrupt(path, e, RESTART) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("epoch"), int):
+        raise _corrupt(path, "no epoch recorded in it", RESTART)
+    return checkpoint["epoch"]
+
+
+def check_epochs_left(last: Path, max_epochs: int | None) -> None:
+    """Lightning refuses to resume past ``max_epochs`` with a traceback; say it in one line before training."""
+    epoch = checkpoint_epoch(last)
+    if max_epochs not in (None, -1) and epoch > max_epochs:
+        raise UserError(f"{last} has trained {epoch} epochs, more than trainer.max_epochs={max_epochs}: "
+                        f"give trainer.max_epochs={epoch} or more")
+
+
+def _corrupt(path: Path, reason: BaseException | str, remedy: str) -> UserError:
+    detail = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return UserError(f"{path} is corrupt ({detail}): {remedy}")
+
+
 def train_dir_or_resume(resume: str | None, default: str) -> str:
     """Hydra's run folder: the train folder to resume (checked before Hydra writes into it), else a new one."""
     if resume is None:
         return default
-    if not (Path(resume) / CONFIG_FILE).is_file():
-        raise UserError(f"resume={resume}: not a train folder (no {CONFIG_FILE} in it)")
+    check_train_folder(resume)
     return str(resume)
 
 
+def hydra_subdir(run_dir: str) -> str:
+    """Where Hydra writes the job's config: a resume (``resume=`` or ``hydra.run.dir=``) keeps the folder's original
+    ``.hydra``, and a broken folder is refused before Hydra writes there."""
+    resuming = is_train_folder(run_dir)
+    if resuming:
+        check_train_folder(run_dir)
+    return hydra_output_subdir(resuming)
+
+
 OmegaConf.register_new_resolver("blockqnn.train_dir", train_dir_or_resume, replace=True)
+OmegaConf.register_new_resolver("blockqnn.train_hydra_subdir", hydra_subdir, replace=True)
 
 
-def pin_config(cfg: DictConfig, block: Block, folder: Path) -> DictConfig:
-    """The config to train with: a resumed folder must train the same network on the same data, and a missing
-    ``block`` on resume is taken from the folder. Writes nothing (see ``save_config``)."""
-    saved_path = folder / CONFIG_FILE
-    cfg = OmegaConf.merge(cfg, {"block": str(block)}) if block is not None else cfg
-    if saved_path.is_file():
-        saved = OmegaConf.load(saved_path)
-        if block is None:
-            cfg = OmegaConf.merge(cfg, {"block": saved.block})
-        for key in ("block", "template", "dataset"):
-            differing = changed_leaves(saved, cfg, [key])
-            if differing:
-                raise UserError(f"{folder} was trained with another {key} ({', '.join(differing[:3])}); "
-                                f"train into a new folder or repeat the folder's settings")
-    return cfg
+def adopt_folder_config(saved: DictConfig, cfg: DictConfig, overridden: set[str] | None = None) -> DictConfig:
+    """On resume, sections the command line leaves out come from the folder, so ``resume=FOLDER`` alone continues
+    as started; a leaf it names (``trainer.max_epochs=60``) replaces the folder's value. ``overridden``: the keys the
+    command line set (``config.override_keys``); None keeps every section of ``cfg`` but a missing block."""
+    keys = set(ADOPTED) if overridden is None else overridden
+    merged = cfg.copy()
+    with open_dict(merged):
+        for section in ADOPTED:
+            if section in keys or section not in saved:
+                continue
+            merged[section] = saved[section]
+            for key in sorted(k for k in keys if k.startswith(f"{section}.")):
+                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+        if merged.block is None:
+            merged.block = saved.block
+    return merged
+
+
+def check_same_network(saved: DictConfig, cfg: DictConfig, folder: Path) -> None:
+    """A resumed folder must train the same network on the same data: its checkpoint is only valid for those."""
+    for key in SAME_NETWORK:
+        differing = changed_leaves(saved, cfg, [key])
+        if differing:
+            raise UserError(f"{folder} was trained with another {key} ({', '.join(differing[:3])}); "
+                            f"train into a new folder or repeat the folder's settings")
 
 
 def save_config(cfg: DictConfig, folder: Path) -> None:
-    """Record what this folder trains, once the data has loaded: a folder with a config is a resumable one."""
-    saved_path = folder / CONFIG_FILE
-    if not saved_path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create({k: _resolved(cfg, k) for k in cfg if k != "hydra"}), saved_path)
+    """Record what this folder trains, once the data has loaded: a folder with a config is a resumable one, and a
+    resume records the recipe it continued with (``trainer.max_epochs=60``) for the next ``resume=FOLDER``.
+    Replaced atomically, and only when it changes (DDP ranks all get here)."""
+    path = folder / CONFIG_FILE
+    text = OmegaConf.to_yaml(OmegaConf.create({k: _resolved(cfg, k) for k in cfg if k not in ("hydra", "resume")}))
+    if path.is_file() and path.read_text() == text:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{CONFIG_FILE}.{os.getpid()}")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _resolved(cfg: DictConfig, key: str) -> Any:
@@ -127,12 +221,28 @@ def tracking_logger(cfg: DictConfig, folder: Path) -> Logger | bool:
 
 
 # ---- training -----------------------------------------------------------------------------------------------------
-def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
-    """Full training of ``cfg.block`` into ``folder``; returns what ``result.json`` records."""
-    resuming_without_block = cfg.block is None and (folder / CONFIG_FILE).is_file()
-    block, source = (None, {}) if resuming_without_block else resolve_block(cfg.block)
-    cfg = pin_config(cfg, block, folder)
-    block = block or Block.parse(cfg.block, None)
+def plan_run(cfg: DictConfig, folder: Path, overridden: set[str] | None
+             ) -> tuple[DictConfig, Block, dict[str, Any], str | None]:
+    """The config (block as its NSC code), the block, where it came from, and the checkpoint to resume from: a
+    resume takes what the command line leaves out from the folder and must agree with it. Writes nothing."""
+    saved = check_train_folder(folder) if is_train_folder(folder) else None
+    if saved is not None:
+        cfg = adopt_folder_config(saved, cfg, overridden)
+    block, source = resolve_block(cfg.block)
+    cfg = OmegaConf.merge(cfg, {"block": str(block)})
+    if saved is not None:
+        check_same_network(saved, cfg, folder)
+    last = folder / CHECKPOINTS / LAST
+    if not last.is_file():
+        return cfg, block, source, None
+    check_epochs_left(last, cfg.trainer.max_epochs)
+    return cfg, block, source, str(last)
+
+
+def train(cfg: DictConfig, folder: Path, overridden: set[str] | None = None) -> dict[str, Any]:
+    """Full training of ``cfg.block`` into ``folder``, or its continuation if the folder holds a training; returns
+    what ``result.json`` records. ``overridden``: see ``adopt_folder_config``."""
+    cfg, block, source, resume_from = plan_run(cfg, folder, overridden)
     recipe = cfg.trainer
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, cfg.seed)
@@ -144,8 +254,6 @@ def train(cfg: DictConfig, folder: Path) -> dict[str, Any]:
                                     recipe, on_gpu(recipe))
     checkpoints = ModelCheckpoint(dirpath=folder / CHECKPOINTS, save_last=True, save_top_k=0,
                                   every_n_epochs=cfg.checkpoint.every_n_epochs)
-    last = folder / CHECKPOINTS / "last.ckpt"
-    resume_from = str(last) if last.is_file() else None
     logger = tracking_logger(cfg, folder)
     with quiet():
         trainer = build_trainer(recipe, logger=logger, callbacks=[checkpoints], enable_checkpointing=True,
@@ -182,7 +290,8 @@ def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:
 
 @hydra_app("train")
 def main(cfg: DictConfig) -> None:
-    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra = HydraConfig.get()
+    train(cfg, Path(hydra.runtime.output_dir), override_keys(hydra.overrides.task))
 
 
 if __name__ == "__main__":

@@ -112,3 +112,16 @@ def read_wandb_run(run_dir: Path) -> dict:
         run["tables"] = [json.loads(p.read_text()) for p in sorted(tables, key=lambda p: int(p.name.split("_")[-2]))]
         runs.append(run)
     return runs
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every path under ``folder`` with a hash of its bytes (``<dir>`` for folders): equal digests mean nothing
+    was added, removed or changed. Left out: what SQLite adds beside a WAL database whenever it is read (the
+    shared-memory index and an empty WAL), which a read-only open of a healthy run does too and holds no data."""
+    import hashlib
+
+    def ignored(p: Path) -> bool:
+        return p.name.endswith("-shm") or (p.name.endswith("-wal") and p.stat().st_size == 0)
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+            for p in sorted(folder.rglob("*")) if not ignored(p)}

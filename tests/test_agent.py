@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from blockqnn.agent import PAPER_STAGES, QLearningAgent, epsilon_schedule
+from blockqnn.agent import PAPER_STAGES, AgentStateError, QLearningAgent, epsilon_schedule
 from blockqnn.nsc import LayerType
 from blockqnn.space import NSCSpace
+from blockqnn.store import StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,6 +275,36 @@ def test_restoring_into_another_space_or_a_tampered_state_is_refused():
     state["q"]["(7, 7)"] = state["q"].pop(repr(ChainSpace.start))
     with pytest.raises(ValueError, match="no remembered block visits"):
         QLearningAgent(ChainSpace(), batch_size=8).load_state_dict(state)
+
+
+START = repr(ChainSpace.start)
+# A saved state damaged one way, and what the refusal says.
+MALFORMED = {
+    "not-a-mapping": (lambda state: [state], "is a list, not a mapping"),
+    "format-only": (lambda state: {"format": 1}, "iteration (int), num_iterations (int), q (dict), memory (list)"),
+    "q-a-list": (lambda state: state | {"q": []}, "wrong type of: q (dict)"),
+    "iteration-a-bool": (lambda state: state | {"iteration": True}, "wrong type of: iteration (int)"),
+    "iteration-beyond-the-schedule": (lambda state: state | {"iteration": 10**6}, "at iteration 1000000 of"),
+    "memory-entry-no-pair": (lambda state: state | {"memory": [["0,1"]]}, "not [block, reward]"),
+    "memory-reward-text": (lambda state: state | {"memory": [["0,1,2,3,4,0", "high"]]}, "cannot replay"),
+    "memory-reward-nan": (lambda state: state | {"memory": [["0,1,2,3,4,0", float("nan")]]}, "finite"),
+    "memory-block-unfinished": (lambda state: state | {"memory": [["0,1", 0.5]]}, "cannot replay"),
+    "q-value-text": (lambda state: state | {"q": {**state["q"], START: {"(0, 0)": "high"}}}, "not numbers"),
+    "rng-of-another-generator": (lambda state: state | {"rng": {"bit_generator": "MT19937"}}, "random generator"),
+}
+
+
+@pytest.mark.parametrize("damage, message", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_saved_state_is_refused_and_changes_nothing(damage, message):
+    saved = QLearningAgent(ChainSpace(), batch_size=8, alpha=0.3, seed=4)
+    run(saved, chain_score, iterations=2)
+    agent = QLearningAgent(ChainSpace(), batch_size=8, alpha=0.3, seed=5)
+    run(agent, chain_score, iterations=1)
+    before = agent.state_dict()
+    with pytest.raises(AgentStateError, match=re.escape(message)) as info:
+        agent.load_state_dict(damage(json.loads(json.dumps(saved.state_dict()))))
+    assert isinstance(info.value, StoreError), "a resumed search reports it in one line"
+    assert agent.state_dict() == before
 
 
 CONTINUE = """

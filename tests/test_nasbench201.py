@@ -164,6 +164,8 @@ def test_missing_columns_are_named(small_table, kwargs, missing):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [([(RESNET, "93.5"), (CONV, "n/a")], "t.csv:3: accuracy 'n/a' is not a number"),
+     ([(RESNET, "93.5"), (CONV, "nan")], "t.csv:3: accuracy 'nan' is not a number"),
+     ([(RESNET, "inf")], "t.csv:2: accuracy 'inf' is not a number"),
      ([(RESNET, "93.5"), ("resnet", "90")], "t.csv:3: not a NAS-Bench-201 architecture"),
      ([(RESNET, "150")], "spans \\[1.5, 1.5\\]"),
      ([(RESNET, "-0.2"), (CONV, "0.5")], "spans \\[-0.2, 0.5\\]"),
@@ -174,6 +176,13 @@ def test_bad_table_contents_are_one_line_errors(tmp_path, rows, message):
     with pytest.raises(TableError, match=message) as caught:
         NASBench201Space(table)
     assert "\n" not in str(caught.value)
+
+
+def test_a_table_must_cover_every_cell_the_search_may_sample(tmp_path, small_table):
+    NASBench201Space(write_synthetic_table(tmp_path / "full.csv")).check_complete()
+    NASBench201Space(small_table, ops=["nor_conv_3x3"]).check_complete()  # the one cell over these ops is there
+    with pytest.raises(TableError, match=r"lacks 15622 of the 15625 architectures .* e\.g\. \|none~0\|"):
+        NASBench201Space(small_table).check_complete()
 
 
 def test_synthetic_table_round_trips_and_has_structure(tmp_path):

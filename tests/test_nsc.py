@@ -1,10 +1,12 @@
+import json
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockqnn.nsc import Block, NSCError, main
+from blockqnn.nsc import FIELDS, Block, NSCError, main
 from blockqnn.space import NSCSpace
 from tests.blocks import INCEPTION, RESIDUAL, random_block, renumber
 
@@ -48,6 +50,45 @@ def test_json_form_round_trips():
 def test_each_rule_names_layer_and_rule(code, message):
     with pytest.raises(NSCError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Block.parse(code)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("[[1.0,1,3,0,0],[2,7,0,0,0]]", "layer 1: fields must be integers, got 1.0"),
+        ("[[1,1,3,0,0],[2,7,0,0,true]]", "layer 2: fields must be integers, got True"),
+        ("[[1,1,3,[0],0],[2,7,0,0,0]]", "layer 1: fields must be integers, got [0]"),
+        ("[[1,1,3,null,0],[2,7,0,0,0]]", "layer 1: fields must be integers, got None"),
+        ("[[1,[1],3,0,0],[2,7,0,0,0]]", "layer 1: fields must be integers, got [1]"),
+        ('[[1,1,3,"0",0],[2,7,0,0,0]]', "layer 1: fields must be integers, got '0'"),
+        ("[[1,1,3,0],[2,7,0,0,0]]", f"layer 1: expected {FIELDS}, got [1, 1, 3, 0]"),
+        ("[[1,1,3,0,0],[2,7,0,0,0,0]]", f"layer 2: expected {FIELDS}, got [2, 7, 0, 0, 0, 0]"),
+        ("[[1,1,3,0,0],5]", f"layer 2: expected {FIELDS}, got 5"),
+        ('[[1,1,3,0,0],"(2,7,0,0,0)"]', f"layer 2: expected {FIELDS}, got '(2,7,0,0,0)'"),
+    ],
+)
+def test_list_forms_accept_only_rows_of_five_integers(capsys, code, message):
+    with pytest.raises(NSCError) as raised:
+        Block.parse(code)
+    assert str(raised.value).startswith(message)
+    assert main(["check", code]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {raised.value}"]
+
+
+@pytest.mark.parametrize("rows", [{"layers": []}, 5, None, "(1,1,3,0,0)(2,7,0,0,0)", [1, 1, 3, 0, 0]])
+def test_a_list_form_must_be_a_list_of_rows(rows):
+    message = "an NSC code must be a list of layers" if not isinstance(rows, list) else "layer 1: expected 5 integers"
+    with pytest.raises(NSCError, match=message):
+        Block.from_json(json.dumps(rows))
+    with pytest.raises(NSCError, match=message):
+        Block.of(rows)
+
+
+def test_block_of_takes_tuples_lists_and_numpy_integers_as_plain_ints():
+    rows = [(1, 1, 3, 0, 0), [2, 7, 0, 0, 0]]
+    assert Block.of(rows) == Block.parse("(1,1,3,0,0)(2,7,0,0,0)")
+    from_numpy = Block.of([list(map(np.int64, row)) for row in rows])
+    assert from_numpy == Block.of(rows) and all(type(v) is int for layer in from_numpy.layers for v in layer)
 
 
 def test_maximum_index_of_the_space_is_enforced():

@@ -11,8 +11,10 @@ from blockqnn import report
 from blockqnn.drawing import depths, draw_block, layout
 from blockqnn.nsc import Block
 from blockqnn.space import NSCSpace
-from blockqnn.store import Store
+from blockqnn.store import DB_NAME, Store
 from tests.blocks import INCEPTION, RESIDUAL, random_block
+from tests.conftest import folder_digest
+from tests.test_store import DAMAGED, damage
 
 
 def fake_reward(block: Block, rng: np.random.Generator) -> float:
@@ -186,3 +188,50 @@ def test_report_of_a_table_space_run_has_no_drawings(tmp_path):
     assert not [p for p in written if p.name.startswith("top")]
     summary = (tmp_path / "run" / "summary.md").read_text()
     assert all_archs()[11] in summary and "have in common" not in summary
+
+
+def report_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """``python -m blockqnn.report ARGS`` in-process: exit status and stderr."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([*args, "--no-wandb"])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["config-not-yaml", "column-renamed"])
+def test_report_of_a_damaged_run_is_one_error_line_and_writes_nothing(tmp_path, capsys, monkeypatch, name):
+    sql, message = DAMAGED[name]
+    run = make_run(tmp_path / "run")
+    damage(run, sql)
+    before = folder_digest(run)
+    code, err = report_cli([str(run)], capsys, monkeypatch)
+    assert code == 1 and err.startswith(f"error: {run / DB_NAME} is corrupt") and err.count("\n") == 1, err
+    assert message in err
+    assert folder_digest(run) == before
+
+
+def test_multirun_report_leaves_out_a_damaged_run_with_a_warning(tmp_path, capsys):
+    sweep = tmp_path / "multirun"
+    for i, agent in enumerate(["q-learning", "random"]):
+        make_run(sweep / str(i), agent=agent, seed=i)
+    bad = make_run(sweep / "2", seed=2)
+    damage(bad, DAMAGED["config-not-yaml"][0])
+    before = folder_digest(bad)
+    report.report(sweep, top_k=1, wandb=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "config is not valid YAML" in warnings[0]
+    assert warnings[0].startswith(f"warning: left out of the report: {bad / DB_NAME} is corrupt")
+    summary = (sweep / "summary.md").read_text()
+    assert "| q-learning | 1 |" in summary and "| random | 1 |" in summary
+    assert f"- {bad / DB_NAME} is corrupt" in summary.split("Left out, unreadable:")[1]
+    assert folder_digest(bad) == before and all((sweep / str(i) / "summary.md").is_file() for i in range(2))
+
+
+def test_multirun_of_damaged_runs_only_is_one_error_line_naming_one(tmp_path, capsys, monkeypatch):
+    sweep = tmp_path / "multirun"
+    for i, name in enumerate(["column-renamed", "config-not-yaml"]):
+        damage(make_run(sweep / str(i), seed=i), DAMAGED[name][0])
+    code, err = report_cli([str(sweep)], capsys, monkeypatch)
+    expected = f"{sweep / '0' / DB_NAME} is corrupt or not a search history (missing columns: candidates.reward)"
+    assert code == 1 and err == f"error: {expected}\n"
+    assert not (sweep / "summary.md").exists()

@@ -22,7 +22,7 @@ from blockqnn.evaluate import evaluate_candidate
 from blockqnn.nsc import Block, NSCError
 from blockqnn.search import check_same_history, overridden_sections, search
 from blockqnn.store import DB_NAME, Store, StoreError
-from tests.conftest import REPO, read_wandb_run, run_cli
+from tests.conftest import REPO, folder_digest, read_wandb_run, run_cli
 
 TIMES = ("wall_time", "started_at", "finished_at")
 
@@ -32,11 +32,6 @@ def history(run_dir: Path) -> tuple[list[dict], dict]:
     with Store.open(run_dir, readonly=True) as store:
         rows = [{k: v for k, v in row.items() if k not in TIMES} for row in store.candidates()]
         return rows, store.latest_agent_state()
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_every_sampled_block_is_recorded_and_no_block_is_evaluated_twice(compose, table_search, tmp_path):
@@ -153,12 +148,12 @@ def test_a_search_refuses_several_devices_per_candidate(compose, table_search, t
 
 def test_resume_refuses_a_config_that_changes_the_history(compose, table_search, tmp_path):
     search(compose(*table_search), tmp_path)
-    before = digest(tmp_path)
+    before = folder_digest(tmp_path)
     for change, key in [("agent.alpha=0.3", "agent.alpha"), ("seed=1", "seed"), ("failed_reward=-1", "failed_reward"),
                         ("agent=random", "agent.epsilon_override")]:
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             search(compose(*table_search, change, f"resume={tmp_path}"), tmp_path)
-    assert digest(tmp_path) == before
+    assert folder_digest(tmp_path) == before
 
 
 def test_resume_allows_harmless_changes_and_trains_nothing_again(compose, table_search, tmp_path):
@@ -319,21 +314,63 @@ def test_bad_input_gives_one_error_line_and_touches_nothing(tmp_path, args, mess
     (tmp_path / "plain" / "notes.txt").write_text("mine")
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / DB_NAME).write_bytes(b"SQLite format 3\0" + os.urandom(3000))
-    before = digest(tmp_path)
+    before = folder_digest(tmp_path)
     out = run_cli(*[a.format(tmp=tmp_path) for a in args], f"output_root={tmp_path}/runs", cwd=tmp_path)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
     assert "Traceback" not in out.stderr + out.stdout
-    assert digest(tmp_path) == before  # nor a run folder holding only Hydra's files
+    after = folder_digest(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("runs")} == before
+    assert set(after) - set(before) <= {"runs", "runs/search"}  # at most the output root: no run folder
 
 
-@pytest.mark.parametrize("bad", ["progress.mode=loud", "executor.workers=-1"])
-def test_bad_values_stop_before_a_history_is_created(compose, table_search, tmp_path, bad):
-    with pytest.raises(Exception, match="progress.mode|executor.workers") as info:
-        search(compose(*table_search, bad), tmp_path / "run")
+# A short trained search (a case that is wrongly not refused ends soon, failing the test instead of hanging it).
+TRAINED_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=early_stop", "trainer.max_epochs=1", "logger=none",
+                  "progress.mode=off", "agent.batch_size=2", "agent.schedule_scale=0.01"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (["progress.mode=loud"], "progress.mode"),
+        (["executor.workers=-1"], "executor.workers"),
+        (["failed_reward=abc"], "failed_reward must be a number"),
+        (["space.types=[7]"], "at least one layer type"),
+        (["space.terminal_weight=-1"], "terminal_weight must be > 0"),
+        (["dataset.val_size=100000"], "dataset.val_size=100000 must be in"),
+        (["trainer.precision=bogus"], "cannot train even the smallest block: .*Precision 'bogus' is invalid"),
+        (["+trainer.extra.bogus=1"], "cannot train even the smallest block: .*unexpected keyword argument 'bogus'"),
+        (["trainer.scheduler_interval=bogus"], "cannot train even the smallest block: .*must be \"step\" or"),
+        (["trainer.limit_val_batches=0"], "cannot train even the smallest block: .*no validation accuracy"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_bad_values_stop_before_a_history_is_created(compose, tmp_path, bad, message):
+    """Values only a candidate's training (or failure) would use are tried first: a typo must not fail every
+    candidate of a long search one by one."""
+    with pytest.raises(Exception, match=message) as info:
+        search(compose(*TRAINED_SEARCH, *bad), tmp_path / "run")
     assert user_errors(info.value), "reported as bad input (one line), not as a bug"
     assert not (tmp_path / "run" / DB_NAME).exists()
+
+
+def test_an_incomplete_table_is_refused_before_the_search(compose, table_search, tmp_path):
+    partial = tmp_path / "partial.csv"
+    partial.write_text("".join((Path(table_search[1].split("=", 1)[1]).read_text().splitlines(True))[:100]))
+    with pytest.raises(UserError, match="lacks 15526 of the 15625 architectures"):
+        search(compose(*table_search, f"space.table={partial}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(table_search, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(*table_search, f"hydra.run.dir={run}").returncode == 0
+    before = folder_digest(run)
+    out = run_cli(*table_search, "agent.alpha=0.3", f"resume={run}")
+    assert out.returncode == 1 and "cannot resume" in out.stderr, out.stderr
+    assert folder_digest(run) == before  # not even a .hydra/resume-* record of the refused start
 
 
 @pytest.mark.slow

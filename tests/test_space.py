@@ -30,6 +30,20 @@ def test_space_config_restricts_types_and_kernels():
         NSCSpace(types=[1, 2])
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"types": [7]}, "at least one layer type"),
+        ({"types": [1, 9, 7]}, r"\[9\] are not NSC layer types"),
+        ({"terminal_weight": 0}, "terminal_weight must be > 0"),
+        ({"max_index": 1}, "max_index must be at least 2"),
+    ],
+)
+def test_unusable_space_configs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NSCSpace(**kwargs)
+
+
 def test_exploration_probabilities_pick_type_first():
     space = NSCSpace()
     state = Layer(5, 1, 3, 0, 0)

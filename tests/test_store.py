@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
+import re
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from blockqnn.cli import describe, user_errors
+from blockqnn.search import search
 from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, Store, StoreError, check, is_run
+from tests.conftest import folder_digest, run_cli
 
 
 def row(iteration: int, position: int, reward: float | None, **extra) -> dict:
@@ -17,8 +21,34 @@ def row(iteration: int, position: int, reward: float | None, **extra) -> dict:
     return base | extra
 
 
-def folder_digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+def small_run(run_dir: Path) -> Path:
+    """A history as a search leaves it: config, candidates and the agent's checkpoint."""
+    with Store.create(run_dir, {"seed": 1, "agent": {"alpha": 0.1}}) as store:
+        store.record(row(0, 0, 0.5))
+        store.record(row(0, 1, 0.7))
+        store.checkpoint(0, {"format": 1, "iteration": 1})
+    return run_dir
+
+
+def damage(run_dir: Path, sql: str) -> None:
+    """Change a history behind the store's back, as another program or a hand edit would."""
+    with closing(sqlite3.connect(run_dir / DB_NAME)) as db:
+        db.executescript(sql)
+
+
+# Damage that makes a history unusable, and what the refusal says. Tests of the report reuse these.
+DAMAGED = {
+    "config-not-yaml": ("UPDATE run SET value = 'seed: [1' WHERE key = 'config'", "config is not valid YAML"),
+    "config-a-list": ("UPDATE run SET value = '- 1' WHERE key = 'config'", "config is not a YAML mapping"),
+    "config-gone": ("DELETE FROM run WHERE key = 'config'", "no stored config"),
+    "column-renamed": ("ALTER TABLE candidates RENAME COLUMN reward TO score", "missing columns: candidates.reward"),
+    "column-dropped": ("ALTER TABLE candidates DROP COLUMN flops", "missing columns: candidates.flops"),
+    "foreign-candidates": ("DROP TABLE candidates; CREATE TABLE candidates (id INTEGER, name TEXT)",
+                           "missing columns: candidates.iteration, candidates.position"),
+    "checkpoint-column": ("ALTER TABLE agent_checkpoints RENAME COLUMN state TO blob",
+                          "missing columns: agent_checkpoints.state"),
+}
+BAD_CHECKPOINTS = {"not-json": "'{\"format\": 1'", "a-list": "'[1, 2]'", "null": "NULL"}
 
 
 def test_create_and_reopen_round_trip(tmp_path):
@@ -119,3 +149,70 @@ def test_truncated_database_is_reported_corrupt(tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(StoreError, match="not a folder"):
         Store.open(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("sql, message", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_history_is_refused_on_open_and_left_untouched(tmp_path, sql, message):
+    run = small_run(tmp_path)
+    damage(run, sql)
+    before = folder_digest(run)
+    for opener in (check, Store.open, lambda d: Store.open(d, readonly=True)):  # train and report open read-only
+        with pytest.raises(StoreError, match=f"{DB_NAME} is corrupt or not a search history .*{re.escape(message)}"):
+            opener(run)
+    assert folder_digest(run) == before
+
+
+@pytest.mark.parametrize("state", BAD_CHECKPOINTS.values(), ids=BAD_CHECKPOINTS.keys())
+def test_an_unreadable_agent_checkpoint_stops_a_resume_but_not_a_reader(tmp_path, state):
+    run = small_run(tmp_path)
+    damage(run, f"UPDATE agent_checkpoints SET state = {state}")
+    before = folder_digest(run)
+    message = "corrupt or not a search history .*the agent checkpoint of iteration 0 is not a JSON object"
+    with pytest.raises(StoreError, match=message):
+        check(run)  # what ``resume=`` runs before Hydra writes anything
+    with Store.open(run, readonly=True) as store:
+        assert [r["reward"] for r in store.candidates()] == [0.5, 0.7]  # a report still shows the results
+        with pytest.raises(StoreError, match=message):
+            store.latest_agent_state()
+    assert folder_digest(run) == before
+
+
+# Each as ``python -m blockqnn.search resume=RUN`` meets it: refused by the run folder check before Hydra starts,
+# or (a well-formed checkpoint that is no agent state) when the agent is restored.
+RESUME_DAMAGE = {
+    "config-not-yaml": DAMAGED["config-not-yaml"],
+    "column-renamed": DAMAGED["column-renamed"],
+    "checkpoint-not-json": (f"UPDATE agent_checkpoints SET state = {BAD_CHECKPOINTS['not-json']}", "not a JSON object"),
+    "checkpoint-not-an-agent": ("UPDATE agent_checkpoints SET state = '{\"format\": 1}'",
+                                "saved agent state lacks, or has the wrong type of: iteration (int), num_iterations"),
+}
+
+
+def damaged_search(cfg, run: Path, sql: str) -> bytes:
+    """A finished search in ``run``, then damaged; returns the damaged history's bytes."""
+    search(cfg, run)
+    damage(run, sql)
+    return (run / DB_NAME).read_bytes()
+
+
+@pytest.mark.parametrize("sql, message", RESUME_DAMAGE.values(), ids=RESUME_DAMAGE.keys())
+def test_resuming_a_damaged_search_is_bad_input_and_changes_no_result(compose, table_search, tmp_path, sql, message):
+    run = tmp_path / "run"
+    before = damaged_search(compose(*table_search), run, sql)
+    with pytest.raises(Exception) as info:
+        search(compose(*table_search, f"resume={run}"), run)
+    errors = user_errors(info.value)
+    assert errors and message in describe(errors), "reported in one line, not as a bug with its traceback"
+    assert (run / DB_NAME).read_bytes() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sql, message", RESUME_DAMAGE.values(), ids=RESUME_DAMAGE.keys())
+def test_cli_resume_of_a_damaged_search_is_one_line(compose, table_search, tmp_path, sql, message):
+    run = tmp_path / "run"
+    before = damaged_search(compose(*table_search), run, sql)
+    out = run_cli(f"resume={run}", cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], out.stderr
+    assert (run / DB_NAME).read_bytes() == before

@@ -1,6 +1,8 @@
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +13,12 @@ from PIL import Image
 import blockqnn
 from blockqnn import export
 from blockqnn.cli import UserError
-from blockqnn.config import compose
-from blockqnn.nsc import Block
+from blockqnn.config import compose, override_keys
+from blockqnn.nsc import Block, NSCError
 from blockqnn.store import Store, StoreError
-from blockqnn.train import resolve_block, train, train_dir_or_resume
+from blockqnn.train import adopt_folder_config, check_train_folder, resolve_block, train, train_dir_or_resume
 from tests.blocks import RESIDUAL
+from tests.conftest import folder_digest
 from tests.test_report import make_run
 
 SMOKE = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=4", "logger=none"]
@@ -56,6 +59,12 @@ def test_train_checkpoints_tests_exports_and_resumes(tmp_path, monkeypatch):
 
     more = train(config(tmp_path, f"resume={folder}", "trainer.max_epochs=2"), folder)
     assert more["epochs"] == 2
+    assert OmegaConf.load(folder / "config.yaml").trainer.max_epochs == 2  # what the next resume continues with
+
+    before = folder_digest(folder)
+    with pytest.raises(UserError, match=r"has trained 2 epochs, more than trainer.max_epochs=1: give trainer.max_epo"):
+        train(config(tmp_path, f"resume={folder}"), folder)
+    assert folder_digest(folder) == before
 
 
 def test_resume_refuses_another_network(tmp_path):
@@ -83,6 +92,37 @@ def test_block_in_hydra_list_syntax():
     rows = [[1, 4, 0, 0, 0], [2, 1, 3, 1, 0], [3, 1, 3, 2, 0], [4, 5, 0, 1, 3], [5, 7, 0, 0, 0]]
     cfg = OmegaConf.create({"block": rows})
     assert resolve_block(cfg.block)[0] == Block.parse(RESIDUAL)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([[1, 1, 3, 0], [2, 7, 0, 0, 0]], "layer 1: expected 5 integers"),
+        ([1, 2, 3], "layer 1: expected 5 integers"),
+        ([[1, 1, 3, [0], 0], [2, 7, 0, 0, 0]], r"layer 1: fields must be integers, got \[0\]"),
+        ([[1, 1.0, 3, 0, 0], [2, 7, 0, 0, 0]], "layer 1: fields must be integers, got 1.0"),
+    ],
+)
+def test_bad_block_in_hydra_list_syntax_names_the_layer(rows, message):
+    with pytest.raises(NSCError, match=message):
+        resolve_block(OmegaConf.create({"block": rows}).block)
+
+
+def test_resume_takes_what_the_command_line_leaves_out_from_the_folder(tmp_path):
+    saved = OmegaConf.create(OmegaConf.to_container(config(tmp_path, "block=[[1,1,1,0,0],[2,7,0,0,0]]"), resolve=True))
+    overrides = ["resume=x", "trainer.max_epochs=2"]
+    assert override_keys([*overrides, "+a.b@c=1", "~seed"]) == {"resume", "trainer.max_epochs", "a.b", "seed"}
+    cfg = adopt_folder_config(saved, compose("train", overrides), override_keys(overrides))
+    assert cfg.block == saved.block and cfg.template == saved.template and cfg.dataset == saved.dataset
+    assert cfg.logger == saved.logger and cfg.trainer.batch_size == saved.trainer.batch_size == 32
+    assert cfg.trainer.max_epochs == 2 and cfg.trainer.limit_train_batches == 4  # one leaf changed, the rest kept
+
+    named = compose("train", ["template=cifar", "trainer=final"])
+    cfg = adopt_folder_config(saved, named, override_keys(["template=cifar", "trainer=final"]))
+    assert cfg.template == named.template and cfg.trainer == named.trainer and cfg.dataset == saved.dataset
+    everything = adopt_folder_config(saved, named)  # no command line known (an API call): only the block is taken
+    assert everything.template == named.template and everything.dataset == named.dataset
+    assert everything.block == saved.block
 
 
 def image_tree(root, classes=2, train=6, val=3, size=40):
@@ -114,24 +154,118 @@ def test_imagenet_template_on_a_tiny_tree_in_bf16(tmp_path):
     torch.export.export(model, (x,))
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "blockqnn.train", *SMOKE, *args], capture_output=True, text=True,
-                          cwd=cwd)
+def cli(*args, cwd=None, smoke=SMOKE):
+    return subprocess.run([sys.executable, "-m", "blockqnn.train", *smoke, *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def one_error_line(proc, message):
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: {message}") and proc.stderr.count("\n") == 1, proc.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["bad_nsc", "rank", "missing_data"])
+@pytest.mark.parametrize("case", ["bad_nsc", "rank", "missing_data", "short_row", "flat_list", "nested_field"])
 def test_cli_bad_input_is_one_line(tmp_path, case):
     args = {
         "bad_nsc": ['block="[(1,9,0,0,0),(2,7,0,0,0)]"'],
+        "short_row": ["block=[[1,1,3,0],[2,7,0,0,0]]"],
+        "flat_list": ["block=[1,2,3]"],
+        "nested_field": ["block=[[1,1,3,[0],0],[2,7,0,0,0]]"],
         "rank": [f"block={make_run(tmp_path / 'search')}:50"],
         "missing_data": ['block="[(1,4,0,0,0),(2,7,0,0,0)]"', "dataset=imagefolder",
                          f"dataset.source.root={tmp_path / 'no-images'}"],
     }
     proc = cli(*args[case], f"hydra.run.dir={tmp_path / 'out'}")
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    one_error_line(proc, "layer 1: " if case in ("short_row", "flat_list", "nested_field") else "")
     assert not (tmp_path / "out").exists()  # no folder holding only Hydra's files to mistake for a train run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A train folder made by the command line (non-default dataset, template, trainer and logger)."""
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    proc = cli("block=[[1,1,1,0,0],[2,7,0,0,0]]", f"hydra.run.dir={folder}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return folder
+
+
+def copy_of(folder, tmp_path):
+    return Path(shutil.copytree(folder, tmp_path / "run"))
+
+
+
+
+def hydra_record(folder):
+    return {path.name: path.read_bytes() for path in (folder / ".hydra").iterdir() if path.is_file()}
+
+
+@pytest.mark.slow
+def test_cli_resume_alone_continues_the_folder_and_keeps_its_hydra_record(trained, tmp_path):
+    folder = copy_of(trained, tmp_path)
+    original, config_yaml = hydra_record(folder), (folder / "config.yaml").read_bytes()
+    proc = cli(f"resume={folder}", smoke=())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((folder / "result.json").read_text())
+    assert result["resumed_from"] == str(folder / "checkpoints" / "last.ckpt") and result["epochs"] == 1
+    assert not (folder / "wandb").exists()  # logger=none came from the folder too
+    assert hydra_record(folder) == original and "config.yaml" in original
+    assert (folder / "config.yaml").read_bytes() == config_yaml  # nothing new to record
+    (resume,) = (folder / ".hydra").glob("resume-*")
+    assert f"resume={folder}" in (resume / "overrides.yaml").read_text()
+
+
+def corrupt_config_bytes(folder):
+    (folder / "config.yaml").write_bytes(b"\xff\xfe\x00garbage")
+
+
+def corrupt_config_yaml(folder):
+    (folder / "config.yaml").write_text("block: [\n  : :")
+
+
+def corrupt_checkpoint(folder):
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"\x00garbage" * 100)
+
+
+def truncate_checkpoint(folder):
+    last = folder / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:-100])
+
+
+CORRUPTIONS = {
+    "config.yaml": [corrupt_config_bytes, corrupt_config_yaml],
+    "checkpoints/last.ckpt": [corrupt_checkpoint, truncate_checkpoint],
+}
+
+
+@pytest.mark.parametrize(("name", "corrupt"), [(n, c) for n, cs in CORRUPTIONS.items() for c in cs])
+def test_a_corrupt_train_folder_is_refused(tmp_path, name, corrupt):
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"block": "[(1,1,1,0,0),(2,7,0,0,0)]"}), folder / "config.yaml")
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 0}, folder / "checkpoints" / "last.ckpt")
+    assert check_train_folder(folder).block == "[(1,1,1,0,0),(2,7,0,0,0)]"
+    corrupt(folder)
+    with pytest.raises(UserError, match=f"{folder / name} is corrupt"):
+        check_train_folder(folder)
+    with pytest.raises(UserError, match=f"{folder / name} is corrupt"):
+        train(config(tmp_path, f"resume={folder}"), folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("corrupt", "launch"),
+    [(corrupt_config_bytes, "resume"), (corrupt_config_yaml, "resume"), (corrupt_checkpoint, "resume"),
+     (corrupt_checkpoint, "hydra.run.dir")],
+)
+def test_cli_corrupt_train_folder_is_one_line_and_left_untouched(trained, tmp_path, corrupt, launch):
+    folder = copy_of(trained, tmp_path)
+    corrupt(folder)
+    before = folder_digest(folder)
+    proc = cli(f"{launch}={folder}", smoke=())
+    name = "config.yaml" if "config" in corrupt.__name__ else "checkpoints/last.ckpt"
+    one_error_line(proc, f"{folder / name} is corrupt")
+    assert folder_digest(folder) == before
 
 
 def test_missing_block_or_run_folder_is_a_clear_error(tmp_path):
