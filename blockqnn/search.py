@@ -184,6 +184,8 @@ def search(
         cfg = absolute_locations(cfg)
         check_search_values(cfg)
         space = instantiate(cfg.space)
+        if store is not None:
+            check_same_table(space, store)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
         tracker, executor, progress = instantiate(cfg.logger), instantiate(cfg.executor), _progress(cfg)
         evaluate = evaluate or prepared_evaluator(cfg)
@@ -284,6 +286,17 @@ def check_same_history(stored: DictConfig | dict, cfg: DictConfig | dict) -> Non
         more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
         raise UserError(f"cannot resume: the config changes what the stored history means: "
                         f"{', '.join(differing[:6])}{more}")
+
+
+def check_same_table(space: Any, store: Store) -> None:
+    """A table may move (``space.table`` is a location), but a resumed search must read the same accuracies: the
+    stored candidates are looked up again in the table given now."""
+    if not hasattr(space, "lookup"):
+        return
+    for row in store.candidates():
+        if row["status"] == "ok" and not row["cached"] and space.lookup(row["arch"]) != row["accuracy"]:
+            raise UserError(f"cannot resume: {space.table} gives {row['arch']} accuracy {space.lookup(row['arch'])}, "
+                            f"the history has {row['accuracy']}: not the table the search started with")
 
 
 def summary(best: dict[str, Any] | None, run_dir: Path) -> str:

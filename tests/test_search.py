@@ -19,6 +19,7 @@ import pytest
 from blockqnn.agent import QLearningAgent
 from blockqnn.cli import UserError, describe, one_line_errors, user_errors
 from blockqnn.evaluate import evaluate_candidate
+from blockqnn.nasbench201 import NASBench201Space, write_synthetic_table
 from blockqnn.nsc import Block, NSCError
 from blockqnn.search import check_same_history, overridden_sections, search
 from blockqnn.store import DB_NAME, Store, StoreError
@@ -125,6 +126,18 @@ def test_a_run_resumes_from_another_working_folder(compose, table_search, nb201_
     assert history(run) == history(reference)
 
 
+def test_resume_with_a_moved_table_must_find_the_same_accuracies(compose, table_search, nb201_table, tmp_path):
+    run = tmp_path / "run"
+    search(compose(*table_search), run)
+    before = folder_digest(run)
+    moved = shutil.copy(nb201_table, tmp_path / "moved.csv")
+    other = write_synthetic_table(tmp_path / "other.csv", seed=1)
+    with pytest.raises(UserError, match="not the table the search started with"):
+        search(compose(*table_search, f"space.table={other}", f"resume={run}"), run)
+    assert folder_digest(run) == before
+    search(compose(*table_search, f"space.table={moved}", f"resume={run}"), run)  # same table, new place: fine
+
+
 def test_resume_alone_continues_a_run_started_with_other_settings(compose, table_search, tmp_path):
     """``resume=RUN_DIR`` needs none of the original overrides: unset sections come from the history."""
     reference, run = tmp_path / "reference", tmp_path / "run"
@@ -174,12 +187,14 @@ def test_changed_keys_are_named():
                        {"dataset": {"source": {"root": "b"}}, "executor": {"workers": 4}})
 
 
-def test_resume_of_a_folder_written_by_another_search_is_refused(compose, table_search, tmp_path):
+def test_resume_of_a_folder_written_by_another_search_is_refused(compose, table_search, nb201_table, tmp_path):
     search(compose(*table_search), tmp_path)
+    other = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+    accuracy = NASBench201Space(nb201_table).lookup(other)
     with sqlite3.connect(tmp_path / DB_NAME) as db:  # pretend the last iteration was never checkpointed...
         db.execute("DELETE FROM agent_checkpoints")
-        db.execute("UPDATE candidates SET arch = '|none~0|+|none~0|none~1|+|none~0|none~1|none~2|' "
-                   "WHERE iteration = 0 AND position = 0")  # ...and its first block differs from the sample
+        db.execute("UPDATE candidates SET arch = ?, accuracy = ? WHERE iteration = 0 AND position = 0",
+                   (other, accuracy))  # ...and its first block (true to the table) differs from the sample
     with pytest.raises(StoreError, match="does not match the agent's sample"):
         search(compose(*table_search, f"resume={tmp_path}"), tmp_path)
 
@@ -355,9 +370,9 @@ def test_bad_values_stop_before_a_history_is_created(compose, tmp_path, bad, mes
     assert not (tmp_path / "run" / DB_NAME).exists()
 
 
-def test_an_incomplete_table_is_refused_before_the_search(compose, table_search, tmp_path):
+def test_an_incomplete_table_is_refused_before_the_search(compose, table_search, nb201_table, tmp_path):
     partial = tmp_path / "partial.csv"
-    partial.write_text("".join((Path(table_search[1].split("=", 1)[1]).read_text().splitlines(True))[:100]))
+    partial.write_text("".join((nb201_table.read_text().splitlines(True))[:100]))
     with pytest.raises(UserError, match="lacks 15526 of the 15625 architectures"):
         search(compose(*table_search, f"space.table={partial}"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
