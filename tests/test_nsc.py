@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockqnn.nsc import FIELDS, Block, NSCError, main
+from blockqnn.nsc import FIELDS, Block, NSCError
+from blockqnn.nsc.__main__ import main
 from blockqnn.space import NSCSpace
 from tests.blocks import INCEPTION, RESIDUAL, random_block, renumber
 

@@ -3,16 +3,15 @@
 Index 0 is the block's input; layers are numbered 1..n and the last one is Terminal. Layers that no other
 layer consumes are concatenated into the block's output (see README, "The NSC format").
 
-``python -m blockqnn.nsc check CODE`` and ``python -m blockqnn.nsc show CODE`` are the command-line face.
+``python -m blockqnn.nsc check CODE`` and ``python -m blockqnn.nsc show CODE`` are the command-line face
+(``__main__.py``, which may import the network builder: this module stays free of torch).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -244,55 +243,3 @@ def _refined_colours(block: Block) -> dict[int, str]:
 def _canon_preds(layer: Layer, new_id: dict[int, int]) -> tuple[int, ...]:
     ids = tuple(new_id[p] for p in layer.preds)
     return tuple(sorted(ids)) if layer.type in BINARY else ids
-
-
-# ---- command line ---------------------------------------------------------------------------------------------
-def _layer_table(block: Block) -> str:
-    outputs = set(block.outputs())
-    lines = [f"{'idx':>3}  {'type':<9} {'kernel':>6}  inputs"]
-    for layer in block.layers:
-        kind = LayerType(layer.type)
-        inputs = ",".join(map(str, layer.preds)) if layer.preds else ",".join(map(str, sorted(outputs)))
-        mark = "  -> output" if layer.index in outputs else ""
-        lines.append(f"{layer.index:>3}  {kind.name.lower():<9} {layer.kernel or '':>6}  {inputs}{mark}")
-    return "\n".join(lines)
-
-
-def _show(block: Block, template: str | None, dataset: str) -> str:
-    lines = [
-        _layer_table(block),
-        f"canonical: {block.canonical()}",
-        f"hash: {block.canonical_hash()}",
-        f"density: {block.density():.4f}",
-    ]
-    if template:
-        from blockqnn.network import describe_network  # torch is only imported when a network is asked for
-
-        lines.append(describe_network(block, template, dataset))
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m blockqnn.nsc", description="Check or show an NSC block code.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("check", help="validate a code").add_argument("code")
-    show = sub.add_parser("show", help="layer table, canonical hash, density, and optionally network size")
-    show.add_argument("code")
-    show.add_argument("--template", help="stacking template (conf/template/*.yaml), e.g. cifar")
-    show.add_argument("--dataset", help="dataset config giving channels, size, classes (default cifar10)")
-    for p in sub.choices.values():
-        p.add_argument("--max-index", type=int, default=DEFAULT_MAX_INDEX)
-    args = parser.parse_args(argv)
-    if getattr(args, "dataset", None) and not args.template:
-        show.error("--dataset sizes a network: give --template too")
-    try:
-        block = Block.parse(args.code, args.max_index)
-        print("ok" if args.command == "check" else _show(block, args.template, args.dataset or "cifar10"))
-    except (NSCError, ValueError) as e:  # ConfigError and TemplateMismatch are ValueErrors too
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
