@@ -14,6 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Leaves that say where or on what a run computes, not what its results mean: data and tables may move, and a
+# resumed run may use other hardware. Ignored when a resume is compared with its stored config.
+LOCATION_KEYS = ("root", "download", "table", "accelerator", "cudnn_benchmark", "eval_batch_size")
+# Leaves holding paths; stored absolute.
+PATH_KEYS = ("root", "table")
 
 
 class ConfigError(ValueError):
@@ -84,3 +89,21 @@ def override_keys(overrides: Sequence[str]) -> set[str]:
 def hydra_output_subdir(resuming: bool) -> str:
     """Hydra's ``output_subdir``: a resume keeps the run's original ``.hydra`` and writes its own beside it."""
     return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resuming else ".hydra"
+
+
+def absolute_locations(cfg: DictConfig) -> DictConfig:
+    """Data roots and tables as absolute paths (``~`` expanded), so that a stored run resumes from any folder."""
+    cfg = cfg.copy()
+
+    def walk(node: DictConfig) -> None:
+        for key in node:
+            value = node[key]
+            if isinstance(value, DictConfig):
+                walk(value)
+            elif key in PATH_KEYS and isinstance(value, str):
+                node[key] = str(Path(value).expanduser().absolute())
+
+    for section in ("dataset", "space"):
+        if isinstance(cfg.get(section), DictConfig):
+            walk(cfg[section])
+    return cfg

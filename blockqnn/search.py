@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from blockqnn.cli import UserError, hydra_app
-from blockqnn.config import changed_leaves, hydra_output_subdir, override_keys
+from blockqnn.config import LOCATION_KEYS, absolute_locations, changed_leaves, hydra_output_subdir, override_keys
 from blockqnn.store import Store, StoreError, check, is_run
 from blockqnn.tracking import Progress
 
@@ -38,11 +38,6 @@ log = logging.getLogger(__name__)
 
 # Config sections that give the stored candidates their meaning: a resumed search must agree on all of them.
 HISTORY_KEYS = ("seed", "space", "dataset", "template", "trainer", "reward", "agent", "failed_reward")
-# Leaves inside those that say where or on what a run computes, not what its candidates mean: data and tables may
-# move, and a resumed search may run on other hardware.
-LOCATION_KEYS = ("root", "download", "table", "accelerator", "cudnn_benchmark", "eval_batch_size")
-# Leaves holding paths; stored absolute.
-PATH_KEYS = ("root", "table")
 
 
 def run_dir_or_resume(resume: str | None, default: str) -> str:
@@ -240,24 +235,6 @@ def adopt_history(stored: DictConfig, cfg: DictConfig, overridden: set[str]) -> 
                 merged[key] = stored[key]
     check_same_history(stored, merged)
     return merged
-
-
-def absolute_locations(cfg: DictConfig) -> DictConfig:
-    """Data roots and tables as absolute paths (``~`` expanded), so that the stored run resumes from any folder."""
-    cfg = cfg.copy()
-
-    def walk(node: DictConfig) -> None:
-        for key in node:
-            value = node[key]
-            if isinstance(value, DictConfig):
-                walk(value)
-            elif key in PATH_KEYS and isinstance(value, str):
-                node[key] = str(Path(value).expanduser().absolute())
-
-    for section in ("dataset", "space"):
-        if isinstance(cfg.get(section), DictConfig):
-            walk(cfg[section])
-    return cfg
 
 
 def overridden_sections(overrides: list[str]) -> set[str]:

@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn import export
 from blockqnn.cli import UserError, hydra_app
-from blockqnn.config import changed_leaves, hydra_output_subdir, override_keys
+from blockqnn.config import LOCATION_KEYS, absolute_locations, changed_leaves, hydra_output_subdir, override_keys
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
@@ -177,7 +177,7 @@ def adopt_folder_config(saved: DictConfig, cfg: DictConfig, overridden: set[str]
 def check_same_network(saved: DictConfig, cfg: DictConfig, folder: Path) -> None:
     """A resumed folder must train the same network on the same data: its checkpoint is only valid for those."""
     for key in SAME_NETWORK:
-        differing = changed_leaves(saved, cfg, [key])
+        differing = changed_leaves(saved, cfg, [key], LOCATION_KEYS)
         if differing:
             raise UserError(f"{folder} was trained with another {key} ({', '.join(differing[:3])}); "
                             f"train into a new folder or repeat the folder's settings")
@@ -229,7 +229,7 @@ def plan_run(cfg: DictConfig, folder: Path, overridden: set[str] | None
     if saved is not None:
         cfg = adopt_folder_config(saved, cfg, overridden)
     block, source = resolve_block(cfg.block)
-    cfg = OmegaConf.merge(cfg, {"block": str(block)})
+    cfg = absolute_locations(OmegaConf.merge(cfg, {"block": str(block)}))
     if saved is not None:
         check_same_network(saved, cfg, folder)
     last = folder / CHECKPOINTS / LAST

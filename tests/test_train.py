@@ -16,7 +16,14 @@ from blockqnn.cli import UserError
 from blockqnn.config import compose, override_keys
 from blockqnn.nsc import Block, NSCError
 from blockqnn.store import Store, StoreError
-from blockqnn.train import adopt_folder_config, check_train_folder, resolve_block, train, train_dir_or_resume
+from blockqnn.train import (
+    adopt_folder_config,
+    check_same_network,
+    check_train_folder,
+    resolve_block,
+    train,
+    train_dir_or_resume,
+)
 from tests.blocks import RESIDUAL
 from tests.conftest import folder_digest
 from tests.test_report import make_run
@@ -123,6 +130,15 @@ def test_resume_takes_what_the_command_line_leaves_out_from_the_folder(tmp_path)
     everything = adopt_folder_config(saved, named)  # no command line known (an API call): only the block is taken
     assert everything.template == named.template and everything.dataset == named.dataset
     assert everything.block == saved.block
+
+
+def test_a_resumed_training_may_find_its_data_elsewhere_but_not_other_data(tmp_path):
+    tree = ["dataset=imagefolder", "block=[[1,1,1,0,0],[2,7,0,0,0]]"]
+    saved = config(tmp_path, *tree, "dataset.source.root=/data/old")
+    check_same_network(saved, config(tmp_path, *tree, "dataset.source.root=/mnt/new"), tmp_path)
+    with pytest.raises(UserError, match=r"another dataset \(dataset.val_size"):
+        check_same_network(saved, config(tmp_path, *tree, "dataset.source.root=/mnt/new", "dataset.val_size=7"),
+                           tmp_path)
 
 
 def image_tree(root, classes=2, train=6, val=3, size=40):
