@@ -2,8 +2,8 @@
 
 Hand-written layout (no graphviz binary to install): each node sits in the row of its longest path from the
 input; within a row, nodes are ordered by the mean position of their predecessors (one barycentre sweep), which
-keeps the few edges of a block mostly uncrossed. Edges that skip rows bend a little so they do not run through
-the nodes between.
+keeps the few edges of a block mostly uncrossed. Edges that skip rows run straight down through narrow slots of
+the rows between, so they never cross a box.
 """
 
 from __future__ import annotations
@@ -101,6 +101,17 @@ def _place(rows: list[list[Node]]) -> dict[Node, tuple[float, float]]:
     return pos
 
 
+def polyline(route: list[Node], pos: dict[Node, tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points an edge is drawn through: from the bottom of its source box to the top of its target box,
+    running straight down across each row it skips (diagonals only in the gaps between rows, never over a box)."""
+    (x0, y0), (x1, y1) = pos[route[0]], pos[route[-1]]
+    points = [(x0, y0 - BOX_H / 2)]
+    for bend in route[1:-1]:
+        x, y = pos[bend]
+        points += [(x, y + BOX_H / 2), (x, y - BOX_H / 2)]
+    return [*points, (x1, y1 + BOX_H / 2)]
+
+
 def _node_text(block: Block, node: int) -> tuple[str, str]:
     if node == 0:
         return "input", ENDS
@@ -137,11 +148,8 @@ def draw_block(block: Block, path: str | Path, title: str | None = None) -> Path
             ax.text(x + BOX_W / 2 - 0.03, y + BOX_H / 2 - 0.03, str(node), ha="right", va="top", fontsize=6,
                     color="#555555", zorder=3)
     for route in routes:
-        points = [pos[n] for n in route]
-        points[0] = (points[0][0], points[0][1] - BOX_H / 2)
-        points[-1] = (points[-1][0], points[-1][1] + BOX_H / 2)
-        ax.add_patch(FancyArrowPatch(path=MplPath(points), arrowstyle="-|>", mutation_scale=10, linewidth=1.0,
-                                     color="#444444", zorder=1))
+        ax.add_patch(FancyArrowPatch(path=MplPath(polyline(route, pos)), arrowstyle="-|>", mutation_scale=10,
+                                     linewidth=1.0, color="#444444", zorder=1))
     used = sorted({LayerType(layer.type) for layer in block.body}, key=int)
     ax.legend(handles=[Patch(facecolor=COLOURS[t], edgecolor="#333333", label=NAMES[t]) for t in used],
               loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from blockqnn import report
-from blockqnn.drawing import depths, draw_block, layout
+from blockqnn.drawing import BOX_H, BOX_W, depths, draw_block, layout, polyline
 from blockqnn.nsc import Block
 from blockqnn.space import NSCSpace
 from blockqnn.store import DB_NAME, Store
@@ -135,6 +135,26 @@ def test_drawing_of_the_paper_blocks(tmp_path, code):
     path = draw_block(block, tmp_path / "block.png", "title")
     with Image.open(path) as im:
         assert im.size[1] > im.size[0] / 2
+
+
+def crosses_box(a, b, centre) -> bool:
+    """Whether segment a-b enters the box drawn around ``centre`` (sampled finely; boxes are 0.9 x 0.42)."""
+    (ax, ay), (bx, by), (cx, cy) = a, b, centre
+    steps = np.linspace(0.0, 1.0, 200)
+    xs, ys = ax + (bx - ax) * steps, ay + (by - ay) * steps
+    return bool(np.any((np.abs(xs - cx) < BOX_W / 2 - 1e-6) & (np.abs(ys - cy) < BOX_H / 2 - 1e-6)))
+
+
+def test_edges_never_cross_a_box_they_do_not_connect():
+    rng, space = np.random.default_rng(3), NSCSpace()
+    blocks = [Block.parse(RESIDUAL), Block.parse(INCEPTION), *(random_block(space, rng) for _ in range(40))]
+    for block in blocks:
+        pos, routes = layout(block)
+        boxes = {n: p for n, p in pos.items() if not isinstance(n, tuple)}
+        for route in routes:
+            points = polyline(route, pos)
+            others = [c for n, c in boxes.items() if n not in (route[0], route[-1])]
+            assert not any(crosses_box(a, b, c) for a, b in zip(points, points[1:]) for c in others), str(block)
 
 
 def test_inception_layout_has_three_branches_side_by_side():
