@@ -1,16 +1,19 @@
-"""Composing the project's Hydra configs outside a Hydra app (CLIs, tests, notebooks)."""
+"""The entry points' config schemas, and composing the project's Hydra configs outside a Hydra app (CLIs, tests,
+notebooks)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -19,6 +22,57 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 LOCATION_KEYS = ("root", "download", "table", "accelerator", "cudnn_benchmark", "eval_batch_size")
 # Leaves holding paths; stored absolute.
 PATH_KEYS = ("root", "table")
+
+
+# ---- schemas: the top level of conf/search.yaml and conf/train.yaml, typed so that a wrong value (seed=abc,
+# failed_reward=abc, progress.every_s=soon) is refused when the config is composed, before anything runs. The groups
+# (dataset, template, ...) are checked by the objects they instantiate.
+@dataclass
+class ProgressConfig:
+    mode: str = "auto"  # checked by tracking.Progress
+    every_s: float = 60.0
+
+
+@dataclass
+class SearchConfig:
+    dataset: Any = MISSING
+    template: Any = MISSING
+    space: Any = MISSING
+    agent: Any = MISSING
+    reward: Any = MISSING
+    trainer: Any = MISSING
+    executor: Any = MISSING
+    logger: Any = MISSING
+    seed: int = 0
+    resume: str | None = None
+    failed_reward: float = 0.0
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
+    data_dir: str = "data"
+    output_root: str = "runs"
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_epochs: int = 1
+
+
+@dataclass
+class TrainConfig:
+    dataset: Any = MISSING
+    template: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = MISSING
+    block: Any = None  # RUN_DIR:k, an NSC code, or the code in Hydra's list syntax
+    seed: int = 0
+    resume: str | None = None
+    data_dir: str = "data"
+    output_root: str = "runs"
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    export: str = "model.pt"
+
+
+ConfigStore.instance().store(name="search_schema", node=SearchConfig)
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 class ConfigError(ValueError):
@@ -39,7 +93,19 @@ def compose(config_name: str = "search", overrides: Sequence[str] = ()) -> DictC
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+        raise ConfigError(_first_lines(e)) from None
+
+
+def replace_section(cfg: DictConfig, key: str, value: Any) -> None:
+    """``cfg[key] = value``, also where a schema types the section: OmegaConf refuses a plain mapping there, but
+    its keys are fixed, so merging the value in replaces every one of them."""
+    cfg[key] = OmegaConf.merge(cfg[key], value) if is_dataclass(OmegaConf.get_type(cfg, key)) else value
+
+
+def _first_lines(error: BaseException) -> str:
+    """An error's first line, with its cause's ("Error merging override seed=x: Value 'x' ... Integer")."""
+    lines = [str(e).strip().splitlines()[0] for e in (error, error.__cause__) if e is not None and str(e).strip()]
+    return ": ".join(line.rstrip(".") for line in lines)
 
 
 def changed_leaves(
@@ -77,7 +143,7 @@ def load_group(group: str, name: str) -> DictConfig:
     try:
         return OmegaConf.create(OmegaConf.to_container(cfg[group], resolve=True))
     except OmegaConfBaseException as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+        raise ConfigError(_first_lines(e)) from None
 
 
 def override_keys(overrides: Sequence[str]) -> set[str]:

@@ -30,7 +30,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from blockqnn.cli import UserError, hydra_app
-from blockqnn.config import LOCATION_KEYS, absolute_locations, changed_leaves, hydra_output_subdir, override_keys
+from blockqnn.config import (
+    LOCATION_KEYS,
+    absolute_locations,
+    changed_leaves,
+    hydra_output_subdir,
+    override_keys,
+    replace_section,
+)
 from blockqnn.store import Store, StoreError, check, is_run
 from blockqnn.tracking import Progress
 
@@ -177,7 +184,7 @@ def search(
         if store is not None:
             cfg = adopt_history(store.config(), cfg, set(HISTORY_KEYS) if overridden is None else overridden)
         cfg = absolute_locations(cfg)
-        check_search_values(cfg)
+        check_one_device(cfg)
         space = instantiate(cfg.space)
         if store is not None:
             check_same_table(space, store)
@@ -232,7 +239,7 @@ def adopt_history(stored: DictConfig, cfg: DictConfig, overridden: set[str]) -> 
     with open_dict(merged):
         for key in HISTORY_KEYS:
             if key not in overridden and key in stored:
-                merged[key] = stored[key]
+                replace_section(merged, key, stored[key])
     check_same_history(stored, merged)
     return merged
 
@@ -244,11 +251,8 @@ def overridden_sections(overrides: list[str]) -> set[str]:
     return keys | set(HISTORY_KEYS) if "experiment" in keys else keys
 
 
-def check_search_values(cfg: DictConfig) -> None:
-    """Values used only once a candidate fails or trains: checked before the history exists. A search trains each
-    candidate on one device: candidates, not gradients, are what it spreads out."""
-    if isinstance(cfg.failed_reward, bool) or not isinstance(cfg.failed_reward, int | float):
-        raise UserError(f"failed_reward must be a number (the reward of a failed candidate), got {cfg.failed_reward!r}")
+def check_one_device(cfg: DictConfig) -> None:
+    """A search trains each candidate on one device: candidates, not gradients, are what it spreads out."""
     if str(cfg.trainer.devices) != "1":
         raise UserError(
             f"a search trains each candidate on one device (trainer.devices=1, got {cfg.trainer.devices}): spread "

@@ -30,7 +30,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn import export
 from blockqnn.cli import UserError, hydra_app
-from blockqnn.config import LOCATION_KEYS, absolute_locations, changed_leaves, hydra_output_subdir, override_keys
+from blockqnn.config import (
+    LOCATION_KEYS,
+    absolute_locations,
+    changed_leaves,
+    hydra_output_subdir,
+    override_keys,
+    replace_section,
+)
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
@@ -166,7 +173,7 @@ def adopt_folder_config(saved: DictConfig, cfg: DictConfig, overridden: set[str]
         for section in ADOPTED:
             if section in keys or section not in saved:
                 continue
-            merged[section] = saved[section]
+            replace_section(merged, section, saved[section])
             for key in sorted(k for k in keys if k.startswith(f"{section}.")):
                 OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
         if merged.block is None:

@@ -350,7 +350,8 @@ TRAINED_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=early_stop", "t
     [
         (["progress.mode=loud"], "progress.mode"),
         (["executor.workers=-1"], "executor.workers"),
-        (["failed_reward=abc"], "failed_reward must be a number"),
+        (["failed_reward=abc"], "failed_reward=abc: Value 'abc' of type 'str' could not be converted to Float"),
+        (["seed=x"], "seed=x: Value 'x' of type 'str' could not be converted to Integer"),
         (["space.types=[7]"], "at least one layer type"),
         (["space.terminal_weight=-1"], "terminal_weight must be > 0"),
         (["dataset.val_size=100000"], "dataset.val_size=100000 must be in"),
