@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from blockqnn.cli import UserError
 from blockqnn.executors import LocalExecutor, RayExecutor
 
 ITEMS = [(i, f"arch-{i}") for i in range(6)]
@@ -111,6 +112,15 @@ def test_bad_worker_count():
 
 
 # ---- ray ------------------------------------------------------------------------------------------------------
+def test_joining_a_ray_cluster_that_is_not_there_is_one_clear_error(monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is running in this process")
+    with pytest.raises(UserError, match="executor.address=auto: Could not find any running Ray instance"):
+        RayExecutor(address="auto").__enter__()
+
+
 @pytest.fixture(scope="module")
 def ray_instance():
     ray = pytest.importorskip("ray")
