@@ -8,6 +8,7 @@ so ``hydra_app`` runs the Hydra app with Hydra's own reporting off and reports e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -131,17 +132,20 @@ def one_line_errors(full: bool | None = None) -> Iterator[None]:
 
 
 def discard_unused_output_dir() -> None:
-    """Undo what Hydra wrote before the job failed on bad input: a refused start leaves no run folder that looks
-    like a run (the folder goes if it holds nothing else), and a refused resume no ``.hydra/resume-*`` record."""
+    """Undo what Hydra wrote before the job failed on bad input: a refused resume leaves no ``.hydra/resume-*``
+    record, and a refused start no folder holding only Hydra's files. Hydra's files are removed one by one; the
+    folder itself only if that leaves it empty (and it is not the working folder)."""
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
-    subdir = Path(hydra_cfg.output_subdir or ".hydra")
-    if not folder.is_dir():
-        return
-    if {entry.name for entry in folder.iterdir()} <= {subdir.parts[0], f"{hydra_cfg.job.name}.log"}:
-        shutil.rmtree(folder)
-    elif len(subdir.parts) > 1:  # a resume's own record beside the run's original .hydra
-        shutil.rmtree(folder / subdir, ignore_errors=True)
+    record, log = folder / (hydra_cfg.output_subdir or ".hydra"), folder / f"{hydra_cfg.job.name}.log"
+    if record.parent != folder:  # a resume's own record beside the run's original .hydra
+        shutil.rmtree(record, ignore_errors=True)
+    elif folder.is_dir() and {entry.name for entry in folder.iterdir()} <= {record.name, log.name}:
+        shutil.rmtree(record, ignore_errors=True)
+        log.unlink(missing_ok=True)
+        if folder.resolve() != Path.cwd().resolve():
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:

@@ -1,78 +1,29 @@
-"""The entry points' config schemas, and composing the project's Hydra configs outside a Hydra app (CLIs, tests,
-notebooks)."""
+"""Composing the project's Hydra configs outside a Hydra app (CLIs, tests, notebooks), and comparing a resumed
+run's config with the stored one."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from blockqnn.schema import register_schemas
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+register_schemas()  # before any config is composed, by an entry point or by ``compose``
+
 # Leaves that say where or on what a run computes, not what its results mean: data and tables may move, and a
 # resumed run may use other hardware. Ignored when a resume is compared with its stored config.
 LOCATION_KEYS = ("root", "download", "table", "accelerator", "cudnn_benchmark", "eval_batch_size")
 # Leaves holding paths; stored absolute.
 PATH_KEYS = ("root", "table")
-
-
-# ---- schemas: the top level of conf/search.yaml and conf/train.yaml, typed so that a wrong value (seed=abc,
-# failed_reward=abc, progress.every_s=soon) is refused when the config is composed, before anything runs. The groups
-# (dataset, template, ...) are checked by the objects they instantiate.
-@dataclass
-class ProgressConfig:
-    mode: str = "auto"  # checked by tracking.Progress
-    every_s: float = 60.0
-
-
-@dataclass
-class SearchConfig:
-    dataset: Any = MISSING
-    template: Any = MISSING
-    space: Any = MISSING
-    agent: Any = MISSING
-    reward: Any = MISSING
-    trainer: Any = MISSING
-    executor: Any = MISSING
-    logger: Any = MISSING
-    seed: int = 0
-    resume: str | None = None
-    failed_reward: float = 0.0
-    progress: ProgressConfig = field(default_factory=ProgressConfig)
-    data_dir: str = "data"
-    output_root: str = "runs"
-
-
-@dataclass
-class CheckpointConfig:
-    every_n_epochs: int = 1
-
-
-@dataclass
-class TrainConfig:
-    dataset: Any = MISSING
-    template: Any = MISSING
-    trainer: Any = MISSING
-    logger: Any = MISSING
-    block: Any = None  # RUN_DIR:k, an NSC code, or the code in Hydra's list syntax
-    seed: int = 0
-    resume: str | None = None
-    data_dir: str = "data"
-    output_root: str = "runs"
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    export: str = "model.pt"
-
-
-ConfigStore.instance().store(name="search_schema", node=SearchConfig)
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 class ConfigError(ValueError):
@@ -152,9 +103,10 @@ def override_keys(overrides: Sequence[str]) -> set[str]:
     return {o.lstrip("+~").split("=")[0].split("@")[0] for o in overrides}
 
 
-def hydra_output_subdir(resuming: bool) -> str:
-    """Hydra's ``output_subdir``: a resume keeps the run's original ``.hydra`` and writes its own beside it."""
-    return f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}" if resuming else ".hydra"
+def hydra_output_subdir(resuming: bool, stamp: str) -> str:
+    """Hydra's ``output_subdir``: a resume keeps the run's original ``.hydra`` and writes its own beside it.
+    ``stamp`` comes from Hydra's ``${now:...}``, which is cached: every read of the setting gives the same folder."""
+    return f".hydra/resume-{stamp}" if resuming else ".hydra"
 
 
 def absolute_locations(cfg: DictConfig) -> DictConfig:

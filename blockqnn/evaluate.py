@@ -126,14 +126,20 @@ def _release_memory() -> None:
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Build every part once and try the recipe on one batch of the smallest block: a bad config or missing data
-    then stops the search with one message before anything is stored, instead of failing every candidate alike
-    (and this process starts warm)."""
+    """Build the space and the reward once (a table must cover the space): a bad config stops the search with one
+    message before anything is stored, instead of failing every candidate alike."""
     space = _instantiated(config_key(cfg.space))
     _instantiated(config_key(cfg.reward))
     if hasattr(space, "lookup"):
         space.check_complete()
-        return
+
+
+def try_recipe(arch: str, cfg: DictConfig) -> Result:
+    """Train one batch of the smallest block with the search's recipe, where candidates train (an executor runs
+    it like a candidate; ``arch`` is unused): a recipe, device or dataset that fails there would fail every
+    candidate, so it stops the search as bad input before its history exists."""
+    if hasattr(_instantiated(config_key(cfg.space)), "lookup"):
+        return Result(status="ok")
     try:
         _fit_block(IDENTITY_BLOCK, _one_batch(cfg), cfg.seed, Result(status="failed"))
     except DataError:
@@ -142,11 +148,17 @@ def prepare(cfg: DictConfig) -> None:
         raise DataError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - whatever breaks the smallest block would break every candidate
         raise UserError(f"the search's recipe cannot train even the smallest block: {type(e).__name__}: {e}") from e
+    finally:
+        _release_memory()
+    return Result(status="ok")
 
 
 def _one_batch(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with a recipe that trains one epoch of one batch and validates at most one batch."""
-    limit_val = cfg.trainer.limit_val_batches
-    short = {"max_epochs": 1, "limit_train_batches": 1,
-             "limit_val_batches": limit_val if limit_val is not None and limit_val < 1 else 1}
+    """``cfg`` with the recipe cut to one epoch of one training batch and (unless it validates nothing) one
+    validation batch, validated at the epoch's end."""
+    recipe = cfg.trainer
+    short = {"max_epochs": 1, "limit_train_batches": 1, "check_val_every_n_epoch": 1,
+             "limit_val_batches": 0 if recipe.limit_val_batches == 0 else 1}
+    if "val_check_interval" in recipe.extra:
+        short["extra"] = {"val_check_interval": None}
     return OmegaConf.merge(cfg, {"trainer": short})

@@ -55,9 +55,9 @@ def run_dir_or_resume(resume: str | None, default: str) -> str:
     return str(resume)
 
 
-def hydra_subdir(run_dir: str) -> str:
+def hydra_subdir(run_dir: str, stamp: str) -> str:
     """Where Hydra writes the job's config: a resume keeps the original run's ``.hydra`` and adds its own."""
-    return hydra_output_subdir(is_run(run_dir))
+    return hydra_output_subdir(is_run(run_dir), stamp)
 
 
 OmegaConf.register_new_resolver("blockqnn.run_dir", run_dir_or_resume, replace=True)
@@ -190,8 +190,11 @@ def search(
             check_same_table(space, store)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
         tracker, executor, progress = instantiate(cfg.logger), instantiate(cfg.executor), _progress(cfg)
+        trial = evaluate is None
         evaluate = evaluate or prepared_evaluator(cfg)
         with executor:
+            if trial:
+                try_recipe_on(executor, cfg)
             store = store or Store.create(run_dir, cfg)  # only once every part of the config has proved usable
             restored = store.latest_agent_state()
             if restored is not None:
@@ -219,17 +222,25 @@ def _progress(cfg: DictConfig) -> Progress:
 
 
 def prepared_evaluator(cfg: DictConfig) -> Callable[[str, DictConfig], Any]:
-    """``evaluate_candidate``, after loading the data and building every part once: a bad config or missing data
-    stops the search with one line before anything is stored. Imports torch, so only once the config is good."""
-    from blockqnn.data import DataError
+    """``evaluate_candidate``, after building the space and reward once: a bad config stops the search with one
+    line before anything is stored. Imports torch, so only once the config is good."""
     from blockqnn.evaluate import evaluate_candidate, prepare
     from blockqnn.nasbench201 import TableError
 
     try:
         prepare(cfg)
-    except (DataError, TableError) as e:
+    except TableError as e:
         raise UserError(str(e)) from None
     return evaluate_candidate
+
+
+def try_recipe_on(executor: Any, cfg: DictConfig) -> None:
+    """One batch of the smallest block, trained by the executor where candidates train (a Ray worker's GPU, a
+    local worker): a recipe or data that fails there stops the search before its history exists."""
+    from blockqnn.evaluate import try_recipe
+
+    for _ in executor.map(try_recipe, [(0, "")], cfg):
+        pass
 
 
 def adopt_history(stored: DictConfig, cfg: DictConfig, overridden: set[str]) -> DictConfig:
@@ -274,10 +285,18 @@ def check_same_table(space: Any, store: Store) -> None:
     stored candidates are looked up again in the table given now."""
     if not hasattr(space, "lookup"):
         return
+    from blockqnn.nasbench201 import TableError
+
     for row in store.candidates():
-        if row["status"] == "ok" and not row["cached"] and space.lookup(row["arch"]) != row["accuracy"]:
-            raise UserError(f"cannot resume: {space.table} gives {row['arch']} accuracy {space.lookup(row['arch'])}, "
-                            f"the history has {row['accuracy']}: not the table the search started with")
+        if row["status"] != "ok" or row["cached"]:
+            continue
+        try:
+            now = space.lookup(row["arch"])
+        except TableError as e:
+            raise UserError(f"cannot resume: {e}: not the table the search started with") from None
+        if now != row["accuracy"]:
+            raise UserError(f"cannot resume: {space.table} gives {row['arch']} accuracy {now}, the history has "
+                            f"{row['accuracy']}: not the table the search started with")
 
 
 def summary(best: dict[str, Any] | None, run_dir: Path) -> str:

@@ -150,13 +150,13 @@ def train_dir_or_resume(resume: str | None, default: str) -> str:
     return str(resume)
 
 
-def hydra_subdir(run_dir: str) -> str:
+def hydra_subdir(run_dir: str, stamp: str) -> str:
     """Where Hydra writes the job's config: a resume (``resume=`` or ``hydra.run.dir=``) keeps the folder's original
     ``.hydra``, and a broken folder is refused before Hydra writes there."""
     resuming = is_train_folder(run_dir)
     if resuming:
         check_train_folder(run_dir)
-    return hydra_output_subdir(resuming)
+    return hydra_output_subdir(resuming, stamp)
 
 
 OmegaConf.register_new_resolver("blockqnn.train_dir", train_dir_or_resume, replace=True)
@@ -273,17 +273,24 @@ def train(cfg: DictConfig, folder: Path, overridden: set[str] | None = None) -> 
         "params": params, "flops": flops, "resumed_from": resume_from,
         **source,
     }
-    if trainer.is_global_zero:
-        export.save(folder / cfg.export, block, cfg.template, dataset_settings(cfg.dataset, data),
-                    module.net.state_dict())
-        (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"test accuracy {test_acc:.4f} (validation {val['val_acc']:.4f}) after {result['epochs']} epochs; "
-              f"model saved to {folder / cfg.export}")
-    if trainer.is_global_zero and isinstance(logger, WandbLogger):  # other ranks hold a dummy experiment
+    try:
+        if trainer.is_global_zero:
+            publish(cfg, folder, block, module, data, result, logger)
+    finally:
+        release_process_group()  # every rank, also when rank 0 failed: the others would wait for it
+    return result
+
+
+def publish(cfg: DictConfig, folder: Path, block: Block, module: Classifier, data, result: dict[str, Any],
+            logger: Logger | bool) -> None:
+    """Rank 0's part: the exported model, ``result.json``, the printed line and the W&B summary."""
+    export.save(folder / cfg.export, block, cfg.template, dataset_settings(cfg.dataset, data), module.net.state_dict())
+    (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"test accuracy {result['test_acc']:.4f} (validation {result['val_acc']:.4f}) after {result['epochs']} "
+          f"epochs; model saved to {folder / cfg.export}")
+    if isinstance(logger, WandbLogger):
         logger.experiment.summary.update({k: v for k, v in result.items() if v is not None})
         logger.experiment.finish()
-    release_process_group()
-    return result
 
 
 def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:

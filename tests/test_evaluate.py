@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from blockqnn import evaluate
+from blockqnn.cli import UserError
 from blockqnn.data import DataError
-from blockqnn.evaluate import Result, candidate_seed, evaluate_candidate, prepare
+from blockqnn.evaluate import Result, candidate_seed, evaluate_candidate, try_recipe
 from blockqnn.nsc import Block
 from blockqnn.training import Classifier
 from tests.blocks import RESIDUAL
@@ -122,23 +123,41 @@ def test_missing_dataset_is_raised_not_recorded(compose):
     with pytest.raises(DataError, match="/nonexistent/tree/train"):
         evaluate_candidate(RESIDUAL, cfg)
     with pytest.raises(DataError):
-        prepare(cfg)
+        try_recipe("", cfg)
 
 
-def test_prepare_loads_and_builds_every_part(smoke):
+def test_trying_the_recipe_loads_the_data_once_and_leaves_results_unchanged(smoke):
     from blockqnn.data import load_source
 
     cfg = smoke()
     load_source.cache_clear()
-    prepare(cfg)  # the data, space, template, reward and recipe are all usable...
-    assert load_source.cache_info().currsize == 1  # ...and the data is loaded once, for every later candidate
-    assert evaluate_candidate(RESIDUAL, cfg).status == "ok"
+    alone = evaluate_candidate(RESIDUAL, cfg)
+    load_source.cache_clear()
+    rng = torch.random.get_rng_state()
+    assert try_recipe("", cfg).status == "ok"  # data, template, recipe all usable on one batch...
+    assert torch.equal(torch.random.get_rng_state(), rng)  # ...the caller's random state untouched...
+    assert load_source.cache_info().currsize == 1  # ...and the data loaded once, for every later candidate
+    after = evaluate_candidate(RESIDUAL, cfg)
     assert load_source.cache_info().misses == 1
+    assert (after.status, after.accuracy, after.reward) == (alone.status, alone.accuracy, alone.reward)
 
 
-def test_prepare_refuses_a_template_too_deep_for_the_images(smoke):
-    with pytest.raises(DataError, match="does not fit 16x16 images"):
-        prepare(smoke("template.stages=8"))
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        ("template.stages=8", DataError, "does not fit 16x16 images"),
+        ("trainer.precision=bogus", UserError, "cannot train even the smallest block: .*Precision 'bogus'"),
+        ("trainer.limit_val_batches=0", UserError, "no validation accuracy"),
+    ],
+)
+def test_trying_the_recipe_refuses_what_would_fail_every_candidate(smoke, override, error, message):
+    with pytest.raises(error, match=message):
+        try_recipe("", smoke(override))
+
+
+def test_trying_the_recipe_accepts_any_validation_schedule(smoke):
+    """One batch of training must not trip a recipe that validates every n steps or on a fraction of batches."""
+    assert try_recipe("", smoke("+trainer.extra.val_check_interval=10", "trainer.limit_val_batches=0.5")).status == "ok"
 
 
 # ---- table spaces ------------------------------------------------------------------------------------------------

@@ -113,10 +113,15 @@ def test_bad_worker_count():
 
 # ---- ray ------------------------------------------------------------------------------------------------------
 def test_joining_a_ray_cluster_that_is_not_there_is_one_clear_error(monkeypatch):
+    """Ray's own error (raised here by a stand-in: whether a cluster answers depends on the machine) becomes one
+    line naming the setting."""
     ray = pytest.importorskip("ray")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    if ray.is_initialized():
-        pytest.skip("a Ray instance is running in this process")
+
+    def no_cluster(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
     with pytest.raises(UserError, match="executor.address=auto: Could not find any running Ray instance"):
         RayExecutor(address="auto").__enter__()
 

@@ -132,8 +132,11 @@ def test_resume_with_a_moved_table_must_find_the_same_accuracies(compose, table_
     before = folder_digest(run)
     moved = shutil.copy(nb201_table, tmp_path / "moved.csv")
     other = write_synthetic_table(tmp_path / "other.csv", seed=1)
-    with pytest.raises(UserError, match="not the table the search started with"):
-        search(compose(*table_search, f"space.table={other}", f"resume={run}"), run)
+    partial = tmp_path / "partial.csv"
+    partial.write_text("".join(nb201_table.read_text().splitlines(True)[:2]))
+    for table in (other, partial):  # other accuracies; stored candidates missing
+        with pytest.raises(UserError, match="not the table the search started with"):
+            search(compose(*table_search, f"space.table={table}", f"resume={run}"), run)
     assert folder_digest(run) == before
     search(compose(*table_search, f"space.table={moved}", f"resume={run}"), run)  # same table, new place: fine
 
@@ -377,6 +380,15 @@ def test_an_incomplete_table_is_refused_before_the_search(compose, table_search,
     with pytest.raises(UserError, match="lacks 15526 of the 15625 architectures"):
         search(compose(*table_search, f"space.table={partial}"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_refused_start_in_the_working_folder_removes_only_hydras_files(tmp_path):
+    (tmp_path / "mine").mkdir()
+    out = run_cli("hydra.run.dir=.", "dataset=imagefolder", "dataset.source.root=/no/such/images", "logger=none",
+                  cwd=tmp_path / "mine")
+    assert out.returncode == 1 and "/no/such/images" in out.stderr
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
 @pytest.mark.slow
