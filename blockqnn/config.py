@@ -11,7 +11,7 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.schema import register_schemas
@@ -45,6 +45,21 @@ def compose(config_name: str = "search", overrides: Sequence[str] = ()) -> DictC
             return hydra_compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_first_lines(e)) from None
+
+
+def adopt_stored(stored: DictConfig, cfg: DictConfig, sections: Sequence[str], overridden: set[str]) -> DictConfig:
+    """A resume's config: each of ``sections`` comes from the stored run unless the command line names it whole
+    (``trainer=final``), so ``resume=RUN`` alone continues as started; leaves it names (``trainer.max_epochs=60``)
+    then replace the stored values. ``overridden``: the keys the command line set (``override_keys``)."""
+    merged = cfg.copy()
+    with open_dict(merged):
+        for section in sections:
+            if section in overridden or section not in stored:
+                continue
+            replace_section(merged, section, stored[section])
+            for key in sorted(k for k in overridden if k.startswith(f"{section}.")):
+                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    return merged
 
 
 def replace_section(cfg: DictConfig, key: str, value: Any) -> None:

@@ -27,16 +27,16 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from blockqnn.cli import UserError, hydra_app
 from blockqnn.config import (
     LOCATION_KEYS,
     absolute_locations,
+    adopt_stored,
     changed_leaves,
     hydra_output_subdir,
     override_keys,
-    replace_section,
 )
 from blockqnn.store import Store, StoreError, check, is_run
 from blockqnn.tracking import Progress
@@ -177,7 +177,7 @@ def search(
 ) -> dict[str, Any] | None:
     """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
     ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests).
-    ``overridden``: the config sections the command line set; on resume the others come from the history."""
+    ``overridden``: the config keys the command line set; on resume the rest comes from the history."""
     resuming = cfg.resume is not None or is_run(run_dir)
     store = Store.open(run_dir) if resuming else None
     try:
@@ -244,21 +244,17 @@ def try_recipe_on(executor: Any, cfg: DictConfig) -> None:
 
 
 def adopt_history(stored: DictConfig, cfg: DictConfig, overridden: set[str]) -> DictConfig:
-    """On resume, the sections that give the history its meaning come from the stored config unless the command
-    line sets them, so ``resume=RUN_DIR`` alone continues any run; sections it does set must agree."""
-    merged = cfg.copy()
-    with open_dict(merged):
-        for key in HISTORY_KEYS:
-            if key not in overridden and key in stored:
-                replace_section(merged, key, stored[key])
+    """On resume, the sections that give the history its meaning come from the stored config as far as the command
+    line leaves them out (``config.adopt_stored``), so ``resume=RUN_DIR`` alone continues any run; what it does
+    set must agree with the history."""
+    merged = adopt_stored(stored, cfg, HISTORY_KEYS, overridden)
     check_same_history(stored, merged)
     return merged
 
 
-def overridden_sections(overrides: list[str]) -> set[str]:
-    """Top-level config sections named by command-line overrides (``agent.alpha=0.1`` -> agent); a preset
-    (``experiment=``) may set any of them."""
-    keys = {key.split(".")[0] for key in override_keys(overrides)}
+def overridden_keys(overrides: list[str]) -> set[str]:
+    """The keys command-line overrides set (``agent.alpha=0.1``); a preset (``experiment=``) may set any section."""
+    keys = override_keys(overrides)
     return keys | set(HISTORY_KEYS) if "experiment" in keys else keys
 
 
@@ -316,7 +312,7 @@ def main(cfg: DictConfig) -> None:
     hydra = HydraConfig.get()
     run_dir = Path(cfg.resume or hydra.runtime.output_dir)
     group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
-    overridden = overridden_sections(list(hydra.overrides.task))
+    overridden = overridden_keys(list(hydra.overrides.task))
     signal.signal(signal.SIGTERM, _interrupt)  # docker stop, a pre-empted job: end like Ctrl-C, cleanly
     try:
         best = search(cfg, run_dir, group, overridden=overridden)

@@ -33,10 +33,10 @@ from blockqnn.cli import UserError, hydra_app
 from blockqnn.config import (
     LOCATION_KEYS,
     absolute_locations,
+    adopt_stored,
     changed_leaves,
     hydra_output_subdir,
     override_keys,
-    replace_section,
 )
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.network import network_complexity
@@ -164,19 +164,11 @@ OmegaConf.register_new_resolver("blockqnn.train_hydra_subdir", hydra_subdir, rep
 
 
 def adopt_folder_config(saved: DictConfig, cfg: DictConfig, overridden: set[str] | None = None) -> DictConfig:
-    """On resume, sections the command line leaves out come from the folder, so ``resume=FOLDER`` alone continues
-    as started; a leaf it names (``trainer.max_epochs=60``) replaces the folder's value. ``overridden``: the keys the
-    command line set (``config.override_keys``); None keeps every section of ``cfg`` but a missing block."""
-    keys = set(ADOPTED) if overridden is None else overridden
-    merged = cfg.copy()
-    with open_dict(merged):
-        for section in ADOPTED:
-            if section in keys or section not in saved:
-                continue
-            replace_section(merged, section, saved[section])
-            for key in sorted(k for k in keys if k.startswith(f"{section}.")):
-                OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
-        if merged.block is None:
+    """On resume, what the command line leaves out comes from the folder (``config.adopt_stored``); ``overridden``
+    None (an API call, no command line) keeps every section of ``cfg`` and takes only a missing block."""
+    merged = adopt_stored(saved, cfg, ADOPTED, set(ADOPTED) if overridden is None else overridden)
+    if merged.block is None:
+        with open_dict(merged):
             merged.block = saved.block
     return merged
 

@@ -21,7 +21,7 @@ from blockqnn.cli import UserError, describe, one_line_errors, user_errors
 from blockqnn.evaluate import evaluate_candidate
 from blockqnn.nasbench201 import NASBench201Space, write_synthetic_table
 from blockqnn.nsc import Block, NSCError
-from blockqnn.search import check_same_history, overridden_sections, search
+from blockqnn.search import check_same_history, overridden_keys, search
 from blockqnn.store import DB_NAME, Store, StoreError
 from tests.conftest import REPO, folder_digest, read_wandb_run, run_cli
 
@@ -122,7 +122,7 @@ def test_a_run_resumes_from_another_working_folder(compose, table_search, nb201_
         search(compose(*args), run, evaluate=dying_after(5))
     monkeypatch.chdir(tmp_path / "b")
     overrides = ["logger=none", "progress.mode=off", f"resume={run}"]
-    search(compose(*overrides), run, overridden=overridden_sections(overrides))
+    search(compose(*overrides), run, overridden=overridden_keys(overrides))
     assert history(run) == history(reference)
 
 
@@ -148,12 +148,22 @@ def test_resume_alone_continues_a_run_started_with_other_settings(compose, table
     with pytest.raises(KeyboardInterrupt):
         search(compose(*table_search), run, evaluate=dying_after(5))
     overrides = ["logger=none", "progress.mode=off", f"resume={run}"]
-    assert overridden_sections(overrides) == {"logger", "progress", "resume"}
-    search(compose(*overrides), run, overridden=overridden_sections(overrides))
+    assert overridden_keys(overrides) == {"logger", "progress.mode", "resume"}
+    search(compose(*overrides), run, overridden=overridden_keys(overrides))
     assert history(run) == history(reference)
-    with pytest.raises(UserError, match=r"agent\.alpha"):  # a section the command line does set must agree
+    with pytest.raises(UserError, match=r"agent\.alpha"):  # a key the command line does set must agree
         overrides = [*overrides, "agent.alpha=0.9"]
-        search(compose(*overrides), run, overridden=overridden_sections(overrides))
+        search(compose(*overrides), run, overridden=overridden_keys(overrides))
+
+
+def test_resume_naming_one_leaf_keeps_the_rest_of_its_section(compose, table_search, tmp_path):
+    """``resume=RUN trainer.accelerator=cpu`` changes where candidates train, not the stored recipe."""
+    run = tmp_path / "run"
+    search(compose(*table_search, "trainer.max_epochs=3", "agent.epsilon_override=1.0"), run)
+    overrides = ["logger=none", "progress.mode=off", "trainer.accelerator=cpu", f"resume={run}"]
+    search(compose(*overrides), run, overridden=overridden_keys(overrides))
+    with Store.open(run, readonly=True) as store:
+        assert store.config().trainer.max_epochs == 3 and store.config().agent.epsilon_override == 1.0
 
 
 def test_a_search_refuses_several_devices_per_candidate(compose, table_search, tmp_path):
