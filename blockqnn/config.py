@@ -3,7 +3,7 @@ run's config with the stored one."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
@@ -118,10 +118,30 @@ def override_keys(overrides: Sequence[str]) -> set[str]:
     return {o.lstrip("+~").split("=")[0].split("@")[0] for o in overrides}
 
 
-def hydra_output_subdir(resuming: bool, stamp: str) -> str:
-    """Hydra's ``output_subdir``: a resume keeps the run's original ``.hydra`` and writes its own beside it.
-    ``stamp`` comes from Hydra's ``${now:...}``, which is cached: every read of the setting gives the same folder."""
-    return f".hydra/resume-{stamp}" if resuming else ".hydra"
+def register_run_folder_resolvers(entry: str, is_folder: Callable[[str], bool], check: Callable[[str], Any]) -> None:
+    """The two resolvers an entry point's conf names its run folder with (``conf/search.yaml``, ``conf/train.yaml``):
+
+    - ``blockqnn.<entry>_dir:${resume},NEW``: the folder to resume, checked before Hydra writes anything into it,
+      else a new one;
+    - ``blockqnn.<entry>_hydra_subdir:${hydra.run.dir},${now:...}``: where Hydra writes the job's config. A resume
+      (``resume=`` or ``hydra.run.dir=``) keeps the folder's original ``.hydra``, writes its own beside it, and is
+      checked first. The stamp comes from Hydra's cached ``now``: every read of the setting names the same folder.
+    """
+
+    def run_dir(resume: str | None, default: str) -> str:
+        if resume is None:
+            return default
+        check(resume)
+        return str(resume)
+
+    def hydra_subdir(folder: str, stamp: str) -> str:
+        if not is_folder(folder):
+            return ".hydra"
+        check(folder)
+        return f".hydra/resume-{stamp}"
+
+    OmegaConf.register_new_resolver(f"blockqnn.{entry}_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver(f"blockqnn.{entry}_hydra_subdir", hydra_subdir, replace=True)
 
 
 def absolute_locations(cfg: DictConfig) -> DictConfig:

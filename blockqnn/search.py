@@ -27,7 +27,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from blockqnn.cli import UserError, hydra_app
 from blockqnn.config import (
@@ -35,8 +35,8 @@ from blockqnn.config import (
     absolute_locations,
     adopt_stored,
     changed_leaves,
-    hydra_output_subdir,
     override_keys,
+    register_run_folder_resolvers,
 )
 from blockqnn.store import Store, StoreError, check, is_run
 from blockqnn.tracking import Progress
@@ -47,21 +47,7 @@ log = logging.getLogger(__name__)
 HISTORY_KEYS = ("seed", "space", "dataset", "template", "trainer", "reward", "agent", "failed_reward")
 
 
-def run_dir_or_resume(resume: str | None, default: str) -> str:
-    """Hydra's run folder: the one to resume, checked before Hydra writes anything into it, else a new one."""
-    if resume is None:
-        return default
-    check(resume)
-    return str(resume)
-
-
-def hydra_subdir(run_dir: str, stamp: str) -> str:
-    """Where Hydra writes the job's config: a resume keeps the original run's ``.hydra`` and adds its own."""
-    return hydra_output_subdir(is_run(run_dir), stamp)
-
-
-OmegaConf.register_new_resolver("blockqnn.run_dir", run_dir_or_resume, replace=True)
-OmegaConf.register_new_resolver("blockqnn.hydra_subdir", hydra_subdir, replace=True)
+register_run_folder_resolvers("search", is_run, check)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------

@@ -35,8 +35,8 @@ from blockqnn.config import (
     absolute_locations,
     adopt_stored,
     changed_leaves,
-    hydra_output_subdir,
     override_keys,
+    register_run_folder_resolvers,
 )
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.network import network_complexity
@@ -142,25 +142,7 @@ def _corrupt(path: Path, reason: BaseException | str, remedy: str) -> UserError:
     return UserError(f"{path} is corrupt ({detail}): {remedy}")
 
 
-def train_dir_or_resume(resume: str | None, default: str) -> str:
-    """Hydra's run folder: the train folder to resume (checked before Hydra writes into it), else a new one."""
-    if resume is None:
-        return default
-    check_train_folder(resume)
-    return str(resume)
-
-
-def hydra_subdir(run_dir: str, stamp: str) -> str:
-    """Where Hydra writes the job's config: a resume (``resume=`` or ``hydra.run.dir=``) keeps the folder's original
-    ``.hydra``, and a broken folder is refused before Hydra writes there."""
-    resuming = is_train_folder(run_dir)
-    if resuming:
-        check_train_folder(run_dir)
-    return hydra_output_subdir(resuming, stamp)
-
-
-OmegaConf.register_new_resolver("blockqnn.train_dir", train_dir_or_resume, replace=True)
-OmegaConf.register_new_resolver("blockqnn.train_hydra_subdir", hydra_subdir, replace=True)
+register_run_folder_resolvers("train", is_train_folder, check_train_folder)
 
 
 def adopt_folder_config(saved: DictConfig, cfg: DictConfig, overridden: set[str] | None = None) -> DictConfig:

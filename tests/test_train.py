@@ -22,7 +22,6 @@ from blockqnn.train import (
     check_train_folder,
     resolve_block,
     train,
-    train_dir_or_resume,
 )
 from tests.blocks import RESIDUAL
 from tests.conftest import folder_digest
@@ -291,7 +290,7 @@ def test_missing_block_or_run_folder_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no block given"):
         train(config(tmp_path), tmp_path / "out")
     with pytest.raises(UserError, match="not a train folder"):
-        train_dir_or_resume(str(tmp_path / "plain"), "unused")
+        check_train_folder(str(tmp_path / "plain"))  # what resume= runs first
 
 
 @pytest.mark.slow
