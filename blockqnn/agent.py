@@ -6,8 +6,14 @@ trajectories (``sample``), the search loop scores them, and ``update`` learns fr
 * every scored trajectory goes into the replay memory;
 * each new trajectory is replayed backwards (MetaQNN): the last action moves towards the reward ``r_T``, every
   earlier one towards ``r_t + gamma * max_a' Q(s_{t+1}, a')`` with the shaped ``r_t = r_T / T`` (0 unshaped);
-* then a uniform sample of ``replay_size`` remembered trajectories (without replacement; all of them while the
-  memory is smaller) is replayed the same way. [open] BlockQNN's replay size: MetaQNN's 128 by default.
+* experience replay (``replay_every``): ``block`` (default) replays ``replay_size`` remembered trajectories drawn
+  uniformly with replacement after *each* incorporated block, as MetaQNN's ``sample_replay_for_update`` does after
+  every model; ``iteration`` replays ``replay_size`` of them (without replacement, all while the memory is smaller)
+  once per iteration. [open] BlockQNN's replay size: MetaQNN's 128 by default.
+
+The schedule's shape (``paper`` stages, ``linear``, ``constant``) is stretched or shrunk to the search's size:
+with ``budget`` set, to ``ceil(budget / B)`` iterations sampling exactly ``budget`` blocks (the last iteration
+takes the remainder); without, to the shape's own length times ``schedule_scale``.
 
 Budget accounting (decided by the lead): B counts *sampled* blocks per iteration. A block that was already
 evaluated is not retrained: the search loop reuses its stored reward and marks it cached, and it still updates Q
@@ -38,7 +44,9 @@ from blockqnn.store import StoreError
 PAPER_STAGES: tuple[tuple[float, int], ...] = (
     (1.0, 95), (0.9, 7), (0.8, 7), (0.7, 7), (0.6, 10), (0.5, 10), (0.4, 10), (0.3, 10), (0.2, 10), (0.1, 12),
 )
+PAPER_ITERATIONS = sum(n for _, n in PAPER_STAGES)
 SCHEDULES = ("paper", "linear", "constant")
+REPLAY_EVERY = ("block", "iteration")
 STATE_FORMAT = 1
 _STATE_TYPES = {"iteration": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
 
@@ -54,36 +62,62 @@ def _scaled(iterations: int, scale: float) -> int:
 
 
 def epsilon_schedule(
-    name: str, scale: float = 1.0, *, iterations: int = 178, start: float = 1.0, end: float = 0.1
+    name: str, scale: float = 1.0, *, iterations: int = PAPER_ITERATIONS, start: float = 1.0, end: float = 0.1,
+    length: int | None = None,
 ) -> list[float]:
     """One epsilon per iteration. ``paper``: the paper's stages; ``linear``: ``start`` to ``end`` over
-    ``iterations``; ``constant``: ``end`` throughout. ``scale`` shrinks iteration counts (each stage >= 1)."""
+    ``iterations``; ``constant``: ``end`` throughout. ``scale`` shrinks iteration counts (each stage >= 1);
+    ``length`` instead fits the shape to exactly that many iterations (paper stages keep their proportions, so
+    a stage shorter than one iteration may vanish)."""
     if scale <= 0:
         raise ValueError(f"agent.schedule_scale must be positive, got {scale}")
     if name == "paper":
+        if length is not None:
+            return _fitted_stages(PAPER_STAGES, length)
         return [eps for eps, n in PAPER_STAGES for _ in range(_scaled(n, scale))]
     if iterations < 1:
         raise ValueError(f"agent.schedule_iterations must be at least 1, got {iterations}")
+    count = _scaled(iterations, scale) if length is None else length
     if name == "linear":
-        return [float(e) for e in np.linspace(start, end, _scaled(iterations, scale))]
+        return [float(e) for e in np.linspace(start, end, count)]
     if name == "constant":
-        return [float(end)] * _scaled(iterations, scale)
+        return [float(end)] * count
     raise ValueError(f"unknown agent.epsilon_schedule {name!r} (choose one of {', '.join(SCHEDULES)})")
+
+
+def _fitted_stages(stages: Sequence[tuple[float, int]], length: int) -> list[float]:
+    """The stages stretched to ``length`` iterations: stage k ends at its cumulative share of the whole, rounded."""
+    total, ends, schedule = sum(n for _, n in stages), np.cumsum([n for _, n in stages]), []
+    for (eps, _), end in zip(stages, ends):
+        schedule += [eps] * (math.floor(length * end / total + 0.5) - len(schedule))
+    return schedule
+
+
+def iteration_sizes(budget: int | None, batch_size: int, iterations: int) -> list[int]:
+    """Blocks sampled per iteration: ``iterations`` of B, or, with a budget, B each and the remainder last."""
+    if budget is None:
+        return [batch_size] * iterations
+    if budget < 1:
+        raise ValueError(f"agent.budget must be at least 1 block (or null), got {budget}")
+    full, rest = divmod(int(budget), batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
 
 
 _schedule = epsilon_schedule  # the agent's constructor argument of the same name shadows the function
 
 
 class _Node:
-    """One state's legal actions, exploration distribution and Q-values (aligned arrays)."""
+    """One state's legal actions, exploration distribution and Q-values (aligned sequences), and the largest Q-value
+    (kept up to date by ``QLearningAgent._learn``, which needs it at every step of every replay)."""
 
-    __slots__ = ("actions", "probs", "cum", "q", "_index")
+    __slots__ = ("actions", "probs", "cum", "q", "top", "_index")
 
     def __init__(self, actions: Sequence[Action], probs: np.ndarray, q_init: float) -> None:
         self.actions = actions
         self.probs = np.asarray(probs, dtype=float)
         self.cum = np.cumsum(self.probs)
-        self.q = np.full(len(actions), q_init, dtype=float)
+        self.q = [float(q_init)] * len(actions)  # a list: scalar updates are faster than on a numpy array
+        self.top = float(q_init)
         self._index: dict[Action, int] | None = None
 
     def index(self, action: Action) -> int:
@@ -92,7 +126,42 @@ class _Node:
         return self._index[action]
 
 
-class QLearningAgent:
+class Iterations:
+    """What every agent tells the search loop about its plan: iterations of ``sizes`` blocks, ``iteration`` of
+    them done."""
+
+    sizes: list[int]
+    iteration: int
+
+    @property
+    def num_iterations(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def total_samples(self) -> int:
+        """Blocks sampled over the whole search (the budget, when one is set)."""
+        return sum(self.sizes)
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.num_iterations
+
+    def _check_running(self, trajectories: Sequence | None = None, rewards: Sequence | None = None) -> None:
+        """Refuse to act after the last iteration, and scores that do not match the trajectories."""
+        if self.done:
+            raise RuntimeError(f"the search is finished ({self.num_iterations} iterations)")
+        if trajectories is not None and rewards is not None and len(trajectories) != len(rewards):
+            raise ValueError(f"{len(trajectories)} trajectories but {len(rewards)} rewards")
+
+
+def checked_reward(reward: float) -> float:
+    reward = float(reward)
+    if not math.isfinite(reward):
+        raise ValueError(f"reward must be a finite number, got {reward} (give failed candidates a fixed reward)")
+    return reward
+
+
+class QLearningAgent(Iterations):
     """Epsilon-greedy tabular Q-learning over a ``SearchSpace`` (see the module docstring)."""
 
     def __init__(
@@ -104,27 +173,32 @@ class QLearningAgent:
         q_init: float = 0.5,
         batch_size: int = 64,
         replay_size: int = 128,
+        replay_every: str = "block",
         shaping: bool = True,
         replay: bool = True,
         epsilon_schedule: str = "paper",
         schedule_scale: float = 1.0,
-        schedule_iterations: int = 178,
+        schedule_iterations: int = PAPER_ITERATIONS,
         epsilon_start: float = 1.0,
         epsilon_end: float = 0.1,
         epsilon_override: float | None = None,
+        budget: int | None = None,
         seed: int = 0,
     ) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"agent.alpha must be in (0, 1], got {alpha}")
         if batch_size < 1 or replay_size < 0:
             raise ValueError(f"agent.batch_size must be >= 1, agent.replay_size >= 0: got {batch_size}, {replay_size}")
+        if replay_every not in REPLAY_EVERY:
+            raise ValueError(f"agent.replay_every must be one of {', '.join(REPLAY_EVERY)}, got {replay_every!r}")
         self.space = space
         self.alpha, self.gamma, self.q_init = float(alpha), float(gamma), float(q_init)
-        self.batch_size, self.replay_size = int(batch_size), int(replay_size)
+        self.batch_size, self.replay_size, self.replay_every = int(batch_size), int(replay_size), replay_every
         self.shaping, self.replay = bool(shaping), bool(replay)
-        self.schedule = _schedule(
-            epsilon_schedule, schedule_scale, iterations=schedule_iterations, start=epsilon_start, end=epsilon_end
-        )
+        length = None if budget is None else len(iteration_sizes(budget, self.batch_size, 0))
+        self.schedule = _schedule(epsilon_schedule, schedule_scale, iterations=schedule_iterations,
+                                  start=epsilon_start, end=epsilon_end, length=length)
+        self.sizes = iteration_sizes(budget, self.batch_size, len(self.schedule))
         if epsilon_override is not None:
             if not 0.0 <= epsilon_override <= 1.0:
                 raise ValueError(f"agent.epsilon_override must be in [0, 1] or null, got {epsilon_override}")
@@ -137,29 +211,16 @@ class QLearningAgent:
 
     # ---- schedule ---------------------------------------------------------------------------------------------
     @property
-    def num_iterations(self) -> int:
-        return len(self.schedule)
-
-    @property
-    def total_samples(self) -> int:
-        """Blocks sampled over the whole schedule at the configured batch size."""
-        return self.num_iterations * self.batch_size
-
-    @property
-    def done(self) -> bool:
-        return self.iteration >= self.num_iterations
-
-    @property
     def epsilon(self) -> float:
         """The current iteration's epsilon (the last one once the schedule is done)."""
         return self.schedule[min(self.iteration, self.num_iterations - 1)]
 
     # ---- acting -----------------------------------------------------------------------------------------------
     def sample(self, n: int | None = None) -> list[list[Action]]:
-        """``n`` (default B) epsilon-greedy trajectories of the current iteration, each ending in a final action."""
-        if self.done:
-            raise RuntimeError(f"the epsilon schedule is finished ({self.num_iterations} iterations)")
-        return [self._trajectory(self.epsilon) for _ in range(self.batch_size if n is None else n)]
+        """``n`` (default: this iteration's size, B but for a budget's last iteration) epsilon-greedy trajectories
+        of the current iteration, each ending in a final action."""
+        self._check_running()
+        return [self._trajectory(self.epsilon) for _ in range(self.sizes[self.iteration] if n is None else n)]
 
     def _trajectory(self, epsilon: float) -> list[Action]:
         state, actions = self.space.start, []
@@ -174,7 +235,7 @@ class QLearningAgent:
     def _choose(self, node: _Node, epsilon: float) -> int:
         if epsilon >= 1.0 or self.rng.random() < epsilon:
             return _draw(node.cum, self.rng)
-        ties = np.flatnonzero(node.q == node.q.max())
+        ties = [i for i, value in enumerate(node.q) if value == node.top]
         if len(ties) == 1:
             return int(ties[0])
         return int(ties[_draw(np.cumsum(node.probs[ties]), self.rng)])
@@ -188,20 +249,21 @@ class QLearningAgent:
 
     def q_values(self, state: State) -> np.ndarray:
         """A copy of the state's Q-values, aligned with ``space.actions(state)``."""
-        return self._node(state).q.copy()
+        return np.array(self._node(state).q)
 
     # ---- learning ---------------------------------------------------------------------------------------------
     def update(self, trajectories: Sequence[Sequence[Action]], rewards: Sequence[float]) -> None:
         """Learn from one iteration's scored trajectories, replay the memory, and move to the next iteration."""
-        if self.done:
-            raise RuntimeError(f"the epsilon schedule is finished ({self.num_iterations} iterations)")
-        if len(trajectories) != len(rewards):
-            raise ValueError(f"{len(trajectories)} trajectories but {len(rewards)} rewards")
+        self._check_running(trajectories, rewards)
         entries = [self._entry(actions, reward) for actions, reward in zip(trajectories, rewards)]  # checks all first
+        per_block = self.replay and self.replay_every == "block"
         for text, path, reward in entries:
             self._remember(text, path, reward)
             self._learn(path, reward)
-        if self.replay and self._memory:
+            if per_block:
+                for i in self.rng.integers(len(self._memory), size=self.replay_size):
+                    self._learn(*self._memory[i])
+        if self.replay and not per_block and self._memory:
             size = min(self.replay_size, len(self._memory))
             for i in self.rng.choice(len(self._memory), size=size, replace=False):
                 self._learn(*self._memory[i])
@@ -209,9 +271,7 @@ class QLearningAgent:
 
     def _entry(self, actions: Sequence[Action], reward: float) -> tuple[str, list[tuple[_Node, int]], float]:
         """A checked memory entry: architecture text, the trajectory's (node, action index) path, reward."""
-        reward = float(reward)
-        if not math.isfinite(reward):
-            raise ValueError(f"reward must be a finite number, got {reward} (give failed candidates a fixed reward)")
+        reward = checked_reward(reward)
         text = self.space.decode(actions)
         return text, self._path(actions, text), reward
 
@@ -241,8 +301,13 @@ class QLearningAgent:
         target = reward
         for node, i in reversed(path):
             q = node.q
-            q[i] += alpha * (target - q[i])
-            target = step_reward + gamma * q.max()
+            old = q[i]
+            new = q[i] = old + alpha * (target - old)
+            if new >= node.top:
+                node.top = new
+            elif old == node.top:  # the largest value went down: another action may hold the maximum now
+                node.top = max(q)
+            target = step_reward + gamma * node.top
 
     # ---- persistence ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -250,9 +315,9 @@ class QLearningAgent:
         memory as architecture text and reward, the schedule position and the generator state."""
         q = {}
         for state, node in self._nodes.items():
-            moved = np.flatnonzero(node.q != self.q_init)
-            if len(moved):
-                q[repr(state)] = {repr(node.actions[i]): float(node.q[i]) for i in moved}
+            moved = {repr(node.actions[i]): value for i, value in enumerate(node.q) if value != self.q_init}
+            if moved:
+                q[repr(state)] = moved
         return {
             "format": STATE_FORMAT,
             "iteration": self.iteration,
@@ -269,8 +334,8 @@ class QLearningAgent:
         Every Q-value that moved was updated along a remembered trajectory, so re-reading the memory visits
         every saved state; a saved state or action the space does not produce means a different space config.
         """
-        _check_state(state, self.num_iterations)
-        rng_state = _checked_rng_state(state["rng"], self.rng)
+        check_saved_state(state, self.num_iterations, _STATE_TYPES)
+        rng_state = checked_rng_state(state["rng"], self.rng)
         previous = self._nodes, self._memory, self._memory_text
         self._nodes, self._memory, self._memory_text = {}, [], []
         try:
@@ -301,7 +366,7 @@ class QLearningAgent:
             if key not in nodes:
                 raise AgentStateError(f"saved agent state has Q-values at state {key}, "
                                       "which no remembered block visits")
-            if not isinstance(values, dict) or not all(map(_finite, values.values())):
+            if not isinstance(values, dict) or not all(map(finite, values.values())):
                 raise AgentStateError(f"saved agent state has Q-values at state {key} that are not numbers by action")
             node = nodes[key]
             index = {repr(a): i for i, a in enumerate(node.actions)}
@@ -309,15 +374,17 @@ class QLearningAgent:
                 if name not in index:
                     raise AgentStateError(f"saved agent state has action {name} at state {key}, unknown to this space")
                 node.q[index[name]] = value
+            node.top = max(node.q)
 
 
-def _check_state(state: Any, num_iterations: int) -> None:
-    """Refuse a state of the wrong shape (damaged, or not an agent's) before anything of the agent is replaced."""
+def check_saved_state(state: Any, num_iterations: int, types: Mapping[str, type]) -> None:
+    """Refuse a state of the wrong shape (damaged, or not this agent's: ``types`` names its keys) before anything
+    of the agent is replaced. Shared by the agents."""
     if not isinstance(state, Mapping):
         raise AgentStateError(f"saved agent state is a {type(state).__name__}, not a mapping")
     if state.get("format") != STATE_FORMAT:
         raise AgentStateError(f"agent state format {state.get('format')!r} is not {STATE_FORMAT}")
-    wrong = [f"{key} ({kind.__name__})" for key, kind in _STATE_TYPES.items()
+    wrong = [f"{key} ({kind.__name__})" for key, kind in types.items()
              if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
     if wrong:
         raise AgentStateError(f"saved agent state lacks, or has the wrong type of: {', '.join(wrong)}")
@@ -330,7 +397,7 @@ def _check_state(state: Any, num_iterations: int) -> None:
         raise AgentStateError(f"saved agent state is at iteration {state['iteration']} of {num_iterations}")
 
 
-def _checked_rng_state(saved: dict, rng: np.random.Generator) -> dict:
+def checked_rng_state(saved: dict, rng: np.random.Generator) -> dict:
     """``saved`` as accepted by a generator like ``rng`` (tried on a new one, so a refused state changes nothing)."""
     bits = type(rng.bit_generator)()
     try:
@@ -340,7 +407,8 @@ def _checked_rng_state(saved: dict, rng: np.random.Generator) -> dict:
     return bits.state
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
+    """A real number (not a bool, not NaN or infinite): what a saved reward or Q-value must be."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -25,6 +25,7 @@ from blockqnn.cli import UserError
 from blockqnn.data import DataError, config_key, datamodule
 from blockqnn.network import TemplateMismatch, network_complexity
 from blockqnn.nsc import Block
+from blockqnn.reward import AccuracyReward
 from blockqnn.training import Classifier, fit, on_gpu, quiet
 
 IDENTITY_BLOCK = Block.parse("(1,4,0,0,0),(2,7,0,0,0)")
@@ -126,11 +127,14 @@ def _release_memory() -> None:
 
 
 def prepare(cfg: DictConfig) -> None:
-    """Build the space and the reward once (a table must cover the space): a bad config stops the search with one
-    message before anything is stored, instead of failing every candidate alike."""
+    """Build the space and the reward once (a table must cover the space, and be scored by accuracy): a bad config
+    stops the search with one message before anything is stored, instead of failing every candidate alike."""
     space = _instantiated(config_key(cfg.space))
-    _instantiated(config_key(cfg.reward))
+    reward = _instantiated(config_key(cfg.reward))
     if hasattr(space, "lookup"):
+        if not isinstance(reward, AccuracyReward):
+            raise UserError(f"a table space rewards the table's accuracy alone (it has no FLOPs or density), but "
+                            f"the reward is {cfg.reward._target_}: use reward=accuracy")
         space.check_complete()
 
 

@@ -107,6 +107,15 @@ class NASBench201Space:
         """The hash of the normalised string: NAS-Bench-201 archs are told apart by their string, as in the table."""
         return hashlib.sha256(format_arch(parse_arch(arch)).encode()).hexdigest()[:16]
 
+    def mutate(self, actions: Sequence[Edge], rng: np.random.Generator) -> list[Edge]:
+        """One edge, drawn uniformly, takes another op, drawn uniformly (unchanged when the space has one op)."""
+        edges = list(actions)
+        edge, op = edges[int(rng.integers(len(edges)))]
+        others = [o for o in self.ops if o != op]
+        if others:
+            edges[edge] = (edge, others[int(rng.integers(len(others)))])
+        return edges
+
     # ---- the table ------------------------------------------------------------------------------------------
     def lookup(self, arch: str) -> float:
         """The architecture's metric as a fraction in [0, 1]."""

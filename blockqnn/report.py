@@ -4,8 +4,8 @@ For one search folder: the search curve (reward per candidate, running mean, eps
 reward against the number of trained blocks, a drawing of each top-k block and ``summary.md`` (top-k table, run
 settings, and the paper's analysis: how often each layer type, multi-branch structure and shortcuts occur in the
 top-k against all sampled blocks). For a multirun folder (Hydra sweep): each run's report, and the agents'
-best-so-far curves with their spread (Q-learning against random search at equal numbers of trained blocks); a run
-that cannot be read is left out with a warning.
+best-so-far curves with their spread (Q-learning, random search and regularized evolution at equal numbers of
+trained blocks); a run that cannot be read is left out with a warning.
 The pictures also go to the run's W&B run when it was tracked.
 """
 
@@ -47,7 +47,10 @@ class History:
 
     @property
     def agent(self) -> str:
-        """``random`` for random search (epsilon fixed at 1), else ``q-learning``."""
+        """``evolution`` (regularized evolution), ``random`` (Q-learning's sampler with epsilon fixed at 1), or
+        ``q-learning``."""
+        if str(OmegaConf.select(self.config, "agent._target_")).endswith(".RegularizedEvolution"):
+            return "evolution"
         override = OmegaConf.select(self.config, "agent.epsilon_override")
         return "random" if override is not None and float(override) >= 1.0 else "q-learning"
 
@@ -147,7 +150,7 @@ def plot_best_so_far(history: History, path: Path) -> Path:
 def plot_agents(histories: Sequence[History], path: Path) -> Path:
     """Best-so-far curves of every agent across runs (seeds): mean line, min-max band, each run thin."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = {"q-learning": "#3182bd", "random": "#e6550d"}
+    colours = {"q-learning": "#3182bd", "random": "#e6550d", "evolution": "#31a354"}
     for agent, runs in sorted(by_agent(histories).items()):
         curves = [best_so_far(h) for h in runs]
         n = min(len(c) for c in curves)
@@ -260,7 +263,9 @@ def settings_lines(history: History) -> list[str]:
         "dataset": "dataset.name", "template": "template", "training epochs": "trainer.max_epochs"}
     pick = {
         **training, "space": "space", "agent (epsilon schedule)": "agent.epsilon_schedule", "alpha": "agent.alpha",
-        "batch per iteration": "agent.batch_size", "reward": "reward._target_" if looked_up else "reward",
+        "population": "agent.population_size", "tournament": "agent.tournament_size",
+        "batch per iteration": "agent.batch_size",
+        "budget": "agent.budget", "reward": "reward._target_" if looked_up else "reward",
         "seed": "seed",
     }
     lines = [f"- agent: {history.agent}"]

@@ -3,10 +3,12 @@
 A space is Markov: the state is the last action taken (the NSC tuple of the current layer), as in the paper,
 so an agent needs nothing but ``start``, ``actions(state)``, ``exploration_probs(state)`` and ``is_final``.
 Architectures travel through the rest of the system as text (``decode``), identified by ``canonical_hash``.
+Evolution also changes an architecture a little (``mutate``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Sequence
 from functools import cache
 from typing import Protocol
@@ -36,6 +38,18 @@ class SearchSpace(Protocol):
 
     def canonical_hash(self, arch: str) -> str: ...
 
+    def mutate(self, actions: Sequence[Action], rng: np.random.Generator) -> list[Action]: ...
+
+
+def explore(space: SearchSpace, rng: np.random.Generator) -> list[Action]:
+    """One trajectory drawn with the space's exploration distribution: what a random step at epsilon 1 takes."""
+    state, actions = space.start, []
+    while not actions or not space.is_final(actions[-1]):
+        options = space.actions(state)
+        state = options[rng.choice(len(options), p=space.exploration_probs(state))]
+        actions.append(state)
+    return actions
+
 
 class NSCSpace:
     """BlockQNN's block space: each action is the NSC tuple of the next layer.
@@ -45,6 +59,12 @@ class NSCSpace:
     random step picks a layer *type* first (each allowed type equally likely, Terminal weighted by
     ``terminal_weight``), then a kernel and predecessors uniformly. With 7 types the chance to stop is about
     1/7 per layer, so random blocks have all lengths from 1 layer to the maximum (see tests/test_space.py).
+
+    Add and concat take two *different* inputs in order (``pred1 < pred2``): ``(p, q)`` and ``(q, p)`` build the
+    same layer, and would split the agent's experience between two actions; ``add(x, x)`` is ``2x``, which the
+    next convolution's normalisation undoes, and ``concat(x, x)`` with its 1x1 convolution is a 1x1 convolution of
+    ``x``, so both only repeat what other layers do (and drew 41% of random add/concat layers). The NSC format
+    itself still accepts any order and equal inputs (hand-written blocks).
     """
 
     def __init__(
@@ -102,6 +122,7 @@ class NSCSpace:
         if index >= self.max_index:
             return (Layer(index, int(LayerType.TERMINAL), 0, 0, 0),), np.ones(1)
         groups = [self._layers_of_type(t, index) for t in self.types if t != LayerType.TERMINAL or index > 1]
+        groups = [g for g in groups if g]  # add/concat need two earlier layers
         weights = [self.terminal_weight if g[0].type == LayerType.TERMINAL else 1.0 for g in groups]
         layers = tuple(layer for g in groups for layer in g)
         probs = np.concatenate([np.full(len(g), w / len(g)) for g, w in zip(groups, weights)])
@@ -110,5 +131,49 @@ class NSCSpace:
     def _layers_of_type(self, kind: LayerType, index: int) -> list[Layer]:
         if kind == LayerType.TERMINAL:
             return [Layer(index, int(kind), 0, 0, 0)]
-        seconds = range(index) if kind in BINARY else (0,)
-        return [Layer(index, int(kind), k, p1, p2) for k in self.kernels[kind] for p1 in range(index) for p2 in seconds]
+        inputs = self._operand_pairs(index) if kind in BINARY else [(p, 0) for p in range(index)]
+        return [Layer(index, int(kind), k, p1, p2) for k in self.kernels[kind] for p1, p2 in inputs]
+
+    def _operand_pairs(self, index: int) -> list[tuple[int, int]]:
+        """The inputs of an add/concat at ``index``: two different earlier layers, in order."""
+        return list(itertools.combinations(range(index), 2))
+
+    # ---- evolution ----------------------------------------------------------------------------------------------
+    def mutate(self, actions: Sequence[Layer], rng: np.random.Generator) -> list[Layer]:
+        """One legal change of one layer: a layer drawn uniformly, then one of its aspects that can change (type,
+        kernel, an input) uniformly, then a new value uniformly among those this space allows. The block keeps
+        its length and stays valid; a block no layer of which can change comes back unchanged."""
+        layers = list(actions)
+        order = rng.permutation(len(layers) - 1)
+        for position in order:
+            options = self._changes(layers[position])
+            if options:
+                aspect = options[int(rng.integers(len(options)))]
+                layers[position] = aspect[int(rng.integers(len(aspect)))]
+                return layers
+        return layers
+
+    def _changes(self, layer: Layer) -> list[list[Layer]]:
+        """The other legal tuples at the layer's index that change only its type, only its kernel or only one
+        input, grouped by that aspect (empty groups left out)."""
+        legal = [a for a in self._actions(layer.index)[0] if a.type != LayerType.TERMINAL and a != layer]
+        groups: dict[str, list[Layer]] = {"type": [], "kernel": [], "input": []}
+        for other in legal:
+            aspect = _changed_aspect(layer, other, self.kernels)
+            if aspect:
+                groups[aspect].append(other)
+        return [g for g in groups.values() if g]
+
+
+def _changed_aspect(layer: Layer, other: Layer, kernels: dict[LayerType, tuple[int, ...]]) -> str | None:
+    """``type``, ``kernel`` or ``input`` when ``other`` differs from ``layer`` in that aspect alone, else None. A
+    type change keeps the kernel where the new type allows it (else any), and the inputs where the arity stays
+    (else keeps one input, or adds one)."""
+    mine, theirs = set(layer.preds), set(other.preds)
+    if other.type != layer.type:
+        kernel_kept = other.kernel == layer.kernel or layer.kernel not in kernels[LayerType(other.type)]
+        inputs_kept = mine == theirs if len(layer.preds) == len(other.preds) else mine <= theirs or theirs <= mine
+        return "type" if kernel_kept and inputs_kept else None
+    if other.kernel != layer.kernel:
+        return "kernel" if mine == theirs else None
+    return "input" if len(mine - theirs) == 1 else None

@@ -29,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 DB_NAME = "history.sqlite"
-SCHEMA_VERSION = "1"
+# 2: exact canonical hashes, and the NSC space's add/concat take two different inputs in order; a history of
+# version 1 would give the same block other hashes, and its agent state names actions the space no longer has.
+SCHEMA_VERSION = "2"
 
 CANDIDATE_COLUMNS = (
     "iteration", "position", "arch", "hash", "status", "accuracy", "reward", "flops", "params", "density",
@@ -198,7 +200,8 @@ def _validate(conn: sqlite3.Connection, path: Path) -> None:
         raise _corrupt(path, f"integrity check: {ok}")
     version = rows.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise StoreError(f"{path} has history schema version {version}, this blockqnn reads version {SCHEMA_VERSION}")
+        raise StoreError(f"{path} has history schema version {version}, this blockqnn reads version {SCHEMA_VERSION} "
+                         "(block hashes and actions differ between them): start a new search")
     _parse_config(rows.get("config"), path)
 
 

@@ -51,7 +51,7 @@ def nb201_table(tmp_path_factory) -> Path:
 def table_search(nb201_table):
     """Overrides for a fast, deterministic search on the table space (no training, no tracking, silent)."""
     return [
-        "space=nasbench201", f"space.table={nb201_table}", "logger=none", "progress.mode=off",
+        "space=nasbench201", f"space.table={nb201_table}", "reward=accuracy", "logger=none", "progress.mode=off",
         "agent.batch_size=8", "agent.schedule_scale=0.05", "agent.alpha=0.2",
     ]
 

@@ -1,4 +1,5 @@
-"""The Q-learning agent: schedules, the update rule, shaping, beating random search, determinism, persistence."""
+"""The agents: Q-learning's schedules, budget, update rule, replay and shaping, beating random search; and for
+every agent (Q-learning, random search, regularized evolution) determinism and persistence."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from blockqnn.agent import PAPER_STAGES, AgentStateError, QLearningAgent, epsilon_schedule
+from blockqnn.evolution import RegularizedEvolution
 from blockqnn.nsc import LayerType
 from blockqnn.space import NSCSpace
 from blockqnn.store import StoreError
@@ -48,6 +50,11 @@ class ChainSpace:
 
     def canonical_hash(self, text):
         return text
+
+    def mutate(self, actions, rng):
+        position, option = actions[int(rng.integers(len(actions)))]
+        others = [o for o, _ in enumerate(self._probs) if o != option]
+        return [(p, others[int(rng.integers(len(others)))] if p == position else o) for p, o in actions]
 
 
 # A landscape with a known optimum: per-position preferences plus a bonus for one pair of adjacent options
@@ -127,6 +134,30 @@ def test_agent_configs_compose_and_random_keeps_the_budget():
     assert instantiate(linear, space=ChainSpace()).num_iterations == 178
 
 
+@pytest.mark.parametrize(("name", "first", "last"), [("paper", 1.0, 0.1), ("linear", 1.0, 0.1), ("constant", 0.1, 0.1)])
+@pytest.mark.parametrize(("budget", "batch"), [(50, 16), (500, 1), (11_392, 64)])
+def test_a_budget_sizes_any_schedule(name, first, last, budget, batch):
+    agent = QLearningAgent(ChainSpace(), epsilon_schedule=name, budget=budget, batch_size=batch)
+    assert agent.total_samples == budget and agent.num_iterations == -(-budget // batch)
+    assert agent.sizes[:-1] == [batch] * (agent.num_iterations - 1) and 1 <= agent.sizes[-1] <= batch
+    if name != "paper" or agent.num_iterations >= len(PAPER_STAGES):  # else the shortest stages vanish
+        assert (agent.schedule[0], agent.schedule[-1]) == (first, pytest.approx(last))
+    assert agent.schedule == sorted(agent.schedule, reverse=True)
+    sampled = run(agent, chain_score)
+    assert len(sampled) == budget and agent.done
+    if name == "paper":  # the stages keep their share of the budget: 95 of 178 iterations at epsilon 1
+        assert agent.schedule.count(1.0) / agent.num_iterations == pytest.approx(95 / 178, abs=1 / agent.num_iterations)
+    if name == "paper" and budget == 11_392:
+        assert agent.schedule == epsilon_schedule("paper")  # the paper's own schedule, exactly
+
+
+def test_a_bad_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="agent.budget must be at least 1"):
+        QLearningAgent(ChainSpace(), budget=0)
+    with pytest.raises(ValueError, match="agent.replay_every must be one of block, iteration"):
+        QLearningAgent(ChainSpace(), replay_every="model")
+
+
 def test_done_after_the_schedule():
     agent = QLearningAgent(ChainSpace(), batch_size=2, epsilon_schedule="constant", schedule_iterations=3)
     run(agent, lambda t: 0.5)
@@ -153,10 +184,29 @@ def test_backward_update_of_one_trajectory(shaping):
     assert agent.q_values(space.start)[0] == q0
 
 
+@pytest.mark.parametrize("replay_every", ["block", "iteration"])
+def test_replay_size_counts_updates_per_block_or_per_iteration(replay_every, monkeypatch):
+    """MetaQNN replays after every incorporated model: replay_size updates per block, not per iteration."""
+    agent = QLearningAgent(ChainSpace(), batch_size=5, replay_size=7, replay_every=replay_every, seed=0)
+    learnt = []
+    learn = agent._learn
+    monkeypatch.setattr(agent, "_learn", lambda path, reward: (learnt.append(reward), learn(path, reward)))
+    counts = []
+    for _ in range(3):
+        batch = agent.sample()
+        before = len(learnt)
+        agent.update(batch, [chain_score(t) for t in batch])
+        counts.append(len(learnt) - before)
+    if replay_every == "block":
+        assert counts == [5 * (1 + 7)] * 3
+    else:  # without replacement, so at most the memory's size while it is smaller than replay_size
+        assert counts == [5 + 5, 5 + 7, 5 + 7]
+
+
 def test_replay_revisits_remembered_trajectories():
     space = ChainSpace(positions=2, options=2)
     plain = QLearningAgent(space, alpha=0.1, replay=False)
-    replayed = QLearningAgent(space, alpha=0.1, replay_size=1)
+    replayed = QLearningAgent(space, alpha=0.1, replay_size=1, replay_every="iteration")
     for agent in (plain, replayed):
         agent.update([[(0, 0), (1, 0)]], [1.0])
     # One direct update, plus one replay of the only remembered trajectory.
@@ -202,14 +252,21 @@ def terminal_is_greedy(agent: QLearningAgent, space: NSCSpace, sampled) -> float
     return float(np.mean(verdicts))
 
 
-def test_shaping_keeps_terminal_below_non_terminal_actions_early():
+@pytest.mark.parametrize("replay_every", ["iteration", "block"])
+def test_shaping_keeps_terminal_below_non_terminal_actions_early(replay_every):
+    """Unshaped, Terminal's Q runs ahead; replaying after every block spreads the deeper rewards back sooner,
+    so the runaway is milder there, but shaping still keeps Terminal below the other actions."""
     space = NSCSpace(max_index=6)
     shares = {}
     for shaping in (True, False):
-        agent = QLearningAgent(space, shaping=shaping, epsilon_override=1.0, batch_size=32, seed=0)
+        agent = QLearningAgent(space, shaping=shaping, epsilon_override=1.0, batch_size=32, seed=0,
+                               replay_every=replay_every)
         sampled = run(agent, depth_reward, iterations=3)
         shares[shaping] = terminal_is_greedy(agent, space, sampled)
-    assert shares[True] < 0.5 < 0.9 < shares[False]
+    if replay_every == "iteration":
+        assert shares[True] < 0.5 < 0.9 < shares[False]
+    else:
+        assert shares[True] < 0.5 and shares[True] + 0.15 < shares[False]
 
 
 def first_hit(agent: QLearningAgent) -> int:
@@ -240,30 +297,45 @@ def chain_score(trajectory) -> float:
     return chain_reward(options(trajectory))
 
 
-def test_same_seed_same_sequence_other_seed_other_sequence():
+# Every agent the search loop can run, as its conf/agent/*.yaml would build it, on a small budget.
+AGENTS = {
+    "qlearning": lambda space, seed, budget=72: QLearningAgent(space, batch_size=8, alpha=0.3, budget=budget,
+                                                               seed=seed),
+    "random": lambda space, seed, budget=72: QLearningAgent(space, batch_size=8, epsilon_override=1.0, budget=budget,
+                                                            seed=seed),
+    "evolution": lambda space, seed, budget=72: RegularizedEvolution(space, batch_size=8, budget=budget, seed=seed),
+}
+every_agent = pytest.mark.parametrize("make", AGENTS.values(), ids=AGENTS.keys())
+
+
+@every_agent
+def test_same_seed_same_sequence_other_seed_other_sequence(make):
     def trace(seed):
-        return run(QLearningAgent(ChainSpace(), batch_size=8, schedule_scale=0.05, alpha=0.3, seed=seed), chain_score)
+        return run(make(ChainSpace(), seed), chain_score)
 
     assert trace(1) == trace(1)
     assert trace(1) != trace(2)
 
 
-def test_state_dict_is_plain_json_and_restores_exactly():
+@every_agent
+def test_state_dict_is_plain_json_and_restores_exactly(make):
     space = ChainSpace()
-    agent = QLearningAgent(space, batch_size=8, schedule_scale=0.05, alpha=0.3, seed=4)
+    agent = make(space, 4)
     run(agent, chain_score, iterations=3)
     state = json.loads(json.dumps(agent.state_dict()))
-    clone = QLearningAgent(space, batch_size=8, schedule_scale=0.05, alpha=0.3, seed=99)
+    clone = make(space, 99)
     clone.load_state_dict(state)
     assert clone.state_dict() == agent.state_dict()
-    assert clone.iteration == 3 and len(state["memory"]) == 24
+    assert clone.iteration == 3 and len(state.get("memory", state.get("population"))) in (24, 10)
     assert run(clone, chain_score) == run(agent, chain_score)
 
 
-def test_restoring_into_a_different_schedule_is_refused():
-    agent = QLearningAgent(ChainSpace(), schedule_scale=0.1)
-    with pytest.raises(ValueError, match="iterations"):
-        QLearningAgent(ChainSpace()).load_state_dict(agent.state_dict())
+@every_agent
+def test_restoring_into_a_different_budget_is_refused(make):
+    agent = make(ChainSpace(), 0, budget=64)
+    run(agent, chain_score, iterations=1)
+    with pytest.raises(AgentStateError, match="iterations"):
+        make(ChainSpace(), 0, budget=128).load_state_dict(agent.state_dict())
 
 
 def test_restoring_into_another_space_or_a_tampered_state_is_refused():
@@ -310,8 +382,9 @@ def test_a_malformed_saved_state_is_refused_and_changes_nothing(damage, message)
 CONTINUE = """
 import json, sys
 from blockqnn.agent import QLearningAgent
+from blockqnn.evolution import RegularizedEvolution
 from blockqnn.space import NSCSpace
-agent = QLearningAgent(NSCSpace(max_index=6), batch_size=8, schedule_scale=0.05, alpha=0.2, seed=12345)
+agent = {make}
 agent.load_state_dict(json.load(open(sys.argv[1])))
 out = []
 while not agent.done:
@@ -322,9 +395,16 @@ print(json.dumps(out))
 """
 
 
+ON_NSC = {
+    "qlearning": "QLearningAgent(NSCSpace(max_index=6), batch_size=8, schedule_scale=0.05, alpha=0.2, seed={seed})",
+    "evolution": "RegularizedEvolution(NSCSpace(max_index=6), batch_size=8, budget=80, seed={seed})",
+}
+
+
 @pytest.mark.slow
-def test_saved_agent_continues_identically_in_a_fresh_process(tmp_path):
-    agent = QLearningAgent(NSCSpace(max_index=6), batch_size=8, schedule_scale=0.05, alpha=0.2, seed=7)
+@pytest.mark.parametrize("make", ON_NSC.values(), ids=ON_NSC.keys())
+def test_saved_agent_continues_identically_in_a_fresh_process(tmp_path, make):
+    agent = eval(make.format(seed=7))
     run(agent, depth_reward, iterations=5)
     path = tmp_path / "agent.json"
     path.write_text(json.dumps(agent.state_dict()))
@@ -334,6 +414,7 @@ def test_saved_agent_continues_identically_in_a_fresh_process(tmp_path):
         agent.update(batch, [depth_reward(t) for t in batch])
         expected.append([agent.space.decode(t) for t in batch])
     assert expected, "the schedule must have iterations left after the save"
-    done = subprocess.run([sys.executable, "-c", CONTINUE, str(path)], capture_output=True, text=True, cwd=ROOT,
+    script = CONTINUE.replace("{make}", make.format(seed=12345))
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT,
                           check=True)
     assert json.loads(done.stdout) == expected

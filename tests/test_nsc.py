@@ -1,12 +1,14 @@
 import json
 import random
+from collections import Counter
 
+import networkx as nx
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockqnn.nsc import FIELDS, Block, NSCError
+from blockqnn.nsc import FIELDS, Block, Layer, NSCError
 from blockqnn.nsc.__main__ import main
 from blockqnn.space import NSCSpace
 from tests.blocks import INCEPTION, RESIDUAL, random_block, renumber
@@ -187,3 +189,88 @@ def test_cli_show_dataset_without_template_is_refused(capsys):
         main(["show", RESIDUAL, "--dataset", "cifar100"])
     assert exit_info.value.code == 2
     assert "--dataset sizes a network: give --template too" in capsys.readouterr().err
+
+
+# ---- the canonical form is exact ------------------------------------------------------------------------------
+SAME_DAG = (  # layers 2 and 3 swapped: four identical convolutions, summed in pairs
+    "[(1,1,3,0,0),(2,1,3,0,0),(3,1,3,0,0),(4,1,3,0,0),(5,5,0,1,2),(6,5,0,3,4),(7,7,0,0,0)]",
+    "[(1,1,3,0,0),(2,1,3,0,0),(3,1,3,0,0),(4,1,3,0,0),(5,5,0,1,3),(6,5,0,2,4),(7,7,0,0,0)]",
+)
+
+
+def test_symmetric_codes_of_one_dag_share_the_hash():
+    left, right = (Block.parse(code) for code in SAME_DAG)
+    assert left.canonical() == right.canonical() and left.canonical_hash() == right.canonical_hash()
+
+
+def dag(block: Block) -> nx.DiGraph:
+    """The block as a labelled graph: nodes carry (type, kernel), edges how often a layer reads its input."""
+    graph = nx.DiGraph()
+    graph.add_node(0, label=(0, 0))
+    for layer in block.body:
+        graph.add_node(layer.index, label=(layer.type, layer.kernel))
+        for p in layer.preds:
+            count = graph.edges[p, layer.index]["count"] + 1 if graph.has_edge(p, layer.index) else 1
+            graph.add_edge(p, layer.index, count=count)
+    return graph
+
+
+def isomorphic(a: Block, b: Block) -> bool:
+    return nx.is_isomorphic(dag(a), dag(b), node_match=lambda x, y: x["label"] == y["label"],
+                            edge_match=lambda x, y: x["count"] == y["count"])
+
+
+class AnyOperandOrder(NSCSpace):
+    """Add/concat of any two earlier layers, equal ones too (as hand-written codes may be)."""
+
+    def _operand_pairs(self, index):
+        return [(p, q) for p in range(index) for q in range(index)]
+
+
+# Few layer kinds make many layers alike: the ties a canonical form must break without depending on the numbering.
+TIE_HEAVY = AnyOperandOrder(types=[1, 4, 5, 7], kernels={"conv": [3]})
+
+
+def summed_convolutions(rng: np.random.Generator) -> Block:
+    """Two to five identical convolutions of the input, then adds of two earlier layers: the family of SAME_DAG,
+    where numbering-dependent tie-breaking goes wrong."""
+    layers = [Layer(i, 1, 3, 0, 0) for i in range(1, int(rng.integers(3, 7)))]
+    while len(layers) < 9 and (len(layers) < 6 or rng.random() < 0.7):
+        p, q = sorted(int(i) for i in rng.choice(len(layers) + 1, 2, replace=False))
+        layers.append(Layer(len(layers) + 1, 5, 0, p, q))
+    return Block.of([*layers, Layer(len(layers) + 1, 7, 0, 0, 0)])
+
+
+def block_pool(per_kind: int = 600) -> list[Block]:
+    rng, shuffle = np.random.default_rng(7), random.Random(7)
+    draws = [lambda: summed_convolutions(rng)] + [
+        lambda space=space: random_block(space, rng)
+        for space in (TIE_HEAVY, NSCSpace(types=[1, 5, 6, 7], kernels={"conv": [3]}), NSCSpace())
+    ]
+    pool = []
+    for draw in draws:
+        for _ in range(per_kind):
+            block = draw()
+            pool += [block, renumber(block, shuffle), renumber(block, shuffle)]
+    return pool
+
+
+def test_one_hash_per_dag_and_one_dag_per_hash():
+    """Thousands of random blocks, each with two random renumberings (operands swapped at random): a hash is shared
+    exactly by the codes a graph-isomorphism check calls the same DAG."""
+    pool = block_pool()
+    groups: dict[str, list[Block]] = {}
+    for block in pool:
+        groups.setdefault(block.canonical_hash(), []).append(block)
+    for members in groups.values():
+        assert all(isomorphic(members[0], other) for other in members[1:]), [str(b) for b in members]
+        assert isomorphic(members[0], Block.parse(members[0].canonical()))
+    by_shape: dict[tuple, list[Block]] = {}  # different hashes: only graphs alike in every invariant could be one DAG
+    for members in groups.values():
+        kinds = Counter((layer.type, layer.kernel, len(set(layer.preds))) for layer in members[0].body)
+        shape = tuple(sorted(kinds.items()))
+        by_shape.setdefault(shape, []).append(members[0])
+    pairs = [(a, b) for alike in by_shape.values() for i, a in enumerate(alike) for b in alike[i + 1:]]
+    print(f"\n{len(pool)} codes, {len(groups)} hashes; {len(pairs)} alike pairs with different hashes checked")
+    assert len(pool) > 3 * len(groups) / 2 and len(pairs) > 1000
+    assert not any(isomorphic(a, b) for a, b in pairs)

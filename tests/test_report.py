@@ -23,6 +23,14 @@ def fake_reward(block: Block, rng: np.random.Generator) -> float:
     return 0.5 + 0.05 * types.count(5) + 0.02 * types.count(1) + rng.normal(0, 0.01)
 
 
+# The agent sections of the three agents' stored configs, as far as the report reads them.
+AGENT_CONFIGS = {
+    "q-learning": {"_target_": "blockqnn.agent.QLearningAgent", "alpha": 0.1, "epsilon_override": None},
+    "random": {"_target_": "blockqnn.agent.QLearningAgent", "alpha": 0.1, "epsilon_override": 1.0},
+    "evolution": {"_target_": "blockqnn.evolution.RegularizedEvolution", "population_size": 10},
+}
+
+
 def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilons=(1.0, 1.0, 0.5, 0.1), wandb_id=None):
     """A finished search history as the search loop writes it: some cached repeats and one failure."""
     rng = np.random.default_rng(seed)
@@ -30,7 +38,7 @@ def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilon
     config = {
         "seed": seed,
         "dataset": {"name": "digits"},
-        "agent": {"alpha": 0.1, "batch_size": batch, "epsilon_override": 1.0 if agent == "random" else None},
+        "agent": AGENT_CONFIGS[agent] | {"batch_size": batch},
         "logger": {"project": "blockqnn-test", "mode": "offline"},
     }
     store = Store.create(run_dir, config)
@@ -98,20 +106,29 @@ def test_running_mean_ignores_failures():
     assert report.running_mean(values, 2).tolist() == [1.0, 1.0, 3.0, 4.0]
 
 
-def test_multirun_compares_agents(tmp_path):
+def test_multirun_compares_agents(tmp_path, monkeypatch):
+    legends, save = {}, report.save_figure
+
+    def save_and_note_legend(fig, path):
+        legends[path] = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "save_figure", save_and_note_legend)
     sweep = tmp_path / "multirun"
-    for i, (agent, seed) in enumerate([("q-learning", 0), ("q-learning", 1), ("random", 0), ("random", 1)]):
+    runs = [(agent, seed) for agent in AGENT_CONFIGS for seed in (0, 1)]
+    for i, (agent, seed) in enumerate(runs):
         make_run(sweep / str(i), agent=agent, seed=seed)
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
-    Store.create(sweep / "4", {"seed": 9}).close()  # a run that has not finished a candidate yet
+    Store.create(sweep / str(len(runs)), {"seed": 9}).close()  # a run that has not finished a candidate yet
     written = report.report(sweep, top_k=2)
     assert (sweep / "agents.png").is_file()
-    assert all((sweep / str(i) / "summary.md").is_file() for i in range(4))
-    assert not (sweep / "4" / "summary.md").exists()
+    assert all((sweep / str(i) / "summary.md").is_file() for i in range(len(runs)))
+    assert not (sweep / str(len(runs)) / "summary.md").exists()
     summary = (sweep / "summary.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.startswith("| ")}
-    assert "| 2 |" in rows["q-learning"] and "| 2 |" in rows["random"]
+    assert all("| 2 |" in rows[agent] for agent in AGENT_CONFIGS)
     assert sweep / "summary.md" in written
+    assert sorted(label.split(" (")[0] for label in legends[sweep / "agents.png"]) == sorted(AGENT_CONFIGS)
 
 
 def test_features_of_the_paper_blocks():

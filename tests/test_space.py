@@ -1,10 +1,11 @@
+import itertools
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from blockqnn.nsc import Layer, LayerType
-from blockqnn.space import NSCSpace
+from blockqnn.nsc import BINARY, Block, Layer, LayerType
+from blockqnn.space import NSCSpace, explore
 from tests.blocks import random_block
 
 
@@ -13,10 +14,12 @@ def test_legal_next_layers_follow_the_index():
     first = space.actions(space.start)
     assert all(a.index == 1 for a in first)
     assert not any(a.type == LayerType.TERMINAL for a in first)  # a block has at least one layer
+    assert not any(a.type in BINARY for a in first)  # add/concat need two different inputs
     at3 = space.actions(Layer(2, 1, 3, 1, 0))
-    # conv 3 kernels x 3 preds, 2 pools x 2 kernels x 3, identity 3, add/concat 3 x 3 each, terminal
-    assert len(at3) == 9 + 12 + 3 + 18 + 1
+    # conv 3 kernels x 3 preds, 2 pools x 2 kernels x 3, identity 3, add/concat 3 ordered pairs each, terminal
+    assert len(at3) == 9 + 12 + 3 + 6 + 1
     assert all(a.pred1 < 3 and a.pred2 < 3 for a in at3)
+    assert all(a.pred1 < a.pred2 for a in at3 if a.type in BINARY)
     assert space.actions(Layer(3, 1, 3, 1, 0)) == (Layer(4, 7, 0, 0, 0),)
 
 
@@ -82,3 +85,39 @@ def test_random_blocks_have_all_lengths_not_just_the_maximum():
     assert uniform[10] / 2000 > 0.8  # the pitfall the type-first distribution avoids
     mean = sum(n * c for n, c in ours.items()) / 2000
     assert 5.0 < mean < 7.5
+
+
+class AnyOperandOrder(NSCSpace):
+    """The space as it was before add/concat inputs were ordered: any two earlier layers, equal ones too."""
+
+    def _operand_pairs(self, index):
+        return list(itertools.product(range(index), repeat=2))
+
+
+def composition(space: NSCSpace, n: int = 2000) -> dict[str, float]:
+    """What random blocks (the exploration distribution) are made of."""
+    rng = np.random.default_rng(0)
+    blocks = [Block.of(explore(space, rng), space.max_index) for _ in range(n)]
+    binary = [layer for b in blocks for layer in b.body if layer.type in BINARY]
+    first = [b.body[0] for b in blocks]
+    return {
+        "blocks without a convolution": np.mean([all(la.type != LayerType.CONV for la in b.body) for b in blocks]),
+        "add/concat layers with equal inputs": np.mean([layer.pred1 == layer.pred2 for layer in binary]),
+        "add/concat layers with inputs reversed": np.mean([layer.pred1 > layer.pred2 for layer in binary]),
+        "blocks starting with add/concat(x, x)": np.mean([layer.type in BINARY for layer in first]),
+        "layers that are add/concat": len(binary) / sum(len(b.body) for b in blocks),
+    }
+
+
+def test_ordered_operands_remove_degenerate_and_duplicate_layers():
+    before, after = composition(AnyOperandOrder()), composition(NSCSpace())
+    print("\nrandom blocks (2,000 each): any operand order -> two different inputs in order")
+    for key in before:
+        print(f"  {key:40s} {before[key]:6.1%} -> {after[key]:6.1%}")
+    assert before["add/concat layers with equal inputs"] > 0.3
+    assert before["add/concat layers with inputs reversed"] > 0.2
+    assert before["blocks starting with add/concat(x, x)"] > 0.25
+    assert after["add/concat layers with equal inputs"] == after["add/concat layers with inputs reversed"] == 0
+    assert after["blocks starting with add/concat(x, x)"] == 0
+    assert after["blocks without a convolution"] < before["blocks without a convolution"] - 0.02
+    assert 0.2 < after["layers that are add/concat"] < before["layers that are add/concat"]

@@ -11,7 +11,7 @@ import pytest
 
 from blockqnn.cli import describe, user_errors
 from blockqnn.search import search
-from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, Store, StoreError, check, is_run
+from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, SCHEMA_VERSION, Store, StoreError, check, is_run
 from tests.conftest import folder_digest, run_cli
 
 
@@ -60,7 +60,7 @@ def test_create_and_reopen_round_trip(tmp_path):
     assert is_run(tmp_path)
     with Store.open(tmp_path) as store:
         assert store.config().space.max_index == 3  # stored resolved
-        assert store.get("schema_version") == "1" and float(store.get("created_at")) > 0
+        assert store.get("schema_version") == SCHEMA_VERSION and float(store.get("created_at")) > 0
         rows = store.candidates()
         assert [(r["iteration"], r["position"]) for r in rows] == [(0, 0), (0, 1), (1, 0)]
         assert set(rows[0]) == set(CANDIDATE_COLUMNS)
@@ -185,6 +185,8 @@ RESUME_DAMAGE = {
     "checkpoint-not-json": (f"UPDATE agent_checkpoints SET state = {BAD_CHECKPOINTS['not-json']}", "not a JSON object"),
     "checkpoint-not-an-agent": ("UPDATE agent_checkpoints SET state = '{\"format\": 1}'",
                                 "saved agent state lacks, or has the wrong type of: iteration (int), num_iterations"),
+    "older-schema": ("UPDATE run SET value = '1' WHERE key = 'schema_version'",
+                     f"has history schema version 1, this blockqnn reads version {SCHEMA_VERSION} (block hashes"),
 }
 
 

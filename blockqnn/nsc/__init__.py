@@ -150,26 +150,23 @@ class Block:
         return len(self.edges()) / (len(self.layers) + 1)
 
     def canonical(self) -> str:
-        """A text form shared by every code of the same DAG (renumbered, add/concat operands swapped).
+        """A text form shared by exactly the codes of the same DAG (renumbered, add/concat operands swapped).
 
-        Nodes are renumbered greedily in topological order by (colour, canonical predecessors), the colour
-        coming from in- and out-neighbour refinement. Two codes with this form equal are always the same DAG;
-        a rare symmetric tie could in principle give one DAG two forms, which only costs a repeated training.
+        Layers are renumbered in topological order, each time taking a ready layer with the smallest key
+        (colour from in- and out-neighbour refinement, canonical predecessors). Where several ready layers share
+        the smallest key, every choice is followed and the smallest resulting code is kept, so the form does not
+        depend on how the code was numbered; of twins (same type, kernel, inputs and consumers, so swapping them
+        changes nothing) one choice is followed. The form is the DAG renumbered, so equal forms are the same DAG.
         """
-        colours = _refined_colours(self)
-        new_id = {0: 0}
-        rows = []
-        while len(new_id) <= len(self.body):
-            ready = [
-                layer for layer in self.body if layer.index not in new_id and all(p in new_id for p in layer.preds)
-            ]
-            key = {layer.index: (colours[layer.index], _canon_preds(layer, new_id)) for layer in ready}
-            chosen = min(ready, key=lambda layer: key[layer.index])
-            new_id[chosen.index] = len(new_id)
-            preds = key[chosen.index][1]
-            rows.append((len(rows) + 1, chosen.type, chosen.kernel, preds[0], preds[1] if len(preds) > 1 else 0))
-        rows.append((len(rows) + 1, int(LayerType.TERMINAL), 0, 0, 0))
-        return str(Block(tuple(Layer(*r) for r in rows)))
+        colours, twin = _refined_colours(self), _twin_classes(self)
+        frontier: list[tuple[dict[int, int], tuple[Layer, ...]]] = [({0: 0}, ())]
+        for _ in self.body:
+            extended = [step for new_id, rows in frontier
+                        for step in _extensions(self.body, colours, twin, new_id, rows)]
+            smallest = min(rows for _, rows in extended)
+            frontier = [(new_id, rows) for new_id, rows in extended if rows == smallest]
+        rows = frontier[0][1]
+        return str(Block((*rows, Layer(len(rows) + 1, int(LayerType.TERMINAL), 0, 0, 0))))
 
     def canonical_hash(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
@@ -243,3 +240,32 @@ def _refined_colours(block: Block) -> dict[int, str]:
 def _canon_preds(layer: Layer, new_id: dict[int, int]) -> tuple[int, ...]:
     ids = tuple(new_id[p] for p in layer.preds)
     return tuple(sorted(ids)) if layer.type in BINARY else ids
+
+
+def _twin_classes(block: Block) -> dict[int, tuple]:
+    """Per layer, what makes it interchangeable with another: type, kernel, inputs and consumers (with multiplicity).
+    Swapping two layers of one class maps the DAG onto itself."""
+    consumers: dict[int, list[int]] = {layer.index: [] for layer in block.body}
+    for layer in block.body:
+        for p in layer.preds:
+            if p:
+                consumers[p].append(layer.index)
+    return {layer.index: (layer.type, layer.kernel, tuple(sorted(layer.preds)), tuple(sorted(consumers[layer.index])))
+            for layer in block.body}
+
+
+def _extensions(body: Sequence[Layer], colours: dict[int, str], twin: dict[int, tuple], new_id: dict[int, int],
+                rows: tuple[Layer, ...]) -> list[tuple[dict[int, int], tuple[Layer, ...]]]:
+    """Every way to number one more layer: the ready layers with the smallest key, one per twin class."""
+    ready = [layer for layer in body if layer.index not in new_id and all(p in new_id for p in layer.preds)]
+    keys = {layer.index: (colours[layer.index], _canon_preds(layer, new_id)) for layer in ready}
+    smallest = min(keys.values())
+    out, classes = [], set()
+    for layer in ready:
+        if keys[layer.index] != smallest or twin[layer.index] in classes:
+            continue
+        classes.add(twin[layer.index])
+        preds = smallest[1]
+        row = Layer(len(rows) + 1, layer.type, layer.kernel, preds[0], preds[1] if len(preds) > 1 else 0)
+        out.append(({**new_id, layer.index: len(new_id)}, (*rows, row)))
+    return out

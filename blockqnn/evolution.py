@@ -1,0 +1,153 @@
+"""Regularized (aging) evolution, Real et al. 2019: the strongest simple baseline of the NAS-Bench-201 paper.
+
+A population of P architectures is filled with draws from the space's exploration distribution (what random
+search samples). From then on each child is the best of a tournament of S distinct members drawn uniformly from
+the population (as NAS-Bench-201's implementation draws them), changed by one mutation (``space.mutate``: one edge
+op in the table space, one legal change of one layer in the NSC space); the child joins the population and the
+oldest member dies.
+
+The agent speaks the search loop's protocol (``blockqnn.search``), like ``QLearningAgent``: each iteration
+``sample`` gives B architectures, the loop scores them (blocks already evaluated are looked up, not retrained),
+``update`` incorporates them. With B > 1 the children of one iteration all descend from the population as it
+stood when the iteration began (Real et al.'s asynchronous form with B workers); B = 1 is the sequential
+algorithm. ``budget`` sizes the search as for Q-learning; without one it samples the paper's 178 iterations of B.
+The state (population, counters, random generator) is plain JSON data and restores to continue identically.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from blockqnn.agent import (
+    PAPER_ITERATIONS,
+    STATE_FORMAT,
+    AgentStateError,
+    Iterations,
+    check_saved_state,
+    checked_reward,
+    checked_rng_state,
+    finite,
+    iteration_sizes,
+)
+from blockqnn.space import Action, SearchSpace, explore
+
+_STATE_TYPES = {"iteration": int, "num_iterations": int, "evaluated": int, "population": list, "rng": dict}
+
+
+class RegularizedEvolution(Iterations):
+    """Aging evolution over a ``SearchSpace`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        population_size: int = 10,
+        tournament_size: int = 3,
+        batch_size: int = 64,
+        budget: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if population_size < 1 or not 1 <= tournament_size <= population_size:
+            raise ValueError(f"agent.population_size must be >= 1 and agent.tournament_size in 1..population_size, "
+                             f"got {population_size} and {tournament_size}")
+        if batch_size < 1:
+            raise ValueError(f"agent.batch_size must be >= 1, got {batch_size}")
+        self.space = space
+        self.population_size, self.tournament_size, self.batch_size = population_size, tournament_size, batch_size
+        self.sizes = iteration_sizes(budget, batch_size, PAPER_ITERATIONS)
+        self.iteration = 0
+        self.evaluated = 0  # architectures incorporated so far, the random ones included
+        self.rng = np.random.default_rng(seed)
+        self.population: deque[tuple[str, list[Action], float]] = deque()  # oldest first
+
+    # ---- the loop's view --------------------------------------------------------------------------------------
+    @property
+    def epsilon(self) -> float:
+        """The share of this iteration's architectures drawn at random (the population still filling): 1.0 at
+        first, then 0.0. Stands where Q-learning's epsilon does in the history and the progress line."""
+        size = self.sizes[min(self.iteration, self.num_iterations - 1)]
+        return min(size, self._random_left()) / size
+
+    def _random_left(self) -> int:
+        return max(0, self.population_size - self.evaluated)
+
+    # ---- acting -----------------------------------------------------------------------------------------------
+    def sample(self, n: int | None = None) -> list[list[Action]]:
+        """``n`` (default: this iteration's size) architectures: random ones while the population fills, then
+        mutated tournament winners."""
+        self._check_running()
+        n = self.sizes[self.iteration] if n is None else n
+        return [explore(self.space, self.rng) if k < self._random_left() or not self.population else self._child()
+                for k in range(n)]
+
+    def _child(self) -> list[Action]:
+        size = min(self.tournament_size, len(self.population))  # B > 1: the population may not be full yet
+        picks = self.rng.choice(len(self.population), size=size, replace=False)
+        winner = max(picks, key=lambda i: self.population[i][2])  # the first drawn among equals
+        return self.space.mutate(self.population[winner][1], self.rng)
+
+    # ---- learning ---------------------------------------------------------------------------------------------
+    def update(self, trajectories: Sequence[Sequence[Action]], rewards: Sequence[float]) -> None:
+        """Add the scored architectures to the population (the oldest die) and move to the next iteration."""
+        self._check_running(trajectories, rewards)
+        members = [self._member(actions, reward) for actions, reward in zip(trajectories, rewards)]  # checks all
+        for member in members:
+            self._join(member)
+        self.evaluated += len(members)
+        self.iteration += 1
+
+    def _member(self, actions: Sequence[Action], reward: float) -> tuple[str, list[Action], float]:
+        reward = checked_reward(reward)
+        text = self.space.decode(actions)
+        state = self.space.start
+        for action in actions:
+            if action not in self.space.actions(state):
+                raise ValueError(f"{action!r} is not a legal action after {state!r} in {text}")
+            state = action
+        if not actions or not self.space.is_final(actions[-1]):
+            raise ValueError(f"trajectory {text} does not end in a final action")
+        return text, list(actions), reward
+
+    def _join(self, member: tuple[str, list[Action], float]) -> None:
+        self.population.append(member)
+        if len(self.population) > self.population_size:
+            self.population.popleft()
+
+    # ---- persistence ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON data: the population as architecture text and reward (oldest first), the counters and the
+        generator state."""
+        return {
+            "format": STATE_FORMAT,
+            "iteration": self.iteration,
+            "num_iterations": self.num_iterations,
+            "evaluated": self.evaluated,
+            "population": [[text, reward] for text, _, reward in self.population],
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict`` saved with the same space and budget; any other state raises
+        ``AgentStateError`` and leaves the agent as it was."""
+        check_saved_state(state, self.num_iterations, _STATE_TYPES)
+        rng_state = checked_rng_state(state["rng"], self.rng)
+        if len(state["population"]) > self.population_size:
+            raise AgentStateError(f"saved agent state has {len(state['population'])} members, more than the "
+                                  f"population size {self.population_size}")
+        population = deque(self._restored(item) for item in state["population"])
+        self.population, self.evaluated, self.iteration = population, state["evaluated"], state["iteration"]
+        self.rng.bit_generator.state = rng_state
+
+    def _restored(self, item: Any) -> tuple[str, list[Action], float]:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and finite(item[1])):
+            raise AgentStateError(f"saved agent state has a population member {item!r:.80} that is not "
+                                  "[architecture, reward]")
+        try:
+            return self._member(self.space.encode(item[0]), item[1])
+        except (TypeError, ValueError) as e:
+            raise AgentStateError(f"saved agent state has {item[0]} in its population, which this space cannot "
+                                  f"build: {e}") from None
