@@ -1,14 +1,21 @@
-"""Q-learning against random search on a NAS-Bench-201 table: the paper's claim, checked in seconds.
+"""Q-learning, random search and regularized evolution on a NAS-Bench-201 table: which agent finds good cells in
+a few hundred queries.
 
-Each agent (conf/agent/qlearning.yaml, conf/agent/random.yaml) searches the table space over S seeds with a
-budget of M sampled architectures; the paper schedule is scaled so that its iterations of B cover M. Prints,
-per checkpoint, mean and standard deviation of the best metric found, both per *sampled* and per *evaluated*
-(distinct) architecture, and saves a plot of best-so-far against both.
+Each agent is composed exactly as ``python -m blockqnn.search experiment=nasbench201 agent=NAME agent.budget=M``
+composes it (blockqnn.config, conf/experiment/nasbench201.yaml, conf/agent_preset/) and searches the table
+for M queries per seed, once per budget M: a budget shapes Q-learning's schedule, so the figure at M comes from a
+search of budget M. The loop is the search loop's in miniature (``blockqnn.search``: repeats are looked up and
+still counted, the agent learns from every query; tests/test_nasbench201.py checks it gives the loop's history).
+Prints, per metric column and budget, the mean ± std over seeds of the best metric after M queries (every query
+counted, repeats included) with the distinct cells in brackets, the best after the first N *distinct* cells,
+and whether Q-learning meets the project's targets; saves a plot of best-so-far against queries.
 
     python experiments/agent_vs_random_table.py --synthetic                      # a generated 15,625-row table
-    python experiments/agent_vs_random_table.py --table nb201.csv --metric-column valid_acc --seeds 20
-    python experiments/agent_vs_random_table.py --synthetic --alphas 0.01 0.1 0.5  # Q-learning at several alphas
-    python experiments/agent_vs_random_table.py --synthetic agent.replay_size=64    # any Hydra override
+    python experiments/agent_vs_random_table.py --table ../shared/data/nasbench201/nb201_cifar100_imagenet16.csv \\
+        --metric-columns cifar100_test_acc imagenet16_test_acc --seeds 30 --budgets 100 200 500
+    python experiments/agent_vs_random_table.py --synthetic qlearning:agent.alpha=0.5     # an override for one agent
+    python experiments/agent_vs_random_table.py --runs runs/multirun/DATE --metric-columns cifar100_test_acc
+                                        # summarise a `python -m blockqnn.search -m ...` sweep the same way
 """
 
 from __future__ import annotations
@@ -16,35 +23,39 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 
-from blockqnn.agent import QLearningAgent
-from blockqnn.config import compose
+from blockqnn.config import ConfigError, compose
 from blockqnn.nasbench201 import NASBench201Space, TableError, write_synthetic_table
+from blockqnn.report import History, load_history, save_figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+AGENTS = ("qlearning", "random", "evolution")
+LABELS = {"qlearning": "q-learning", "random": "random", "evolution": "evolution"}
+# The project's targets for Q-learning (accuracy points): above random search, and below regularized evolution.
+TARGETS = {200: (0.8, 0.25), 500: (0.6, 0.25)}
 
 
 @dataclass
-class Curves:
-    """One agent variant over all seeds: best-so-far per sample and number of distinct archs so far."""
+class Runs:
+    """One agent at one budget over all seeds: the metric of every query in order, and distinct cells so far."""
 
-    label: str
-    best: np.ndarray  # (seeds, budget)
-    distinct: np.ndarray  # (seeds, budget)
-    hit: np.ndarray  # (seeds,) first sample that found the table's best arch, or -1
+    agent: str
+    budget: int
+    metrics: np.ndarray  # (seeds, queries)
+    distinct: np.ndarray  # (seeds, queries)
+
+    @property
+    def best(self) -> np.ndarray:
+        return np.maximum.accumulate(self.metrics, axis=1)
 
     def best_at_distinct(self, d: int) -> np.ndarray:
-        """Best metric once d distinct architectures were evaluated (NaN for seeds that never got there)."""
-        out = np.full(len(self.best), np.nan)
+        """Best metric once d distinct cells were queried (NaN for seeds that never got there)."""
+        out = np.full(len(self.metrics), np.nan)
         for s, (best, distinct) in enumerate(zip(self.best, self.distinct)):
             reached = np.flatnonzero(distinct >= d)
             if len(reached):
@@ -52,157 +63,203 @@ class Curves:
         return out
 
 
-def search(agent: QLearningAgent, space: NASBench201Space, budget: int, optimum: str) -> tuple[np.ndarray, ...]:
-    """The search loop in miniature, with the table as evaluator: repeats are looked up, not re-evaluated."""
-    metrics, distinct, seen, hit = [], [], set(), -1
-    while len(metrics) < budget and not agent.done:
-        trajectories = agent.sample(min(agent.batch_size, budget - len(metrics)))
+def search_table(agent, space: NASBench201Space) -> tuple[list[float], list[int]]:
+    """The search loop in miniature with the table as evaluator: every query's metric, distinct cells so far."""
+    metrics, distinct, seen = [], [], set()
+    while not agent.done:
+        trajectories = agent.sample()
         archs = [space.decode(t) for t in trajectories]
         rewards = [space.lookup(arch) for arch in archs]
         for arch in archs:
-            if arch == optimum and hit < 0:
-                hit = len(distinct)
-            seen.add(arch)
+            seen.add(space.canonical_hash(arch))
             distinct.append(len(seen))
         metrics.extend(rewards)
         agent.update(trajectories, rewards)
-    return np.maximum.accumulate(metrics), np.array(distinct), hit
+    return metrics, distinct
 
 
-def compose_agent(name: str, overrides: list[str]) -> DictConfig:
-    return compose("search", [f"agent={name}", *overrides]).agent
+def agent_config(name: str, budget: int, table_overrides: list[str], overrides: Sequence[str]):
+    """The agent section ``python -m blockqnn.search experiment=nasbench201 agent=NAME agent.budget=M ...``
+    would run with; ``NAME:key=value`` overrides apply to that agent only."""
+    own = [o.split(":", 1)[1] for o in overrides if o.startswith(f"{name}:")]
+    shared = [o for o in overrides if ":" not in o.split("=")[0]]
+    return compose("search", ["experiment=nasbench201", *table_overrides, f"agent={name}", f"agent.budget={budget}",
+                              *shared, *own]).agent
 
 
-def fit_scale(cfg: DictConfig, space: NASBench201Space, budget: int) -> float:
-    """The smallest schedule scale whose iterations of B sample at least ``budget`` architectures."""
-    low, high = 1e-4, max(1.0, budget / cfg.batch_size)
-    for _ in range(50):
-        mid = (low + high) / 2
-        cfg.schedule_scale = mid
-        enough = instantiate(cfg, space=space).total_samples >= budget
-        low, high = (low, mid) if enough else (mid, high)
-    return high
+def run_agent(name: str, budget: int, space: NASBench201Space, seeds: int, table_overrides: list[str],
+              overrides: Sequence[str]) -> Runs:
+    cfg = agent_config(name, budget, table_overrides, overrides)
+    runs = [search_table(instantiate(cfg, space=space, seed=seed), space) for seed in range(seeds)]
+    return Runs(name, budget, *(np.array([r[i] for r in runs]) for i in range(2)))
 
 
-def run_variant(label: str, cfg: DictConfig, space: NASBench201Space, seeds: int, budget: int) -> Curves:
-    optimum = space.best()[0]
-    runs = [search(instantiate(cfg, space=space, seed=seed), space, budget, optimum) for seed in range(seeds)]
-    short = [len(best) for best, _, _ in runs if len(best) < budget]
-    if short:
-        raise SystemExit(f"error: the schedule ended after {min(short)} samples, below the budget {budget}")
-    return Curves(label, *(np.array([r[i] for r in runs]) for i in range(3)))
+def from_histories(histories: Sequence[History], metric: Callable[[str], float]) -> list[Runs]:
+    """A multirun's searches as Runs, grouped by agent and budget (every stored candidate, cached ones too), each
+    candidate scored by ``metric(arch)``."""
+    groups: dict[tuple[str, int], list[History]] = {}
+    for h in histories:
+        groups.setdefault((h.agent.replace("q-learning", "qlearning"), len(h.rows)), []).append(h)
+    out = []
+    for (agent, budget), group in sorted(groups.items()):
+        metrics = np.array([[metric(r["arch"]) for r in h.rows] for h in group])
+        distinct = np.array([np.cumsum([not r["cached"] for r in h.rows]) for h in group])
+        out.append(Runs(agent, budget, metrics, distinct))
+    return out
 
 
-def report(curves: list[Curves], checkpoints: list[int], best_metric: float) -> None:
-    print(f"table optimum {best_metric:.4f}")
-    print("best metric after N *sampled* architectures (mean ± std over seeds; distinct evaluated in brackets)")
-    print("N".rjust(6) + "".join(f"{c.label:>28}" for c in curves))
-    for n in checkpoints:
-        cells = [f"{c.best[:, n - 1].mean():.4f} ± {c.best[:, n - 1].std():.4f} [{c.distinct[:, n - 1].mean():5.0f}]"
-                 for c in curves]
-        print(f"{n:>6}" + "".join(f"{cell:>28}" for cell in cells))
-    common = int(min(c.distinct[:, -1].min() for c in curves))  # every run of every agent evaluated this many
-    print("best metric after N *evaluated* (distinct) architectures (seeds that got there)")
-    for n in sorted({n for n in checkpoints if n < common} | {common}):
-        cells = []
-        for c in curves:
-            v = c.best_at_distinct(n)
-            ok = ~np.isnan(v)
-            cells.append(f"{v[ok].mean():.4f} ± {v[ok].std():.4f} ({ok.sum()}/{len(v)})" if ok.any() else "n/a")
-        print(f"{n:>6}" + "".join(f"{cell:>28}" for cell in cells))
-    print("found the optimum: " + ", ".join(
-        f"{c.label} {np.sum(c.hit >= 0)}/{len(c.hit)} seeds"
-        + (f" (mean first hit at sample {c.hit[c.hit >= 0].mean() + 1:.0f})" if np.any(c.hit >= 0) else "")
-        for c in curves))
+# ---- printing ---------------------------------------------------------------------------------------------------
+def cell(values: np.ndarray, distinct: np.ndarray | None = None) -> str:
+    text = f"{100 * np.mean(values):.2f} ± {100 * np.std(values):.2f}"
+    return text + (f" [{np.mean(distinct):.0f}]" if distinct is not None else "")
 
 
-def plot(curves: list[Curves], best_metric: float, exploring: int, title: str, path: Path) -> None:
-    """Best-so-far against sampled and against evaluated architectures; ``exploring``: samples at epsilon 1."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    axes[0].axvline(exploring, color="black", linewidth=0.8, linestyle="--", label="Q-learning's epsilon drops below 1")
-    for c in curves:
-        mean, std = c.best.mean(0), c.best.std(0)
-        x = np.arange(1, len(mean) + 1)
-        axes[0].plot(x, mean, label=c.label)
-        axes[0].fill_between(x, mean - std, mean + std, alpha=0.2)
-        d = np.arange(1, int(c.distinct[:, -1].min()) + 1)
-        at = np.array([c.best_at_distinct(k) for k in d])
-        axes[1].plot(d, at.mean(1), label=c.label)
-        axes[1].fill_between(d, at.mean(1) - at.std(1), at.mean(1) + at.std(1), alpha=0.2)
-    for ax, xlabel in zip(axes, ("sampled architectures", "evaluated (distinct) architectures")):
-        ax.axhline(best_metric, color="grey", linestyle=":", label="table optimum")
-        ax.set_xlabel(xlabel)
+def table_rows(runs: list[Runs], budgets: list[int]) -> list[str]:
+    """Markdown rows: best after M queries (distinct cells) per agent, each from the search of budget M; and
+    Q-learning's search of the largest budget read at every M (its schedule not fitted to M)."""
+    by = {(r.agent, r.budget): r for r in runs}
+    agents = [a for a in AGENTS if any(r.agent == a for r in runs)]
+    rows = [f"| {LABELS[a]} | " + " | ".join(
+        cell(by[a, m].best[:, -1], by[a, m].distinct[:, -1]) if (a, m) in by else "-" for m in budgets) + " |"
+        for a in agents]
+    longest = by.get(("qlearning", max(budgets)))
+    if longest is not None and len(budgets) > 1:
+        rows.append(f"| q-learning, budget {max(budgets)} read at M | " + " | ".join(
+            cell(longest.best[:, m - 1], longest.distinct[:, m - 1]) for m in budgets) + " |")
+    return rows
+
+
+def distinct_rows(runs: list[Runs], budgets: list[int]) -> list[str]:
+    """Markdown rows: best after the first N distinct cells, N = the fewest any search of budget M reached."""
+    rows = []
+    for m in budgets:
+        at = [r for r in runs if r.budget == m]
+        n = int(min(r.distinct[:, -1].min() for r in at))
+        rows.append(f"| {m} ({n} distinct) | " + " | ".join(
+            cell(r.best_at_distinct(n)) for r in sorted(at, key=lambda r: AGENTS.index(r.agent)))
+            + " |")
+    return rows
+
+
+def target_lines(runs: list[Runs]) -> list[str]:
+    by = {(r.agent, r.budget): 100 * r.best[:, -1].mean() for r in runs}
+    lines = []
+    for m, (above_random, below_evolution) in TARGETS.items():
+        if not all((a, m) in by for a in AGENTS):
+            continue
+        q, rnd, rea = by["qlearning", m], by["random", m], by["evolution", m]
+        lines.append(f"- M = {m}: q-learning - random = {q - rnd:+.2f} (target >= {above_random}: "
+                     f"{'met' if q - rnd >= above_random else 'MISSED'}); evolution - q-learning = {rea - q:+.2f} "
+                     f"(target <= {below_evolution}: {'met' if rea - q <= below_evolution else 'MISSED'})")
+    return lines
+
+
+def report(column: str, runs: list[Runs], budgets: list[int], optimum: float) -> None:
+    print(f"\n### {column} (table optimum {100 * optimum:.2f})\n")
+    print("Best after M queries, every query counted (mean ± std over seeds; distinct cells queried in brackets):\n")
+    print("| agent | " + " | ".join(f"M = {m}" for m in budgets) + " |")
+    print("|---" * (len(budgets) + 1) + "|")
+    print("\n".join(table_rows(runs, budgets)))
+    print("\nBest after the first N distinct cells, in the searches of budget M:\n")
+    print("| M | " + " | ".join(LABELS[a] for a in AGENTS if any(r.agent == a for r in runs)) + " |")
+    print("|---" * (1 + len({r.agent for r in runs})) + "|")
+    print("\n".join(distinct_rows(runs, budgets)))
+    targets = target_lines(runs)
+    if targets:
+        print("\nTargets:\n" + "\n".join(targets))
+
+
+def plot(runs_by_column: dict[str, list[Runs]], budgets: list[int], path: Path) -> Path:
+    """Best-so-far against queries for the searches of the largest budget, one panel per metric column; Q-learning's
+    searches of smaller budgets as points at their end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"qlearning": "#3182bd", "random": "#e6550d", "evolution": "#31a354"}
+    fig, axes = plt.subplots(1, len(runs_by_column), figsize=(6.5 * len(runs_by_column), 4.5), squeeze=False)
+    for ax, (column, runs) in zip(axes[0], runs_by_column.items()):
+        for r in runs:
+            mean, std = 100 * r.best.mean(0), 100 * r.best.std(0)
+            if r.budget == max(budgets):
+                x = np.arange(1, len(mean) + 1)
+                ax.plot(x, mean, color=colours[r.agent], label=f"{LABELS[r.agent]} (budget {r.budget})")
+                ax.fill_between(x, mean - std, mean + std, color=colours[r.agent], alpha=0.15)
+            elif r.agent == "qlearning":
+                ax.errorbar(r.budget, mean[-1], yerr=std[-1], fmt="o", color=colours[r.agent], capsize=3,
+                            label=f"q-learning, budget {r.budget}")
+        ax.set_xscale("log")
+        ax.set_xlabel("queries (repeats counted)")
+        ax.set_ylabel(f"best {column} so far (mean ± std over seeds)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("best metric so far (mean ± std over seeds)")
-    axes[0].legend(loc="lower right")
-    low = min(np.percentile(c.best[:, min(19, c.best.shape[1] - 1)], 10) for c in curves)
-    axes[0].set_ylim(low - 0.01, best_metric + 0.01)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ax.legend(loc="lower right", fontsize=8)
+        low = min(np.percentile(100 * r.best[:, min(19, r.best.shape[1] - 1)], 10) for r in runs)
+        ax.set_ylim(low - 1, 100 * max(r.best.max() for r in runs) + 0.5)
+    return save_figure(fig, path)
 
 
+# ---- entry point ------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both agents, e.g. agent.batch_size=32")
-    parser.add_argument("--table", type=Path, help="CSV table, one row per architecture")
-    parser.add_argument("--synthetic", action="store_true", help="generate a structured 15,625-row table instead")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every agent (agent.batch_size=4), or for "
+                                                     "one (qlearning:agent.alpha=0.5)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--table", type=Path, help="CSV table, one row per architecture")
+    source.add_argument("--synthetic", action="store_true", help="a generated, structured 15,625-row table")
+    source.add_argument("--runs", type=Path, help="a multirun folder of table searches to summarise instead")
     parser.add_argument("--arch-column", default="arch")
-    parser.add_argument("--metric-column", default="accuracy")
-    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..S-1 per agent")
-    parser.add_argument("--budget", type=int, default=500, help="sampled architectures per search (M)")
-    parser.add_argument("--checkpoints", type=int, nargs="+", default=[50, 100, 200, 500])
-    parser.add_argument("--batch-size", type=int, default=16, help="B; small budgets need small B")
-    parser.add_argument("--alphas", type=float, nargs="+", help="Q-learning variants (default: the config's alpha)")
+    parser.add_argument("--metric-columns", nargs="+", default=["accuracy"])
+    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..S-1 per agent and budget")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[100, 200, 500], help="queries per search (M)")
     parser.add_argument("--output", type=Path, default=Path("runs/agent_vs_random_table.png"))
     args = parser.parse_args()
-    if args.seeds < 1 or args.budget < 1:
-        parser.error("--seeds and --budget must be at least 1")
-    checkpoints = sorted({n for n in args.checkpoints if n <= args.budget} | {args.budget})
-    if not args.synthetic and args.table is None:
-        parser.error("give --table PATH or --synthetic")
+    if args.seeds < 1 or min(args.budgets) < 1:
+        parser.error("--seeds and --budgets must be at least 1")
+    budgets = sorted(set(args.budgets))
     try:
-        space = load_space(args)
-        variants = make_variants(args, space)
-    except (TableError, ValueError, HydraException) as e:
-        sys.exit(f"error: {str(e.__cause__ or e).splitlines()[0]}")  # Hydra wraps the cause
-
-    qcfg = variants[-1][1]
-    batch, schedule = qcfg.batch_size, instantiate(qcfg, space=space).schedule
-    name = "synthetic table" if args.synthetic else args.table.name
-    print(f"{name}: {len(space.metrics)} architectures; {args.seeds} seeds, budget {args.budget}, B={batch}, "
-          f"schedule {qcfg.epsilon_schedule} x{qcfg.schedule_scale:.3g} ({len(schedule)} iterations, "
-          f"{schedule.count(1.0) * batch} samples at epsilon 1)")
-    if len(schedule) * batch > args.budget + batch:
-        print(f"warning: the shortest schedule is {len(schedule)} iterations of {batch}: the budget ends it early "
-              f"at epsilon {schedule[args.budget // batch]}; use a smaller --batch-size")
-    curves = [run_variant(label, cfg, space, args.seeds, args.budget) for label, cfg in variants]
-    best_metric = space.best()[1]
-    report(curves, checkpoints, best_metric)
-    title = f"{name}: {args.seeds} seeds, budget {args.budget}, B={batch}"
-    plot(curves, best_metric, schedule.count(1.0) * batch, title, args.output)
-    print(f"plot: {args.output}")
+        runs_by_column, optimum = summarise_runs(args) if args.runs else search_all(args, budgets)
+    except (TableError, ValueError, ConfigError) as e:
+        sys.exit(f"error: {str(e).splitlines()[0]}")
+    if args.runs:
+        budgets = sorted({r.budget for runs in runs_by_column.values() for r in runs})
+    for column, runs in runs_by_column.items():
+        report(column, runs, budgets, optimum[column])
+    print(f"\nplot: {plot(runs_by_column, budgets, args.output)}")
 
 
-def load_space(args: argparse.Namespace) -> NASBench201Space:
-    if not args.synthetic:
-        return NASBench201Space(args.table, args.arch_column, args.metric_column)
+def search_all(args: argparse.Namespace, budgets: list[int]) -> tuple[dict[str, list[Runs]], dict[str, float]]:
+    """Every agent at every budget and seed, per metric column (the table is read once per column); and each
+    column's optimum."""
     with tempfile.TemporaryDirectory() as tmp:
-        return NASBench201Space(write_synthetic_table(Path(tmp) / "synthetic.csv"))
+        table = write_synthetic_table(Path(tmp) / "synthetic.csv") if args.synthetic else args.table
+        columns = ["accuracy"] if args.synthetic else args.metric_columns
+        out, optimum = {}, {}
+        print(f"{table.name}: {args.seeds} seeds, budgets {budgets}, agents {args.agents}, overrides {args.overrides}")
+        for column in columns:
+            table_overrides = [f"space.table={table}", f"space.arch_column={args.arch_column}",
+                               f"space.metric_column={column}"]
+            space = NASBench201Space(table.absolute(), args.arch_column, column)
+            optimum[column] = space.best()[1]
+            out[column] = [run_agent(agent, m, space, args.seeds, table_overrides, args.overrides)
+                           for agent in args.agents for m in budgets]
+    return out, optimum
 
 
-def make_variants(args: argparse.Namespace, space: NASBench201Space) -> list[tuple[str, DictConfig]]:
-    """Random search and one Q-learning config per alpha, each schedule scaled to the budget."""
-    overrides = [f"agent.batch_size={args.batch_size}", *args.overrides]
-    variants = [("random", compose_agent("random", overrides))]
-    for alpha in args.alphas or [None]:
-        cfg = compose_agent("qlearning", overrides + ([f"agent.alpha={alpha}"] if alpha is not None else []))
-        variants.append((f"qlearning alpha={cfg.alpha:g}", cfg))
-    for _, cfg in variants:
-        cfg.schedule_scale = fit_scale(cfg, space, args.budget)
-    return variants
+def summarise_runs(args: argparse.Namespace) -> tuple[dict[str, list[Runs]], dict[str, float]]:
+    """A multirun's histories, by agent and budget, each metric column looked up in the table the runs name (the
+    column a run maximised, or another); and each column's optimum."""
+    histories = [load_history(p.parent, 1) for p in sorted(args.runs.glob("*/history.sqlite"))]
+    if not histories:
+        raise ValueError(f"{args.runs} holds no search histories")
+    out, optimum = {}, {}
+    stored = histories[0].config.space
+    for column in args.metric_columns:
+        space = NASBench201Space(stored.table, stored.arch_column, column)
+        out[column], optimum[column] = from_histories(histories, space.lookup), space.best()[1]
+    return out, optimum
+
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -219,13 +220,43 @@ def test_agent_searches_the_table_and_restores(nb201_table):
     assert [space.decode(t) for t in clone.sample()] == [space.decode(t) for t in agent.sample()]
 
 
+def experiment_script():
+    path = ROOT / "experiments" / "agent_vs_random_table.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # registered: it defines dataclasses
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("agent", ["qlearning", "evolution"])
+def test_experiment_script_searches_as_the_search_loop_does(nb201_table, tmp_path, agent):
+    """The experiment's figures are those of ``python -m blockqnn.search experiment=nasbench201 agent=NAME``."""
+    from blockqnn.config import compose as compose_search
+    from blockqnn.search import search
+    from blockqnn.store import Store
+
+    script = experiment_script()
+    table = [f"space.table={nb201_table}", "space.ops=[none,skip_connect,nor_conv_3x3]"]  # 729 cells: repeats
+    space = instantiate(compose_search("search", ["experiment=nasbench201", *table]).space)
+    cfg = script.agent_config(agent, 60, table, ["agent.batch_size=4"])
+    metrics, distinct = script.search_table(instantiate(cfg, space=space, seed=3), space)
+    search(compose_search("search", ["experiment=nasbench201", *table, f"agent={agent}", "agent.budget=60",
+                                     "agent.batch_size=4", "seed=3", "logger=none", "progress.mode=off"]), tmp_path)
+    with Store.open(tmp_path, readonly=True) as store:
+        rows = store.candidates()
+    assert metrics == [r["accuracy"] for r in rows] and len(rows) == 60
+    assert distinct[-1] == sum(not r["cached"] for r in rows) < 60
+
+
 @pytest.mark.slow
 def test_experiment_script_runs_on_a_synthetic_table(tmp_path):
     png = tmp_path / "plot.png"
-    cmd = [sys.executable, "experiments/agent_vs_random_table.py", "--synthetic", "--seeds", "2", "--budget", "64",
-           "--checkpoints", "32", "--batch-size", "8", "--output", str(png)]
+    cmd = [sys.executable, "experiments/agent_vs_random_table.py", "--synthetic", "--seeds", "2", "--budgets", "16",
+           "32", "--output", str(png)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(), check=True)
-    assert "random" in done.stdout and "qlearning alpha=0.01" in done.stdout and "found the optimum" in done.stdout
+    rows = {line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")}
+    assert {"q-learning", "random", "evolution", "q-learning, budget 32 read at M"} <= rows
+    assert any(row.startswith("16 (") for row in rows) and any(row.startswith("32 (") for row in rows)
     assert png.stat().st_size > 10_000
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from blockqnn.agent import QLearningAgent
+from blockqnn.agent import QLearningAgent, epsilon_schedule
 from blockqnn.cli import UserError, describe, one_line_errors, user_errors
 from blockqnn.evaluate import evaluate_candidate
 from blockqnn.nasbench201 import NASBench201Space, write_synthetic_table
 from blockqnn.nsc import Block, NSCError
+from blockqnn.report import report
 from blockqnn.search import check_same_history, overridden_keys, search
 from blockqnn.store import DB_NAME, Store, StoreError
 from tests.conftest import REPO, folder_digest, read_wandb_run, run_cli
@@ -255,10 +256,11 @@ def _signal_midway(args: list[str], run_dir: Path, sig: int, at: int) -> subproc
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
 
 
-def _interrupt_a_real_search(compose, table_search, run_dir: Path, sig: int):
+def _interrupt_a_real_search(compose, table_search, run_dir: Path, sig: int, agent: str = "qlearning"):
     """The search run in-process to the end (the reference), and again in a subprocess sent ``sig`` a third of
     the way in. Returns the overrides, the reference history, its candidate count and the subprocess."""
-    args = [a for a in table_search if not a.startswith("agent.")] + ["agent.batch_size=32", "agent.schedule_scale=0.2"]
+    args = [a for a in table_search if not a.startswith("agent.")] + [
+        f"agent={agent}", "agent.batch_size=32", "agent.budget=1152"]
     reference = run_dir.parent / "reference"
     search(compose(*args), reference)
     total = len(history(reference)[0])
@@ -266,9 +268,10 @@ def _interrupt_a_real_search(compose, table_search, run_dir: Path, sig: int):
 
 
 @pytest.mark.slow
-def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, table_search, tmp_path):
+@pytest.mark.parametrize("agent", ["qlearning", "random", "evolution"])
+def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, table_search, tmp_path, agent):
     killed = tmp_path / "killed"
-    args, reference, total, proc = _interrupt_a_real_search(compose, table_search, killed, signal.SIGKILL)
+    args, reference, total, proc = _interrupt_a_real_search(compose, table_search, killed, signal.SIGKILL, agent)
     stored = _count(killed)
     assert proc.returncode == -signal.SIGKILL and total // 3 <= stored < total, (stored, total)
 
@@ -305,21 +308,28 @@ def test_multirun_gives_each_search_its_own_folder_and_wandb_group(table_search,
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     (tmp_path / ".env").write_text("WANDB_PROJECT=from-dotenv\n")  # read by the entry point
     sweep = tmp_path / "sweep"
-    args = [a for a in table_search if a != "logger=none"]
-    out = run_cli("-m", *args, "agent=qlearning,random", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    args = [a for a in table_search if a != "logger=none" and not a.startswith("agent.")] + [
+        "agent.batch_size=8", "agent.budget=100"]  # what every agent has: the multirun compares equal budgets
+    out = run_cli("-m", *args, "agent=qlearning,random,evolution", "seed=0,1", f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     runs = sorted(p.parent for p in sweep.glob(f"*/{DB_NAME}"))
-    assert len(runs) == 4
+    assert len(runs) == 6
     configs = []
     for run in runs:
         with Store.open(run, readonly=True) as store:
             cfg, rows = store.config(), store.candidates()
-        configs.append((cfg.agent.epsilon_override, cfg.seed))
-        assert len(rows) == cfg.agent.batch_size * len({r["iteration"] for r in rows})
+        configs.append((cfg.agent._target_.split(".")[-1], cfg.agent.get("epsilon_override"), cfg.seed))
+        assert len(rows) == 100
         [tracked] = read_wandb_run(run)
         assert (tracked["group"], tracked["project"]) == ("sweep", "from-dotenv")
-    assert sorted(configs, key=str) == sorted([(None, 0), (None, 1), (1.0, 0), (1.0, 1)], key=str)
-    assert len({tuple(r["arch"] for r in history(run)[0]) for run in runs}) == 4  # no shared state
+    agents = [("QLearningAgent", None), ("QLearningAgent", 1.0), ("RegularizedEvolution", None)]
+    assert sorted(configs, key=str) == sorted([(*a, seed) for a in agents for seed in (0, 1)], key=str)
+    assert len({tuple(r["arch"] for r in history(run)[0]) for run in runs}) == 6  # no shared state
+    report(sweep)
+    summary = (sweep / "summary.md").read_text()
+    assert all(f"| {agent} | 2 |" in summary for agent in ("q-learning", "random", "evolution"))
+    assert (sweep / "agents.png").is_file()
 
 
 @pytest.mark.slow
@@ -384,6 +394,12 @@ def test_bad_values_stop_before_a_history_is_created(compose, tmp_path, bad, mes
     assert not (tmp_path / "run" / DB_NAME).exists()
 
 
+def test_a_table_space_refuses_a_reward_it_cannot_compute(compose, table_search, tmp_path):
+    with pytest.raises(UserError, match="a table space rewards the table's accuracy alone .* use reward=accuracy"):
+        search(compose(*table_search, "reward=paper"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_incomplete_table_is_refused_before_the_search(compose, table_search, nb201_table, tmp_path):
     partial = tmp_path / "partial.csv"
     partial.write_text("".join((nb201_table.read_text().splitlines(True))[:100]))
@@ -430,14 +446,31 @@ def test_presets_compose_to_what_they_promise(compose, nb201_table):
     paper = compose("experiment=paper_cifar100")
     assert (paper.dataset.name, paper.template.stages, paper.trainer.max_epochs) == ("cifar100", 3, 12)
     assert (agent_of(paper).num_iterations, agent_of(paper).total_samples) == (178, 11392)
+    assert agent_of(paper).schedule == epsilon_schedule("paper") and agent_of(paper).alpha == 0.01
     table = compose("experiment=nasbench201", f"space.table={nb201_table}")
     space = instantiate(table.space)
     assert 0 < space.lookup(space.decode(agent_of(table).sample(1)[0])) < 1
+    for preset in (quick, table):  # the small-budget settings measured on the real table
+        agent = agent_of(preset)
+        assert (agent.alpha, agent.schedule[0], agent.schedule[-1]) == (0.3, 1.0, pytest.approx(0.1))
+        assert agent.schedule == sorted(agent.schedule, reverse=True) and len(set(agent.schedule)) > 10
+
+
+@pytest.mark.parametrize("preset", ["quickstart", "nasbench201", "paper_cifar100"])
+def test_every_agent_runs_under_every_preset_with_one_budget(compose, nb201_table, preset):
+    from hydra.utils import instantiate
+
+    budgets = set()
+    for agent in ("qlearning", "random", "evolution"):
+        cfg = compose(f"experiment={preset}", f"agent={agent}", f"space.table={nb201_table}" if preset == "nasbench201"
+                      else "space=nsc")
+        budgets.add(instantiate(cfg.agent, space=instantiate(cfg.space), seed=0).total_samples)
+    assert len(budgets) == 1
 
 
 @pytest.mark.slow
 def test_quickstart_ends_with_the_best_block_and_the_run_folder(tmp_path):
-    out = run_cli("experiment=quickstart", "agent.batch_size=2", "agent.schedule_scale=0.01", "trainer.max_epochs=1",
+    out = run_cli("experiment=quickstart", "agent.batch_size=2", "agent.budget=4", "trainer.max_epochs=1",
                   "logger=none", f"output_root={tmp_path}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     [run] = [p.parent for p in tmp_path.glob(f"search/*/{DB_NAME}")]
