@@ -148,8 +148,10 @@ def plot_best_so_far(history: History, path: Path) -> Path:
 
 
 def plot_agents(histories: Sequence[History], path: Path) -> Path:
-    """Best-so-far curves of every agent across runs (seeds): mean line, min-max band, each run thin."""
+    """Best-so-far curves of every agent across runs (seeds): mean line, min-max band, each run thin; the y-axis
+    starts where the lowest mean stands a tenth of the way in (the first few candidates would flatten the rest)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    lows = []
     colours = {"q-learning": "#3182bd", "random": "#e6550d", "evolution": "#31a354"}
     for agent, runs in sorted(by_agent(histories).items()):
         curves = [best_so_far(h) for h in runs]
@@ -162,8 +164,12 @@ def plot_agents(histories: Sequence[History], path: Path) -> Path:
         colour = colours.get(agent)
         for c in stack:
             ax.plot(x, c, color=colour, alpha=0.25, linewidth=0.8)
-        ax.plot(x, np.nanmean(stack, 0), color=colour, linewidth=2, label=f"{agent} (mean of {len(runs)} runs)")
+        mean = np.nanmean(stack, 0)
+        lows.append(mean[n // 10])
+        ax.plot(x, mean, color=colour, linewidth=2, label=f"{agent} (mean of {len(runs)} runs)")
         ax.fill_between(x, np.nanmin(stack, 0), np.nanmax(stack, 0), color=colour, alpha=0.15)
+    if lows and np.isfinite(min(lows)):
+        ax.set_ylim(bottom=min(lows))
     ax.set_xlabel("trained candidates")
     ax.set_ylabel("best reward so far")
     ax.set_title("agents compared at equal numbers of trained blocks (band: min-max over runs)", fontsize=10)

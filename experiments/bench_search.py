@@ -36,9 +36,9 @@ def trivial(arch: str, cfg: object) -> Result:
 
 
 def bench_loop(table: Path, workdir: Path, overrides: list[str]) -> None:
-    cfg = compose("search", ["space=nasbench201", f"space.table={table}", "logger=none", "progress.mode=off",
-                             "agent.epsilon_schedule=paper", "agent.schedule_scale=1", "agent.batch_size=64",
-                             *overrides])
+    cfg = compose("search", ["space=nasbench201", f"space.table={table}", "reward=accuracy", "logger=none",
+                             "progress.mode=off", "agent.epsilon_schedule=paper", "agent.schedule_scale=1",
+                             "agent.batch_size=64", *overrides])
     start = time.perf_counter()
     search(cfg, workdir / "run")
     seconds = time.perf_counter() - start
