@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from blockqnn.agent_state import check_state, checked_rng_state, memory_entries, q_entries
+from blockqnn.errors import AgentStateError
 from blockqnn.space import Action, SearchSpace, State
-from blockqnn.store import StoreError
 
 # The paper's schedule as (epsilon, iterations): 178 iterations, 11,392 blocks at B = 64.
 PAPER_STAGES: tuple[tuple[float, int], ...] = (
@@ -41,11 +42,6 @@ PAPER_STAGES: tuple[tuple[float, int], ...] = (
 SCHEDULES = ("paper", "linear", "constant")
 STATE_FORMAT = 1
 _STATE_TYPES = {"iteration": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
-
-
-class AgentStateError(StoreError, ValueError):
-    """A saved agent state this agent cannot restore: damaged, or saved with another space or schedule. A
-    ``StoreError`` since it comes from a run's history, so a refused resume is one line, not a traceback."""
 
 
 def _scaled(iterations: int, scale: float) -> int:
@@ -269,8 +265,8 @@ class QLearningAgent:
         Every Q-value that moved was updated along a remembered trajectory, so re-reading the memory visits
         every saved state; a saved state or action the space does not produce means a different space config.
         """
-        _check_state(state, self.num_iterations)
-        rng_state = _checked_rng_state(state["rng"], self.rng)
+        check_state(state, STATE_FORMAT, _STATE_TYPES, self.num_iterations)
+        rng_state = checked_rng_state(state["rng"], self.rng)
         previous = self._nodes, self._memory, self._memory_text
         self._nodes, self._memory, self._memory_text = {}, [], []
         try:
@@ -284,10 +280,7 @@ class QLearningAgent:
 
     def _restore_memory(self, memory: list) -> None:
         """Replay the saved memory into fresh nodes: it rebuilds every state the saved Q-values refer to."""
-        for item in memory:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-                raise AgentStateError(f"saved agent state has a memory entry {item!r:.80} that is not [block, reward]")
-            text, reward = item
+        for text, reward in memory_entries(memory):
             try:
                 self._remember(*self._entry(self.space.encode(text), reward))
             except (TypeError, ValueError) as e:
@@ -297,51 +290,13 @@ class QLearningAgent:
     def _restore_q(self, q: dict) -> None:
         """Set the saved Q-values on the nodes the memory rebuilt (keyed by ``repr``, as ``state_dict`` wrote)."""
         nodes = {repr(s): node for s, node in self._nodes.items()}
-        for key, values in q.items():
-            if key not in nodes:
-                raise AgentStateError(f"saved agent state has Q-values at state {key}, "
-                                      "which no remembered block visits")
-            if not isinstance(values, dict) or not all(map(_finite, values.values())):
-                raise AgentStateError(f"saved agent state has Q-values at state {key} that are not numbers by action")
+        for key, values in q_entries(q, nodes):
             node = nodes[key]
             index = {repr(a): i for i, a in enumerate(node.actions)}
             for name, value in values.items():
                 if name not in index:
                     raise AgentStateError(f"saved agent state has action {name} at state {key}, unknown to this space")
                 node.q[index[name]] = value
-
-
-def _check_state(state: Any, num_iterations: int) -> None:
-    """Refuse a state of the wrong shape (damaged, or not an agent's) before anything of the agent is replaced."""
-    if not isinstance(state, Mapping):
-        raise AgentStateError(f"saved agent state is a {type(state).__name__}, not a mapping")
-    if state.get("format") != STATE_FORMAT:
-        raise AgentStateError(f"agent state format {state.get('format')!r} is not {STATE_FORMAT}")
-    wrong = [f"{key} ({kind.__name__})" for key, kind in _STATE_TYPES.items()
-             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
-    if wrong:
-        raise AgentStateError(f"saved agent state lacks, or has the wrong type of: {', '.join(wrong)}")
-    if state["num_iterations"] != num_iterations:
-        raise AgentStateError(
-            f"agent state was saved with {state['num_iterations']} iterations, this schedule has "
-            f"{num_iterations}: resume with the run's own agent config"
-        )
-    if not 0 <= state["iteration"] <= num_iterations:
-        raise AgentStateError(f"saved agent state is at iteration {state['iteration']} of {num_iterations}")
-
-
-def _checked_rng_state(saved: dict, rng: np.random.Generator) -> dict:
-    """``saved`` as accepted by a generator like ``rng`` (tried on a new one, so a refused state changes nothing)."""
-    bits = type(rng.bit_generator)()
-    try:
-        bits.state = saved
-    except (KeyError, TypeError, ValueError) as e:
-        raise AgentStateError(f"saved agent state has an unusable random generator state ({e!r:.80})") from None
-    return bits.state
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _draw(cum: np.ndarray, rng: np.random.Generator) -> int:

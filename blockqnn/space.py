@@ -3,12 +3,16 @@
 A space is Markov: the state is the last action taken (the NSC tuple of the current layer), as in the paper,
 so an agent needs nothing but ``start``, ``actions(state)``, ``exploration_probs(state)`` and ``is_final``.
 Architectures travel through the rest of the system as text (``decode``), identified by ``canonical_hash``.
+
+A space says how its architectures are scored: ``tabular`` spaces (a benchmark such as NAS-Bench-201) look every
+accuracy up in a table (``TabularSpace``); the others are built into networks and trained.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -23,6 +27,7 @@ class SearchSpace(Protocol):
     """What an agent needs of a space. Actions are hashable; ``repr`` of an action is its stable name."""
 
     start: State
+    tabular: bool  # True: accuracies come from a table (``TabularSpace.lookup``); False: candidates are trained
 
     def actions(self, state: State) -> Sequence[Action]: ...
 
@@ -37,6 +42,17 @@ class SearchSpace(Protocol):
     def canonical_hash(self, arch: str) -> str: ...
 
 
+class TabularSpace(SearchSpace, Protocol):
+    """A space whose every architecture has a known accuracy: nothing is trained, the table is the evaluator."""
+
+    table: Path
+
+    def lookup(self, arch: str) -> float: ...
+
+    def check_complete(self) -> None:
+        """Raise ``TableError`` unless the table covers every architecture the space can sample."""
+
+
 class NSCSpace:
     """BlockQNN's block space: each action is the NSC tuple of the next layer.
 
@@ -46,6 +62,8 @@ class NSCSpace:
     ``terminal_weight``), then a kernel and predecessors uniformly. With 7 types the chance to stop is about
     1/7 per layer, so random blocks have all lengths from 1 layer to the maximum (see tests/test_space.py).
     """
+
+    tabular = False
 
     def __init__(
         self,

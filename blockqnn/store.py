@@ -28,6 +28,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from blockqnn.errors import StoreError
+
 DB_NAME = "history.sqlite"
 SCHEMA_VERSION = "1"
 
@@ -46,10 +48,6 @@ CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
 """
 # What the code reads and writes, checked on every open; extra tables and columns are harmless.
 _COLUMNS = {"run": ("key", "value"), "candidates": CANDIDATE_COLUMNS, "agent_checkpoints": ("iteration", "state")}
-
-
-class StoreError(Exception):
-    """A run folder that cannot be used: not a search run, a corrupt database, or an existing run."""
 
 
 def db_path(run_dir: str | Path) -> Path:

@@ -29,7 +29,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from PIL import Image
 
-from blockqnn.config import ConfigError, compose
+from blockqnn.config import compose
+from blockqnn.errors import UserError
 
 
 def load(overrides: list[str]):
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         arrays = load(args.overrides)
-    except (ConfigError, ValueError, OSError, RuntimeError) as e:
+    except (UserError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)

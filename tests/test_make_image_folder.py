@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from blockqnn.data import image_folder, synthetic
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 SCRIPT = REPO / "experiments" / "make_image_folder.py"
 

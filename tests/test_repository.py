@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # Data and notes that sit beside a development checkout, never in a user's clone. Only experiments/ may look for
 # them (and must run without them).

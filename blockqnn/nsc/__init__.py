@@ -18,6 +18,8 @@ from enum import IntEnum
 from numbers import Integral
 from typing import Any, NamedTuple
 
+from blockqnn.errors import NSCError
+
 
 class LayerType(IntEnum):
     CONV = 1
@@ -41,10 +43,6 @@ KERNELS: dict[LayerType, tuple[int, ...]] = {
 BINARY = (LayerType.ADD, LayerType.CONCAT)
 DEFAULT_MAX_INDEX = 10
 FIELDS = "5 integers (index, type, kernel, pred1, pred2)"
-
-
-class NSCError(ValueError):
-    """A code that is not a valid block; the message names the layer and the rule."""
 
 
 class Layer(NamedTuple):
