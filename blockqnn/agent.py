@@ -1,7 +1,7 @@
 """The BlockQNN agent: tabular Q-learning over any search space, epsilon-greedy, with shaping and replay.
 
 One search is a fixed list of iterations given by the epsilon schedule. Each iteration the agent samples B
-trajectories (``sample``), the search loop scores them, and ``update`` learns from them (paper section 4):
+trajectories (``sample``), the search loop scores them, and ``update`` learns from them (docs/method.md#the-agent):
 
 * every scored trajectory goes into the replay memory;
 * each new trajectory is replayed backwards (MetaQNN): the last action moves towards the reward ``r_T``, every
@@ -20,13 +20,15 @@ evaluated is not retrained: the search loop reuses its stored reward and marks i
 and enters the memory like any other sample. Comparisons between agents report evaluated (distinct) blocks too.
 
 Random search (``conf/agent/random.yaml``) is this same class with ``epsilon_override: 1.0``: the same sampler
-and schedule length, so both agents spend the same budget.
+and schedule length, so both agents spend the same budget. Regularized evolution (``blockqnn/evolution.py``) speaks
+the same protocol (``Iterations``, ``sample``, ``update``, ``state_dict``).
 
-Q-values live per state in a numpy array aligned with ``space.actions(state)``, created lazily with ``q_init``,
-so the greedy choice is one vectorised max. Greedy ties (every untried action shares ``q_init``) are broken at
-random with the space's exploration distribution, so a fresh agent behaves like exploration rather than like a
-uniform pick that would favour the many add/concat tuples of the NSC space. The whole agent (Q-table, memory,
-schedule position, random generator) saves to plain JSON data and restores to continue the identical sequence.
+Q-values live per state in a list aligned with ``space.actions(state)``, created lazily with ``q_init``, beside
+their largest value (kept up to date, so that a replayed step costs a few float operations). Greedy ties (every
+untried action shares ``q_init``) are broken at random with the space's exploration distribution, so a fresh agent
+behaves like exploration rather than like a uniform pick that would favour the many add/concat tuples of the NSC
+space. The whole agent (Q-table, memory, schedule position, random generator) saves to plain JSON data and restores
+to continue the identical sequence.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from blockqnn.agent_state import check_state, checked_rng_state, memory_entries, q_entries
+from blockqnn.errors import AgentStateError
 from blockqnn.space import Action, SearchSpace, State
-from blockqnn.store import StoreError
 
 # The paper's schedule as (epsilon, iterations): 178 iterations, 11,392 blocks at B = 64.
 PAPER_STAGES: tuple[tuple[float, int], ...] = (
@@ -49,11 +52,6 @@ SCHEDULES = ("paper", "linear", "constant")
 REPLAY_EVERY = ("block", "iteration")
 STATE_FORMAT = 1
 _STATE_TYPES = {"iteration": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
-
-
-class AgentStateError(StoreError, ValueError):
-    """A saved agent state this agent cannot restore: damaged, or saved with another space or schedule. A
-    ``StoreError`` since it comes from a run's history, so a refused resume is one line, not a traceback."""
 
 
 def _scaled(iterations: int, scale: float) -> int:
@@ -334,7 +332,7 @@ class QLearningAgent(Iterations):
         Every Q-value that moved was updated along a remembered trajectory, so re-reading the memory visits
         every saved state; a saved state or action the space does not produce means a different space config.
         """
-        check_saved_state(state, self.num_iterations, _STATE_TYPES)
+        check_state(state, STATE_FORMAT, _STATE_TYPES, self.num_iterations)
         rng_state = checked_rng_state(state["rng"], self.rng)
         previous = self._nodes, self._memory, self._memory_text
         self._nodes, self._memory, self._memory_text = {}, [], []
@@ -349,10 +347,7 @@ class QLearningAgent(Iterations):
 
     def _restore_memory(self, memory: list) -> None:
         """Replay the saved memory into fresh nodes: it rebuilds every state the saved Q-values refer to."""
-        for item in memory:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-                raise AgentStateError(f"saved agent state has a memory entry {item!r:.80} that is not [block, reward]")
-            text, reward = item
+        for text, reward in memory_entries(memory):
             try:
                 self._remember(*self._entry(self.space.encode(text), reward))
             except (TypeError, ValueError) as e:
@@ -362,12 +357,7 @@ class QLearningAgent(Iterations):
     def _restore_q(self, q: dict) -> None:
         """Set the saved Q-values on the nodes the memory rebuilt (keyed by ``repr``, as ``state_dict`` wrote)."""
         nodes = {repr(s): node for s, node in self._nodes.items()}
-        for key, values in q.items():
-            if key not in nodes:
-                raise AgentStateError(f"saved agent state has Q-values at state {key}, "
-                                      "which no remembered block visits")
-            if not isinstance(values, dict) or not all(map(finite, values.values())):
-                raise AgentStateError(f"saved agent state has Q-values at state {key} that are not numbers by action")
+        for key, values in q_entries(q, nodes):
             node = nodes[key]
             index = {repr(a): i for i, a in enumerate(node.actions)}
             for name, value in values.items():
@@ -375,41 +365,6 @@ class QLearningAgent(Iterations):
                     raise AgentStateError(f"saved agent state has action {name} at state {key}, unknown to this space")
                 node.q[index[name]] = value
             node.top = max(node.q)
-
-
-def check_saved_state(state: Any, num_iterations: int, types: Mapping[str, type]) -> None:
-    """Refuse a state of the wrong shape (damaged, or not this agent's: ``types`` names its keys) before anything
-    of the agent is replaced. Shared by the agents."""
-    if not isinstance(state, Mapping):
-        raise AgentStateError(f"saved agent state is a {type(state).__name__}, not a mapping")
-    if state.get("format") != STATE_FORMAT:
-        raise AgentStateError(f"agent state format {state.get('format')!r} is not {STATE_FORMAT}")
-    wrong = [f"{key} ({kind.__name__})" for key, kind in types.items()
-             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
-    if wrong:
-        raise AgentStateError(f"saved agent state lacks, or has the wrong type of: {', '.join(wrong)}")
-    if state["num_iterations"] != num_iterations:
-        raise AgentStateError(
-            f"agent state was saved with {state['num_iterations']} iterations, this schedule has "
-            f"{num_iterations}: resume with the run's own agent config"
-        )
-    if not 0 <= state["iteration"] <= num_iterations:
-        raise AgentStateError(f"saved agent state is at iteration {state['iteration']} of {num_iterations}")
-
-
-def checked_rng_state(saved: dict, rng: np.random.Generator) -> dict:
-    """``saved`` as accepted by a generator like ``rng`` (tried on a new one, so a refused state changes nothing)."""
-    bits = type(rng.bit_generator)()
-    try:
-        bits.state = saved
-    except (KeyError, TypeError, ValueError) as e:
-        raise AgentStateError(f"saved agent state has an unusable random generator state ({e!r:.80})") from None
-    return bits.state
-
-
-def finite(value: Any) -> bool:
-    """A real number (not a bool, not NaN or infinite): what a saved reward or Q-value must be."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _draw(cum: np.ndarray, rng: np.random.Generator) -> int:

@@ -31,22 +31,14 @@ from hydra.errors import (
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from blockqnn.config import CONF_DIR, ConfigError, check_conf_dir
-from blockqnn.nsc import NSCError
-from blockqnn.store import StoreError
+from blockqnn.config import CONF_DIR, check_conf_dir
+from blockqnn.errors import UserError
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
-
-class UserError(Exception):
-    """Something the user asked for that cannot be done; its message is the whole report."""
-
-
 # Errors that describe bad input. Constructors that validate their config (ValueError, TypeError for an unknown
 # argument) count only when raised through ``hydra.utils.instantiate``; elsewhere they are bugs.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ConfigError, NSCError, StoreError, FileNotFoundError, HydraException, OmegaConfBaseException,
-)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, HydraException, OmegaConfBaseException)
 
 
 class _Reported(BaseException):

@@ -21,12 +21,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from blockqnn.cli import UserError
-from blockqnn.data import DataError, config_key, datamodule
-from blockqnn.network import TemplateMismatch, network_complexity
+from blockqnn.config import config_key
+from blockqnn.data import datamodule
+from blockqnn.errors import DataError, TemplateMismatch, UserError
+from blockqnn.fit import Classifier, fit, on_gpu, quiet
+from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
 from blockqnn.reward import AccuracyReward
-from blockqnn.training import Classifier, fit, on_gpu, quiet
 
 IDENTITY_BLOCK = Block.parse("(1,4,0,0,0),(2,7,0,0,0)")
 
@@ -63,12 +64,12 @@ def candidate_seed(seed: int, arch_key: str) -> int:
 
 def evaluate_candidate(arch: str, cfg: DictConfig) -> Result:
     """Train and score one architecture under the composed search config (dataset, template, space, trainer,
-    reward, seed). Spaces with a ``lookup(arch)`` table (NAS-Bench-201) return its accuracy without training."""
+    reward, seed). Tabular spaces (NAS-Bench-201) give the table's accuracy without training."""
     start = time.perf_counter()
     result = Result(status="failed")
     try:
         space = _instantiated(config_key(cfg.space))
-        if hasattr(space, "lookup"):
+        if space.tabular:
             result.accuracy = result.reward = float(space.lookup(arch))
         else:
             _train(arch, cfg, space, result)
@@ -131,7 +132,7 @@ def prepare(cfg: DictConfig) -> None:
     stops the search with one message before anything is stored, instead of failing every candidate alike."""
     space = _instantiated(config_key(cfg.space))
     reward = _instantiated(config_key(cfg.reward))
-    if hasattr(space, "lookup"):
+    if space.tabular:
         if not isinstance(reward, AccuracyReward):
             raise UserError(f"a table space rewards the table's accuracy alone (it has no FLOPs or density), but "
                             f"the reward is {cfg.reward._target_}: use reward=accuracy")
@@ -142,7 +143,7 @@ def try_recipe(arch: str, cfg: DictConfig) -> Result:
     """Train one batch of the smallest block with the search's recipe, where candidates train (an executor runs
     it like a candidate; ``arch`` is unused): a recipe, device or dataset that fails there would fail every
     candidate, so it stops the search as bad input before its history exists."""
-    if hasattr(_instantiated(config_key(cfg.space)), "lookup"):
+    if _instantiated(config_key(cfg.space)).tabular:
         return Result(status="ok")
     try:
         _fit_block(IDENTITY_BLOCK, _one_batch(cfg), cfg.seed, Result(status="failed"))

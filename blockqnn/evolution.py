@@ -22,17 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from blockqnn.agent import (
-    PAPER_ITERATIONS,
-    STATE_FORMAT,
-    AgentStateError,
-    Iterations,
-    check_saved_state,
-    checked_reward,
-    checked_rng_state,
-    finite,
-    iteration_sizes,
-)
+from blockqnn.agent import PAPER_ITERATIONS, STATE_FORMAT, Iterations, checked_reward, iteration_sizes
+from blockqnn.agent_state import check_state, checked_rng_state, memory_entries
+from blockqnn.errors import AgentStateError
 from blockqnn.space import Action, SearchSpace, explore
 
 _STATE_TYPES = {"iteration": int, "num_iterations": int, "evaluated": int, "population": list, "rng": dict}
@@ -133,21 +125,19 @@ class RegularizedEvolution(Iterations):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a ``state_dict`` saved with the same space and budget; any other state raises
         ``AgentStateError`` and leaves the agent as it was."""
-        check_saved_state(state, self.num_iterations, _STATE_TYPES)
+        check_state(state, STATE_FORMAT, _STATE_TYPES, self.num_iterations)
         rng_state = checked_rng_state(state["rng"], self.rng)
         if len(state["population"]) > self.population_size:
             raise AgentStateError(f"saved agent state has {len(state['population'])} members, more than the "
                                   f"population size {self.population_size}")
-        population = deque(self._restored(item) for item in state["population"])
+        members = memory_entries(state["population"], "population member")
+        population = deque(self._restored(text, reward) for text, reward in members)
         self.population, self.evaluated, self.iteration = population, state["evaluated"], state["iteration"]
         self.rng.bit_generator.state = rng_state
 
-    def _restored(self, item: Any) -> tuple[str, list[Action], float]:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and finite(item[1])):
-            raise AgentStateError(f"saved agent state has a population member {item!r:.80} that is not "
-                                  "[architecture, reward]")
+    def _restored(self, text: str, reward: Any) -> tuple[str, list[Action], float]:
         try:
-            return self._member(self.space.encode(item[0]), item[1])
+            return self._member(self.space.encode(text), reward)
         except (TypeError, ValueError) as e:
-            raise AgentStateError(f"saved agent state has {item[0]} in its population, which this space cannot "
-                                  f"build: {e}") from None
+            raise AgentStateError(f"saved agent state has {text} in its population, which this agent cannot "
+                                  f"restore: {e}") from None

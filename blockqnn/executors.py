@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from blockqnn.errors import UserError
+
 Evaluator = Callable[[str, Any], Any]
 Item = tuple[int, str]
 
@@ -42,8 +44,6 @@ def call(fn: Evaluator, arch: str, cfg: Any) -> Any:
 
     Bad input (``UserError``, e.g. data missing on this node) is no candidate's fault and would fail every one of
     them: it is passed on to stop the search with one line."""
-    from blockqnn.cli import UserError
-
     try:
         return fn(arch, cfg)
     except UserError:
@@ -213,8 +213,6 @@ class RayExecutor:
     def __enter__(self) -> RayExecutor:
         import ray
 
-        from blockqnn.cli import UserError
-
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, **self.init)
@@ -234,8 +232,6 @@ class RayExecutor:
     def map(self, fn: Evaluator, items: Iterable[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
         import ray
         from ray.exceptions import RayError
-
-        from blockqnn.cli import UserError
 
         fn_ref, cfg_ref = ray.put(fn), ray.put(cfg)
         pending = {self._task.remote(fn_ref, arch, cfg_ref): position for position, arch in items}

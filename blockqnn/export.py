@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from blockqnn.errors import ExportError
 from blockqnn.network import Template
 from blockqnn.nsc import Block
 
@@ -26,10 +27,6 @@ VERSION = 1
 TEMPLATE_TARGET = "blockqnn.network.Template"
 TEMPLATE_FIELDS = tuple(inspect.signature(Template).parameters)
 DATASET_FIELDS = ("channels", "image_size", "num_classes")
-
-
-class ExportError(ValueError):
-    """A file that is not a blockqnn model, or one this version cannot read."""
 
 
 def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

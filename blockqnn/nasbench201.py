@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from blockqnn.errors import TableError, TableNotFoundError
+
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # The source node of each of the 6 edges, in string order; nodes 1, 2, 3 take 1, 2, 3 edges.
 EDGE_SOURCES = (0, 0, 1, 0, 1, 2)
@@ -30,14 +32,6 @@ METRIC_UNITS = ("auto", "percent", "fraction")
 
 Edge = tuple[int, str]
 _ARCH = re.compile(r"\|(\w+)~0\|\+\|(\w+)~0\|(\w+)~1\|\+\|(\w+)~0\|(\w+)~1\|(\w+)~2\|")
-
-
-class TableError(ValueError):
-    """A table that cannot be used (columns, values) or an architecture it lacks: one line saying which."""
-
-
-class TableNotFoundError(TableError, FileNotFoundError):
-    """The table file does not exist."""
 
 
 def format_arch(ops: Sequence[str]) -> str:
@@ -59,7 +53,9 @@ def all_archs(ops: Sequence[str] = OPS) -> list[str]:
 
 
 class NASBench201Space:
-    """The NAS-Bench-201 cell with a metric table as its evaluator (``lookup``)."""
+    """The NAS-Bench-201 cell with a metric table as its evaluator (``lookup``): a ``TabularSpace``."""
+
+    tabular = True
 
     def __init__(
         self,

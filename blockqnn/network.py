@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from blockqnn.errors import TemplateMismatch
 from blockqnn.nsc import Block, Layer, LayerType
 
 
@@ -121,10 +122,6 @@ def complexity(model: nn.Module, in_channels: int, image_size: int) -> tuple[int
     return params, float(counter.get_total_flops())
 
 
-class TemplateMismatch(ValueError):
-    """A template that cannot take a dataset's images (too many down-sampling stages for their size)."""
-
-
 def network_complexity(
     block: Block, template: Template, channels: int, num_classes: int, image_size: int
 ) -> tuple[int, float]:
@@ -138,22 +135,3 @@ def network_complexity(
             f"the template ({template.stages} stages, stem {template.stem}) does not fit {image_size}x{image_size} "
             f"images: {str(e).splitlines()[0]}"
         ) from None
-
-
-def describe_network(block: Block, template: str, dataset: str) -> str:
-    """The `nsc show --template` lines: the network's size for a named template and dataset config."""
-    from hydra.utils import instantiate
-
-    from blockqnn.config import load_group
-
-    template_cfg, dataset_cfg = load_group("template", template), load_group("dataset", dataset)
-    if dataset_cfg.num_classes is None:
-        raise ValueError(f"dataset {dataset} counts its classes from the data: use a dataset config that names them")
-    params, flops = network_complexity(
-        block, instantiate(template_cfg), dataset_cfg.channels, dataset_cfg.num_classes, dataset_cfg.image_size
-    )
-    return (
-        f"network: template={template} dataset={dataset} ({dataset_cfg.channels}x{dataset_cfg.image_size}"
-        f"x{dataset_cfg.image_size}, {dataset_cfg.num_classes} classes)\n"
-        f"params: {params:,}\nflops per image: {flops:,.0f} ({flops / 1e6:.1f} MFLOPs)"
-    )

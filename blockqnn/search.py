@@ -9,7 +9,7 @@ blocks, cached ones included; failed candidates are rewarded ``failed_reward``.
 Resume: ``python -m blockqnn.search resume=RUN_DIR`` (or the same command with ``hydra.run.dir=RUN_DIR``) restores
 the agent after its last finished iteration and samples the next one again from the restored random state, which
 gives the same blocks: those already stored are reused, the rest run. A config that changes what the history
-means (``HISTORY_KEYS``) is refused; logger, executor and progress may change.
+means (``blockqnn.resume.HISTORY_KEYS``) is refused; logger, executor and progress may change.
 """
 
 from __future__ import annotations
@@ -29,25 +29,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from blockqnn.cli import UserError, hydra_app
-from blockqnn.config import (
-    LOCATION_KEYS,
-    absolute_locations,
-    adopt_stored,
-    changed_leaves,
-    override_keys,
-    register_run_folder_resolvers,
-)
-from blockqnn.store import Store, StoreError, check, is_run
+from blockqnn.cli import hydra_app
+from blockqnn.errors import StoreError, UserError
+from blockqnn.resume import check_same_table, open_search_run, overridden_keys
+from blockqnn.store import Store
 from blockqnn.tracking import Progress
 
 log = logging.getLogger(__name__)
-
-# Config sections that give the stored candidates their meaning: a resumed search must agree on all of them.
-HISTORY_KEYS = ("seed", "space", "dataset", "template", "trainer", "reward", "agent", "failed_reward")
-
-
-register_run_folder_resolvers("search", is_run, check)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
@@ -164,15 +152,12 @@ def search(
     """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
     ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests).
     ``overridden``: the config keys the command line set; on resume the rest comes from the history."""
-    resuming = cfg.resume is not None or is_run(run_dir)
-    store = Store.open(run_dir) if resuming else None
+    cfg, store = open_search_run(cfg, run_dir, overridden)
+    resuming = store is not None
     try:
-        if store is not None:
-            cfg = adopt_history(store.config(), cfg, set(HISTORY_KEYS) if overridden is None else overridden)
-        cfg = absolute_locations(cfg)
         check_one_device(cfg)
         space = instantiate(cfg.space)
-        if store is not None:
+        if resuming:
             check_same_table(space, store)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
         tracker, executor, progress = instantiate(cfg.logger), instantiate(cfg.executor), _progress(cfg)
@@ -186,13 +171,8 @@ def search(
             if restored is not None:
                 agent.load_state_dict(restored[1])
             log.info("%s search in %s", "resuming" if resuming else "starting", run_dir)
-            tracker.start(cfg, run_dir, store, group)
-            try:
+            with tracker.tracking(cfg, run_dir, store, group):
                 Search(cfg, agent, space, store, executor, tracker, progress, evaluate).run()
-            except BaseException:
-                tracker.finish(store, exit_code=1)  # killed or crashed: a resume continues the same W&B run
-                raise
-            tracker.finish(store)
         best = store.best(1)
         return best[0] if best else None
     finally:
@@ -211,12 +191,8 @@ def prepared_evaluator(cfg: DictConfig) -> Callable[[str, DictConfig], Any]:
     """``evaluate_candidate``, after building the space and reward once: a bad config stops the search with one
     line before anything is stored. Imports torch, so only once the config is good."""
     from blockqnn.evaluate import evaluate_candidate, prepare
-    from blockqnn.nasbench201 import TableError
 
-    try:
-        prepare(cfg)
-    except TableError as e:
-        raise UserError(str(e)) from None
+    prepare(cfg)
     return evaluate_candidate
 
 
@@ -229,21 +205,6 @@ def try_recipe_on(executor: Any, cfg: DictConfig) -> None:
         pass
 
 
-def adopt_history(stored: DictConfig, cfg: DictConfig, overridden: set[str]) -> DictConfig:
-    """On resume, the sections that give the history its meaning come from the stored config as far as the command
-    line leaves them out (``config.adopt_stored``), so ``resume=RUN_DIR`` alone continues any run; what it does
-    set must agree with the history."""
-    merged = adopt_stored(stored, cfg, HISTORY_KEYS, overridden)
-    check_same_history(stored, merged)
-    return merged
-
-
-def overridden_keys(overrides: list[str]) -> set[str]:
-    """The keys command-line overrides set (``agent.alpha=0.1``); a preset (``experiment=``) may set any section."""
-    keys = override_keys(overrides)
-    return keys | set(HISTORY_KEYS) if "experiment" in keys else keys
-
-
 def check_one_device(cfg: DictConfig) -> None:
     """A search trains each candidate on one device: candidates, not gradients, are what it spreads out."""
     if str(cfg.trainer.devices) != "1":
@@ -251,34 +212,6 @@ def check_one_device(cfg: DictConfig) -> None:
             f"a search trains each candidate on one device (trainer.devices=1, got {cfg.trainer.devices}): spread "
             "candidates over GPUs with executor.workers or executor=ray; DDP is for python -m blockqnn.train"
         )
-
-
-def check_same_history(stored: DictConfig | dict, cfg: DictConfig | dict) -> None:
-    """Refuse to continue a history under a config that would change what its candidates mean."""
-    differing = changed_leaves(stored, cfg, HISTORY_KEYS, LOCATION_KEYS)
-    if differing:
-        more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
-        raise UserError(f"cannot resume: the config changes what the stored history means: "
-                        f"{', '.join(differing[:6])}{more}")
-
-
-def check_same_table(space: Any, store: Store) -> None:
-    """A table may move (``space.table`` is a location), but a resumed search must read the same accuracies: the
-    stored candidates are looked up again in the table given now."""
-    if not hasattr(space, "lookup"):
-        return
-    from blockqnn.nasbench201 import TableError
-
-    for row in store.candidates():
-        if row["status"] != "ok" or row["cached"]:
-            continue
-        try:
-            now = space.lookup(row["arch"])
-        except TableError as e:
-            raise UserError(f"cannot resume: {e}: not the table the search started with") from None
-        if now != row["accuracy"]:
-            raise UserError(f"cannot resume: {space.table} gives {row['arch']} accuracy {now}, the history has "
-                            f"{row['accuracy']}: not the table the search started with")
 
 
 def summary(best: dict[str, Any] | None, run_dir: Path) -> str:

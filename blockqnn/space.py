@@ -2,8 +2,11 @@
 
 A space is Markov: the state is the last action taken (the NSC tuple of the current layer), as in the paper,
 so an agent needs nothing but ``start``, ``actions(state)``, ``exploration_probs(state)`` and ``is_final``.
-Architectures travel through the rest of the system as text (``decode``), identified by ``canonical_hash``.
-Evolution also changes an architecture a little (``mutate``).
+Architectures travel through the rest of the system as text (``decode``), identified by ``canonical_hash``;
+evolution changes one a little (``mutate``).
+
+A space says how its architectures are scored: ``tabular`` spaces (a benchmark such as NAS-Bench-201) look every
+accuracy up in a table (``TabularSpace``); the others are built into networks and trained.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Hashable, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +29,7 @@ class SearchSpace(Protocol):
     """What an agent needs of a space. Actions are hashable; ``repr`` of an action is its stable name."""
 
     start: State
+    tabular: bool  # True: accuracies come from a table (``TabularSpace.lookup``); False: candidates are trained
 
     def actions(self, state: State) -> Sequence[Action]: ...
 
@@ -51,6 +56,17 @@ def explore(space: SearchSpace, rng: np.random.Generator) -> list[Action]:
     return actions
 
 
+class TabularSpace(SearchSpace, Protocol):
+    """A space whose every architecture has a known accuracy: nothing is trained, the table is the evaluator."""
+
+    table: Path
+
+    def lookup(self, arch: str) -> float: ...
+
+    def check_complete(self) -> None:
+        """Raise ``TableError`` unless the table covers every architecture the space can sample."""
+
+
 class NSCSpace:
     """BlockQNN's block space: each action is the NSC tuple of the next layer.
 
@@ -66,6 +82,8 @@ class NSCSpace:
     ``x``, so both only repeat what other layers do (and drew 41% of random add/concat layers). The NSC format
     itself still accepts any order and equal inputs (hand-written blocks).
     """
+
+    tabular = False
 
     def __init__(
         self,

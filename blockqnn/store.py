@@ -28,6 +28,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from blockqnn.errors import StoreError
+
 DB_NAME = "history.sqlite"
 # 2: exact canonical hashes, and the NSC space's add/concat take two different inputs in order; a history of
 # version 1 would give the same block other hashes, and its agent state names actions the space no longer has.
@@ -48,10 +50,6 @@ CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
 """
 # What the code reads and writes, checked on every open; extra tables and columns are harmless.
 _COLUMNS = {"run": ("key", "value"), "candidates": CANDIDATE_COLUMNS, "agent_checkpoints": ("iteration", "state")}
-
-
-class StoreError(Exception):
-    """A run folder that cannot be used: not a search run, a corrupt database, or an existing run."""
 
 
 def db_path(run_dir: str | Path) -> Path:

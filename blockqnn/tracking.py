@@ -38,7 +38,19 @@ LOGGED = ("iteration", "position", "reward", "accuracy", "flops", "params", "den
 
 
 class NoTracker:
-    """``logger=none``: tracking off."""
+    """``logger=none``: tracking off. Every tracker is used through ``tracking``."""
+
+    @contextlib.contextmanager
+    def tracking(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> Iterator[None]:
+        """Start tracking the search and always finish it, marked failed (exit code 1) when the search was killed
+        or crashed: a resumed search continues the same W&B run."""
+        self.start(cfg, run_dir, store, group)
+        try:
+            yield
+        except BaseException:
+            self.finish(store, exit_code=1)
+            raise
+        self.finish(store)
 
     def start(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> None:
         pass

@@ -11,49 +11,42 @@ and bf16 from the trainer config, W&B through the logger group. The folder ends 
 from __future__ import annotations
 
 import json
-import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from blockqnn import export
-from blockqnn.cli import UserError, hydra_app
-from blockqnn.config import (
-    LOCATION_KEYS,
-    absolute_locations,
-    adopt_stored,
-    changed_leaves,
-    override_keys,
-    register_run_folder_resolvers,
-)
+from blockqnn.cli import hydra_app
 from blockqnn.data import channel_stats, datamodule
+from blockqnn.errors import UserError
+from blockqnn.fit import Classifier, accuracy_on_test_set, build_trainer, on_gpu, quiet, release_process_group
 from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
+from blockqnn.resume import (
+    CHECKPOINTS,
+    LAST,
+    absolute_locations,
+    adopt_folder_config,
+    check_epochs_left,
+    check_same_network,
+    check_train_folder,
+    is_train_folder,
+    override_keys,
+    save_config,
+)
 from blockqnn.store import Store
 from blockqnn.tracking import WandbTracker, wandb_mode
-from blockqnn.training import Classifier, accuracy_on_test_set, build_trainer, on_gpu, quiet, release_process_group
 
 RANKED = re.compile(r"(?P<run>[^()\[\]]+):(?P<rank>-?\d+)")
-CONFIG_FILE, RESULT_FILE, CHECKPOINTS, LAST = "config.yaml", "result.json", "checkpoints", "last.ckpt"
-# What a train folder's config.yaml fixes: a resume must train the same network on the same data...
-SAME_NETWORK = ("block", "template", "dataset")
-# ...and takes these from the folder unless the command line names them (the recipe and logging may change).
-ADOPTED = (*SAME_NETWORK, "seed", "trainer", "logger", "checkpoint", "export")
-# What to do about a corrupt config.yaml, and about a corrupt checkpoint.
-RESTORE = "restore it, or train into a new folder"
-RESTART = "delete it to train this folder from the start, or train into a new folder"
+RESULT_FILE = "result.json"
 
 
 # ---- which block --------------------------------------------------------------------------------------------------
@@ -82,105 +75,6 @@ def resolve_block(spec: Any) -> tuple[Block, dict[str, Any]]:
     source = {"search_run": str(Path(run).resolve()), "rank": rank, "search_reward": row["reward"],
               "search_accuracy": row["accuracy"]}
     return Block.parse(row["arch"], None), source
-
-
-# ---- the run folder ---------------------------------------------------------------------------------------------
-def is_train_folder(folder: str | Path) -> bool:
-    """Whether ``folder`` was started by a training (its config is recorded): a run there resumes it."""
-    return (Path(folder) / CONFIG_FILE).is_file()
-
-
-def check_train_folder(folder: str | Path) -> DictConfig:
-    """The folder's recorded config, after checking that it and the last checkpoint can be read: a broken folder
-    stops the run before anything is written into it."""
-    folder = Path(folder)
-    if not is_train_folder(folder):
-        raise UserError(f"resume={folder}: not a train folder (no {CONFIG_FILE} in it)")
-    saved = _saved_config(folder / CONFIG_FILE)
-    last = folder / CHECKPOINTS / LAST
-    if last.is_file():
-        checkpoint_epoch(last)
-    return saved
-
-
-def _saved_config(path: Path) -> DictConfig:
-    try:
-        saved = OmegaConf.create(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as e:
-        raise _corrupt(path, e, RESTORE) from None
-    if not isinstance(saved, DictConfig) or not isinstance(saved.get("block"), str):
-        raise _corrupt(path, "no block recorded in it", RESTORE)
-    return saved
-
-
-def checkpoint_epoch(path: Path) -> int:
-    """The epoch a Lightning checkpoint resumes at, read with its tensors memory-mapped (cheap); any failure to read
-    it means the file is corrupt."""
-    if not zipfile.is_zipfile(path):
-        raise _corrupt(path, "not a zip archive, which torch.save writes", RESTART)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except OSError:  # unreadable (permissions, I/O) is not corrupt
-        raise
-    except Exception as e:  # torch reports a damaged archive with many exception types
-        raise _corrupt(path, e, RESTART) from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("epoch"), int):
-        raise _corrupt(path, "no epoch recorded in it", RESTART)
-    return checkpoint["epoch"]
-
-
-def check_epochs_left(last: Path, max_epochs: int | None) -> None:
-    """Lightning refuses to resume past ``max_epochs`` with a traceback; say it in one line before training."""
-    epoch = checkpoint_epoch(last)
-    if max_epochs not in (None, -1) and epoch > max_epochs:
-        raise UserError(f"{last} has trained {epoch} epochs, more than trainer.max_epochs={max_epochs}: "
-                        f"give trainer.max_epochs={epoch} or more")
-
-
-def _corrupt(path: Path, reason: BaseException | str, remedy: str) -> UserError:
-    detail = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
-    return UserError(f"{path} is corrupt ({detail}): {remedy}")
-
-
-register_run_folder_resolvers("train", is_train_folder, check_train_folder)
-
-
-def adopt_folder_config(saved: DictConfig, cfg: DictConfig, overridden: set[str] | None = None) -> DictConfig:
-    """On resume, what the command line leaves out comes from the folder (``config.adopt_stored``); ``overridden``
-    None (an API call, no command line) keeps every section of ``cfg`` and takes only a missing block."""
-    merged = adopt_stored(saved, cfg, ADOPTED, set(ADOPTED) if overridden is None else overridden)
-    if merged.block is None:
-        with open_dict(merged):
-            merged.block = saved.block
-    return merged
-
-
-def check_same_network(saved: DictConfig, cfg: DictConfig, folder: Path) -> None:
-    """A resumed folder must train the same network on the same data: its checkpoint is only valid for those."""
-    for key in SAME_NETWORK:
-        differing = changed_leaves(saved, cfg, [key], LOCATION_KEYS)
-        if differing:
-            raise UserError(f"{folder} was trained with another {key} ({', '.join(differing[:3])}); "
-                            f"train into a new folder or repeat the folder's settings")
-
-
-def save_config(cfg: DictConfig, folder: Path) -> None:
-    """Record what this folder trains, once the data has loaded: a folder with a config is a resumable one, and a
-    resume records the recipe it continued with (``trainer.max_epochs=60``) for the next ``resume=FOLDER``.
-    Replaced atomically, and only when it changes (DDP ranks all get here)."""
-    path = folder / CONFIG_FILE
-    text = OmegaConf.to_yaml(OmegaConf.create({k: _resolved(cfg, k) for k in cfg if k not in ("hydra", "resume")}))
-    if path.is_file() and path.read_text() == text:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{CONFIG_FILE}.{os.getpid()}")
-    partial.write_text(text)
-    partial.replace(path)
-
-
-def _resolved(cfg: DictConfig, key: str) -> Any:
-    value = cfg[key]
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def tracking_logger(cfg: DictConfig, folder: Path) -> Logger | bool:

@@ -31,9 +31,9 @@ from lightning.pytorch.callbacks import Callback
 from blockqnn.config import compose
 from blockqnn.data import datamodule
 from blockqnn.evaluate import evaluate_candidate
+from blockqnn.fit import Classifier, build_trainer, fit, on_gpu, quiet
 from blockqnn.network import complexity
 from blockqnn.nsc import Block
-from blockqnn.training import Classifier, build_trainer, fit, on_gpu, quiet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import SUBSET, sync  # noqa: E402

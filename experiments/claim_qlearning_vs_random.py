@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blockqnn import report
+from blockqnn import analysis, report
 from blockqnn.config import compose
 from blockqnn.search import search
 
@@ -34,7 +34,7 @@ SMALL_BUDGET = [
 AGENTS = ("qlearning", "random")
 
 
-def late_mean_reward(history: report.History) -> float:
+def late_mean_reward(history: analysis.History) -> float:
     """Mean reward of the blocks sampled (cached repeats included) in the last quarter of the iterations."""
     iterations = sorted({r["iteration"] for r in history.rows})
     late = set(iterations[-max(1, len(iterations) // 4):])
@@ -60,14 +60,14 @@ def main() -> None:
             print(f"{agent:>9} seed {seed}: {run_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     report.report(out, top_k=3, wandb=False)
-    histories = [report.load_history(r, 1) for r in runs]
-    groups = report.by_agent(histories)
-    n = min(len(report.best_so_far(h)) for h in histories)
+    histories = [analysis.load_history(r, 1) for r in runs]
+    groups = analysis.by_agent(histories)
+    n = min(len(analysis.best_so_far(h)) for h in histories)
     points = sorted({max(1, n // 4), max(1, n // 2), n})
     print(f"\nbest reward after n trained blocks (mean ± std over {args.seeds} seeds)")
     print(f"{'agent':>10} " + "".join(f"{f'n={p}':>18}" for p in points) + f"{'late-sample mean':>22}")
     for agent, group in sorted(groups.items()):
-        curves = np.array([report.best_so_far(h)[:n] for h in group])
+        curves = np.array([analysis.best_so_far(h)[:n] for h in group])
         cells = "".join(f"{curves[:, p - 1].mean():>10.4f} ± {curves[:, p - 1].std():.3f}" for p in points)
         last = [late_mean_reward(h) for h in group]
         distinct = [len(h.trained()) for h in group]

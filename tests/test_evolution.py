@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockqnn.agent import AgentStateError, QLearningAgent
+from blockqnn.agent import QLearningAgent
+from blockqnn.errors import AgentStateError, StoreError
 from blockqnn.evolution import RegularizedEvolution
 from blockqnn.nasbench201 import NASBench201Space
 from blockqnn.nsc import Block
 from blockqnn.space import NSCSpace, explore
-from blockqnn.store import StoreError
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +118,10 @@ def test_a_bad_configuration_is_a_clear_error(table):
 MALFORMED = {
     "a-q-learning-state": (lambda s: {k: s[k] for k in ("format", "iteration", "num_iterations", "rng")}
                            | {"q": {}, "memory": []}, "wrong type of: evaluated (int), population (list)"),
-    "member-no-pair": (lambda s: s | {"population": [["x"]]}, "not [architecture, reward]"),
-    "member-reward-nan": (lambda s: s | {"population": [[s["population"][0][0], float("nan")]]}, "not [architecture"),
-    "member-not-a-cell": (lambda s: s | {"population": [["|conv~0|", 0.5]]}, "which this space cannot build"),
+    "member-no-pair": (lambda s: s | {"population": [["x"]]}, "population member ['x'] that is not [block, reward]"),
+    "member-reward-nan": (lambda s: s | {"population": [[s["population"][0][0], float("nan")]]}, "finite number"),
+    "member-reward-text": (lambda s: s | {"population": [[s["population"][0][0], "high"]]}, "cannot restore"),
+    "member-not-a-cell": (lambda s: s | {"population": [["|conv~0|", 0.5]]}, "which this agent cannot restore"),
     "too-many-members": (lambda s: s | {"population": s["population"] * 3}, "more than the population size 10"),
     "iteration-beyond-the-budget": (lambda s: s | {"iteration": 99}, "at iteration 99 of"),
 }

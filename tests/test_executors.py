@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from blockqnn.cli import UserError
+from blockqnn.errors import UserError
 from blockqnn.executors import LocalExecutor, RayExecutor
 
 ITEMS = [(i, f"arch-{i}") for i in range(6)]
@@ -151,14 +151,14 @@ def test_ray_retries_lost_workers_then_records_failed(ray_instance, tmp_path):
 
 
 def missing_data(arch: str, cfg: dict) -> None:
-    from blockqnn.cli import UserError
+    from blockqnn.errors import UserError
 
     raise UserError(f"dataset not found at {cfg['dir']}")
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_bad_input_in_an_evaluator_stops_the_search_instead_of_failing_each_candidate(workers, tmp_path):
-    from blockqnn.cli import UserError
+    from blockqnn.errors import UserError
 
     with LocalExecutor(workers=workers, threads=1) as executor, pytest.raises(UserError, match="dataset not found"):
         list(executor.map(missing_data, ITEMS, {"dir": str(tmp_path)}))

@@ -7,62 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blockqnn import report
+from blockqnn import analysis, plots, report
 from blockqnn.drawing import BOX_H, BOX_W, depths, draw_block, layout, polyline
 from blockqnn.nsc import Block
 from blockqnn.space import NSCSpace
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import INCEPTION, RESIDUAL, random_block
-from tests.conftest import folder_digest
-from tests.test_store import DAMAGED, damage
-
-
-def fake_reward(block: Block, rng: np.random.Generator) -> float:
-    """A landscape that favours adds and convs, so the top-k differ visibly from the population."""
-    types = [layer.type for layer in block.body]
-    return 0.5 + 0.05 * types.count(5) + 0.02 * types.count(1) + rng.normal(0, 0.01)
-
-
-# The agent sections of the three agents' stored configs, as far as the report reads them.
-AGENT_CONFIGS = {
-    "q-learning": {"_target_": "blockqnn.agent.QLearningAgent", "alpha": 0.1, "epsilon_override": None},
-    "random": {"_target_": "blockqnn.agent.QLearningAgent", "alpha": 0.1, "epsilon_override": 1.0},
-    "evolution": {"_target_": "blockqnn.evolution.RegularizedEvolution", "population_size": 10},
-}
-
-
-def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilons=(1.0, 1.0, 0.5, 0.1), wandb_id=None):
-    """A finished search history as the search loop writes it: some cached repeats and one failure."""
-    rng = np.random.default_rng(seed)
-    space = NSCSpace(max_index=6)
-    config = {
-        "seed": seed,
-        "dataset": {"name": "digits"},
-        "agent": AGENT_CONFIGS[agent] | {"batch_size": batch},
-        "logger": {"project": "blockqnn-test", "mode": "offline"},
-    }
-    store = Store.create(run_dir, config)
-    seen = {}
-    for it in range(iterations):
-        for pos in range(batch):
-            block = random_block(space, rng)
-            h = block.canonical_hash()
-            row = {"iteration": it, "position": pos, "arch": str(block), "hash": h, "epsilon": epsilons[it],
-                   "cached": int(h in seen), "density": block.density(), "flops": 1e6 * len(block.layers),
-                   "params": 1000 * len(block.layers), "epochs": 1, "wall_time": 0.5}
-            if h in seen:
-                row.update(seen[h], cached=1)
-            elif it == 1 and pos == 0:
-                row.update(status="failed", error="NaN loss")
-            else:
-                reward = fake_reward(block, rng) + (0.05 if agent == "q-learning" and it > 1 else 0.0)
-                row.update(status="ok", reward=reward, accuracy=reward + 0.01)
-                seen[h] = {k: row[k] for k in ("status", "reward", "accuracy")}
-            store.record(row)
-    if wandb_id:
-        store.set("wandb_run_id", wandb_id)
-    store.close()
-    return run_dir
+from tests.helpers import AGENT_CONFIGS, DAMAGED, damage, folder_digest, make_run
 
 
 def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path):
@@ -89,21 +40,21 @@ def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path)
 
 
 def test_best_so_far_counts_trained_candidates_only(tmp_path):
-    history = report.load_history(make_run(tmp_path / "run"), 3)
-    curve = report.best_so_far(history)
+    history = analysis.load_history(make_run(tmp_path / "run"), 3)
+    curve = analysis.best_so_far(history)
     assert len(curve) == sum(1 for r in history.rows if not r["cached"]) < len(history.rows)
     assert np.all(np.diff(curve[np.isfinite(curve)]) >= 0)
     assert curve[-1] == pytest.approx(max(r["reward"] for r in history.rows if r["status"] == "ok"))
 
 
 def test_epsilon_stages_follow_the_schedule(tmp_path):
-    history = report.load_history(make_run(tmp_path / "run", iterations=3, batch=4, epsilons=(1.0, 0.5, 0.5)), 1)
-    assert report._epsilon_stages(history.rows) == [(1, 4, 1.0), (5, 12, 0.5)]
+    history = analysis.load_history(make_run(tmp_path / "run", iterations=3, batch=4, epsilons=(1.0, 0.5, 0.5)), 1)
+    assert plots._epsilon_stages(history.rows) == [(1, 4, 1.0), (5, 12, 0.5)]
 
 
 def test_running_mean_ignores_failures():
     values = np.array([1.0, np.nan, 3.0, 5.0])
-    assert report.running_mean(values, 2).tolist() == [1.0, 1.0, 3.0, 4.0]
+    assert plots.running_mean(values, 2).tolist() == [1.0, 1.0, 3.0, 4.0]
 
 
 def test_multirun_compares_agents(tmp_path, monkeypatch):
@@ -132,10 +83,10 @@ def test_multirun_compares_agents(tmp_path, monkeypatch):
 
 
 def test_features_of_the_paper_blocks():
-    res, inc = report.block_features(Block.parse(RESIDUAL)), report.block_features(Block.parse(INCEPTION))
+    res, inc = analysis.block_features(Block.parse(RESIDUAL)), analysis.block_features(Block.parse(INCEPTION))
     assert res["shortcut"] == 1 and res["multi_branch"] == 1 and res["n_add"] == 1 and res["n_conv"] == 2
     assert inc["multi_branch"] == 1 and inc["n_concat"] == 2 and inc["n_conv"] == 5 and inc["n_add"] == 0
-    chain = report.block_features(Block.parse("(1,1,3,0,0)(2,1,3,1,0)(3,7,0,0,0)"))
+    chain = analysis.block_features(Block.parse("(1,1,3,0,0)(2,1,3,1,0)(3,7,0,0,0)"))
     assert chain["shortcut"] == 0 and chain["multi_branch"] == 0
 
 

@@ -17,14 +17,16 @@ from pathlib import Path
 import pytest
 
 from blockqnn.agent import QLearningAgent, epsilon_schedule
-from blockqnn.cli import UserError, describe, one_line_errors, user_errors
+from blockqnn.cli import describe, one_line_errors, user_errors
+from blockqnn.errors import UserError
 from blockqnn.evaluate import evaluate_candidate
 from blockqnn.nasbench201 import NASBench201Space, write_synthetic_table
 from blockqnn.nsc import Block, NSCError
 from blockqnn.report import report
-from blockqnn.search import check_same_history, overridden_keys, search
+from blockqnn.resume import check_same_history, overridden_keys
+from blockqnn.search import search
 from blockqnn.store import DB_NAME, Store, StoreError
-from tests.conftest import REPO, folder_digest, read_wandb_run, run_cli
+from tests.helpers import REPO, folder_digest, read_wandb_run, run_cli
 
 TIMES = ("wall_time", "started_at", "finished_at")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -12,42 +11,8 @@ import pytest
 from blockqnn.cli import describe, user_errors
 from blockqnn.search import search
 from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, SCHEMA_VERSION, Store, StoreError, check, is_run
-from tests.conftest import folder_digest, run_cli
+from tests.helpers import DAMAGED, damage, folder_digest, row, run_cli, small_run
 
-
-def row(iteration: int, position: int, reward: float | None, **extra) -> dict:
-    base = dict(iteration=iteration, position=position, arch=f"a{iteration}.{position}", hash=f"h{position}",
-                status="ok" if reward is not None else "failed", reward=reward, accuracy=reward, cached=0)
-    return base | extra
-
-
-def small_run(run_dir: Path) -> Path:
-    """A history as a search leaves it: config, candidates and the agent's checkpoint."""
-    with Store.create(run_dir, {"seed": 1, "agent": {"alpha": 0.1}}) as store:
-        store.record(row(0, 0, 0.5))
-        store.record(row(0, 1, 0.7))
-        store.checkpoint(0, {"format": 1, "iteration": 1})
-    return run_dir
-
-
-def damage(run_dir: Path, sql: str) -> None:
-    """Change a history behind the store's back, as another program or a hand edit would."""
-    with closing(sqlite3.connect(run_dir / DB_NAME)) as db:
-        db.executescript(sql)
-
-
-# Damage that makes a history unusable, and what the refusal says. Tests of the report reuse these.
-DAMAGED = {
-    "config-not-yaml": ("UPDATE run SET value = 'seed: [1' WHERE key = 'config'", "config is not valid YAML"),
-    "config-a-list": ("UPDATE run SET value = '- 1' WHERE key = 'config'", "config is not a YAML mapping"),
-    "config-gone": ("DELETE FROM run WHERE key = 'config'", "no stored config"),
-    "column-renamed": ("ALTER TABLE candidates RENAME COLUMN reward TO score", "missing columns: candidates.reward"),
-    "column-dropped": ("ALTER TABLE candidates DROP COLUMN flops", "missing columns: candidates.flops"),
-    "foreign-candidates": ("DROP TABLE candidates; CREATE TABLE candidates (id INTEGER, name TEXT)",
-                           "missing columns: candidates.iteration, candidates.position"),
-    "checkpoint-column": ("ALTER TABLE agent_checkpoints RENAME COLUMN state TO blob",
-                          "missing columns: agent_checkpoints.state"),
-}
 BAD_CHECKPOINTS = {"not-json": "'{\"format\": 1'", "a-list": "'[1, 2]'", "null": "NULL"}
 
 

@@ -10,7 +10,7 @@ import pytest
 from blockqnn.search import search
 from blockqnn.store import Store
 from blockqnn.tracking import Progress, WandbTracker, wandb_mode
-from tests.conftest import read_wandb_run
+from tests.helpers import read_wandb_run
 
 STATE = dict(iteration=1, iterations=4, epsilon=0.9, done=10, total=40, cached=2, failed=1, best=0.61234)
 

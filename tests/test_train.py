@@ -12,20 +12,14 @@ from PIL import Image
 
 import blockqnn
 from blockqnn import export
-from blockqnn.cli import UserError
-from blockqnn.config import compose, override_keys
+from blockqnn.config import compose
+from blockqnn.errors import UserError
 from blockqnn.nsc import Block, NSCError
+from blockqnn.resume import adopt_folder_config, check_same_network, check_train_folder, override_keys
 from blockqnn.store import Store, StoreError
-from blockqnn.train import (
-    adopt_folder_config,
-    check_same_network,
-    check_train_folder,
-    resolve_block,
-    train,
-)
+from blockqnn.train import resolve_block, train
 from tests.blocks import RESIDUAL
-from tests.conftest import folder_digest
-from tests.test_report import make_run
+from tests.helpers import folder_digest, make_run
 
 SMOKE = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=4", "logger=none"]
 

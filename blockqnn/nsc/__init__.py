@@ -1,7 +1,7 @@
 """The Network Structure Code (NSC): a block as a list of 5-tuples ``(index, type, kernel, pred1, pred2)``.
 
 Index 0 is the block's input; layers are numbered 1..n and the last one is Terminal. Layers that no other
-layer consumes are concatenated into the block's output (see README, "The NSC format").
+layer consumes are concatenated into the block's output (docs/method.md#the-network-structure-code).
 
 ``python -m blockqnn.nsc check CODE`` and ``python -m blockqnn.nsc show CODE`` are the command-line face
 (``__main__.py``, which may import the network builder: this module stays free of torch).
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from numbers import Integral
 from typing import Any, NamedTuple
+
+from blockqnn.errors import NSCError
 
 
 class LayerType(IntEnum):
@@ -41,10 +43,6 @@ KERNELS: dict[LayerType, tuple[int, ...]] = {
 BINARY = (LayerType.ADD, LayerType.CONCAT)
 DEFAULT_MAX_INDEX = 10
 FIELDS = "5 integers (index, type, kernel, pred1, pred2)"
-
-
-class NSCError(ValueError):
-    """A code that is not a valid block; the message names the layer and the rule."""
 
 
 class Layer(NamedTuple):

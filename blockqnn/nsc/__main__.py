@@ -28,10 +28,28 @@ def _show(block: Block, template: str | None, dataset: str) -> str:
         f"density: {block.density():.4f}",
     ]
     if template:
-        from blockqnn.network import describe_network  # torch is only imported when a network is asked for
-
-        lines.append(describe_network(block, template, dataset))
+        lines.append(_describe_network(block, template, dataset))
     return "\n".join(lines)
+
+
+def _describe_network(block: Block, template: str, dataset: str) -> str:
+    """The network's size for a named template and dataset config. Imports torch and Hydra: only when asked."""
+    from hydra.utils import instantiate
+
+    from blockqnn.config import load_group
+    from blockqnn.network import network_complexity
+
+    template_cfg, dataset_cfg = load_group("template", template), load_group("dataset", dataset)
+    if dataset_cfg.num_classes is None:
+        raise ValueError(f"dataset {dataset} counts its classes from the data: use a dataset config that names them")
+    params, flops = network_complexity(
+        block, instantiate(template_cfg), dataset_cfg.channels, dataset_cfg.num_classes, dataset_cfg.image_size
+    )
+    return (
+        f"network: template={template} dataset={dataset} ({dataset_cfg.channels}x{dataset_cfg.image_size}"
+        f"x{dataset_cfg.image_size}, {dataset_cfg.num_classes} classes)\n"
+        f"params: {params:,}\nflops per image: {flops:,.0f} ({flops / 1e6:.1f} MFLOPs)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,9 +24,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged (NaN or infinite loss): the candidate is stopped and recorded as failed."""
+from blockqnn.errors import NonFiniteLossError
 
 
 class Classifier(L.LightningModule):

@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import Callback, ModelSummary
 from lightning.pytorch.loggers import CSVLogger
 
 from blockqnn.data import datamodule
+from blockqnn.fit import Classifier, NonFiniteLossError, accuracy_on_test_set, build_trainer, fit
 from blockqnn.nsc import Block
-from blockqnn.training import Classifier, NonFiniteLossError, accuracy_on_test_set, build_trainer, fit
 from tests.blocks import RESIDUAL
 
 
@@ -121,7 +121,7 @@ from hydra.utils import instantiate
 from blockqnn.config import compose
 from blockqnn.data import datamodule
 from blockqnn.nsc import Block
-from blockqnn.training import Classifier, fit
+from blockqnn.fit import Classifier, fit
 
 cfg = compose("search", ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.accelerator=cpu",
                          "trainer.devices=2", "trainer.max_epochs=2"])

@@ -1,0 +1,20 @@
+"""Datasets for candidate and final training, in three steps as data flows:
+
+- ``sources``: load a dataset's raw splits (CIFAR, image folders, digits, synthetic) as uint8 tensors;
+- ``augment``: hold a split on the training device and draw augmented batches from it in one gather;
+- ``modules``: the LightningDataModules training asks for (``DeviceData``; ``StreamedData`` for ImageNet, which
+  does not fit in memory and streams from disk with the usual 224x224 augmentations).
+
+The configs (``conf/dataset/*.yaml``) and stored runs name targets as ``blockqnn.data.<name>``: they are all here.
+"""
+
+from blockqnn.data.augment import Augment, Crops, DeviceLoader, cutout
+from blockqnn.data.modules import DeviceData, DeviceSplits, StreamedData, channel_stats, datamodule, device_splits
+from blockqnn.data.sources import Arrays, cifar, digits, image_folder, load_source, synthetic, validation_split
+from blockqnn.errors import DataError
+
+__all__ = [
+    "Arrays", "Augment", "Crops", "DataError", "DeviceData", "DeviceLoader", "DeviceSplits", "StreamedData",
+    "channel_stats", "cifar", "cutout", "datamodule", "device_splits", "digits", "image_folder", "load_source",
+    "synthetic", "validation_split",
+]

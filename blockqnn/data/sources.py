@@ -1,0 +1,163 @@
+"""Data sources: each loads a dataset's raw splits as uint8 tensors (``Arrays``), once per process.
+
+A source is what ``dataset.source`` instantiates (``conf/dataset/*.yaml``): torchvision's CIFAR archives
+(downloaded when absent), any image-folder tree, scikit-learn's bundled digits, or generated patterns. The
+validation split is carved from the training set with a fixed seed, the same for every candidate of a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from torch import Tensor
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from blockqnn.errors import DataError
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A dataset as loaded from its source: uint8 images (N, C, H, W) and int64 labels, train and test."""
+
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    classes: tuple[str, ...]
+
+
+def _nchw(images: np.ndarray) -> Tensor:
+    """NHWC uint8 array (as torchvision and PIL give) -> contiguous NCHW tensor."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _labels(labels) -> Tensor:
+    return torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+
+
+def cifar(root: str, classes: int = 10, download: bool = True) -> Arrays:
+    """CIFAR-10/100 from the official python archives under ``root``, downloaded there when absent."""
+    kind = {10: datasets.CIFAR10, 100: datasets.CIFAR100}[classes]
+    folder = Path(root).resolve() / kind.base_folder
+    try:
+        train, test = (kind(root, train=t, download=False) for t in (True, False))
+    except RuntimeError:
+        if not download:
+            raise DataError(_cifar_missing(kind, folder, "download is off (dataset.source.download=false)")) from None
+        try:
+            train = kind(root, train=True, download=True)
+            test = kind(root, train=False, download=False)
+        except Exception as e:  # offline, corrupt archive, disk full: all mean "not available"
+            raise DataError(_cifar_missing(kind, folder, f"download failed: {e}")) from None
+    return Arrays(_nchw(train.data), _labels(train.targets), _nchw(test.data), _labels(test.targets),
+                  tuple(train.classes))
+
+
+def _cifar_missing(kind: type, folder: Path, why: str) -> str:
+    return (
+        f"{kind.__name__} not found at {folder} and {why}. Put {kind.filename} (or its extracted "
+        f"{kind.base_folder}/ folder) in {folder.parent}, point data_dir=... (or BLOCKQNN_DATA) at a folder that "
+        f"has it, or choose another dataset (e.g. dataset=digits)."
+    )
+
+
+def image_folder(
+    root: str, image_size: int, channels: int = 3, train_dir: str = "train", test_dir: str = "test"
+) -> Arrays:
+    """Any ``root/{train,test}/<class>/*`` tree of images, resized (shorter side) and centre-cropped to size."""
+    for split in (train_dir, test_dir):
+        if not (Path(root) / split).is_dir():
+            raise DataError(
+                f"image folder not found: {Path(root) / split} (expected {train_dir}/<class>/*.png|jpg and "
+                f"{test_dir}/<class>/* under dataset.source.root; set dataset.source.root=/path/to/tree)"
+            )
+    mode = {1: "L", 3: "RGB"}[channels]
+    to_tensor = v2.Compose([v2.Resize(image_size), v2.CenterCrop(image_size), v2.PILToTensor()])
+
+    def load(split: str, class_to_idx: dict[str, int] | None = None) -> tuple[Tensor, Tensor, list[str]]:
+        try:
+            folder = datasets.ImageFolder(
+                str(Path(root) / split), loader=lambda p: datasets.folder.pil_loader(p).convert(mode)
+            )
+        except FileNotFoundError as e:  # no class folders, or class folders without images
+            raise DataError(f"image folder {Path(root) / split}: {e}") from None
+        if class_to_idx is not None and set(folder.class_to_idx) - set(class_to_idx):
+            raise DataError(f"{Path(root) / split} has classes not in {train_dir}/: "
+                            f"{sorted(set(folder.class_to_idx) - set(class_to_idx))}")
+        remap = class_to_idx or folder.class_to_idx
+        images = torch.stack([to_tensor(folder.loader(path)) for path, _ in folder.samples])
+        labels = torch.tensor([remap[folder.classes[label]] for _, label in folder.samples])
+        return images, labels, folder.classes
+
+    train_images, train_labels, classes = load(train_dir)
+    test_images, test_labels, _ = load(test_dir, {c: i for i, c in enumerate(classes)})
+    return Arrays(train_images, train_labels, test_images, test_labels, tuple(classes))
+
+
+def digits(test_size: int, seed: int = 0) -> Arrays:
+    """scikit-learn's 8x8 handwritten digits (ships with it, no download); the test set is a seeded hold-out."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = torch.from_numpy(np.rint(raw.images * (255 / 16)).astype(np.uint8)[:, None])
+    labels = _labels(raw.target)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    test, train = order[:test_size], order[test_size:]
+    return Arrays(images[train], labels[train], images[test], labels[test], tuple(map(str, raw.target_names)))
+
+
+def synthetic(
+    train_size: int, test_size: int, num_classes: int, channels: int, image_size: int, grid: int, noise: float,
+    seed: int = 0,
+) -> Arrays:
+    """Learnable by construction: each class is a random coarse ``grid`` x ``grid`` colour pattern (so both its
+    mean colour and its layout identify it), and every image is its class pattern plus Gaussian pixel noise."""
+    gen = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(num_classes, channels, grid, grid, generator=gen) * 255
+    patterns = F.interpolate(patterns, size=image_size, mode="nearest")
+
+    def sample(n: int) -> tuple[Tensor, Tensor]:
+        labels = torch.randint(num_classes, (n,), generator=gen)
+        images = patterns[labels] + noise * 255 * torch.randn(n, channels, image_size, image_size, generator=gen)
+        return images.clamp(0, 255).round().to(torch.uint8), labels
+
+    return Arrays(*sample(train_size), *sample(test_size), tuple(f"class{i}" for i in range(num_classes)))
+
+
+def validation_split(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Disjoint (train, val) indices of a training set of n, the same for every candidate of a seed."""
+    if not 0 <= val_size < n:
+        raise DataError(f"dataset.val_size={val_size} must be in [0, {n}) for a training set of {n} images")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+@cache
+def load_source(key: str) -> Arrays:
+    """The raw splits of a source config (by ``config_key``), loaded once per process."""
+    with data_errors_unwrapped():
+        return instantiate(json.loads(key))
+
+
+@contextlib.contextmanager
+def data_errors_unwrapped() -> Iterator[None]:
+    """Hydra wraps what a target raised; a DataError is already one clear line, so let it through as is."""
+    try:
+        yield
+    except InstantiationException as e:
+        if isinstance(e.__cause__, DataError):
+            raise e.__cause__ from None
+        raise
+
+

@@ -1,0 +1,129 @@
+"""The report's pictures, drawn with matplotlib: the paper's search curve, best reward against trained blocks,
+and agents compared across runs. ``save_figure`` is the PNG style of every report and experiment.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from blockqnn.analysis import History, best_so_far, by_agent  # noqa: E402
+
+
+def _epsilon_stages(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, float]]:
+    """Consecutive runs of equal epsilon as (first, last, epsilon), candidates numbered from 1."""
+    stages: list[tuple[int, int, float]] = []
+    for i, row in enumerate(rows, start=1):
+        eps = row["epsilon"]
+        if stages and stages[-1][2] == eps:
+            stages[-1] = (stages[-1][0], i, eps)
+        else:
+            stages.append((i, i, eps))
+    return stages
+
+
+def running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` values (fewer at the start), ignoring NaN."""
+    valid = ~np.isnan(values)
+    sums = np.cumsum(np.where(valid, values, 0.0))
+    counts = np.cumsum(valid)
+    lo = np.arange(len(values)) - window
+    prev_sums = np.where(lo >= 0, sums[np.clip(lo, 0, None)], 0.0)
+    prev_counts = np.where(lo >= 0, counts[np.clip(lo, 0, None)], 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums - prev_sums) / (counts - prev_counts)
+
+
+def plot_rewards(history: History, path: Path) -> Path:
+    """The paper's search curve: every candidate's reward, the running mean over one iteration's worth of
+    candidates, and the epsilon stages shaded."""
+    rows = history.rows
+    x = np.arange(1, len(rows) + 1)
+    reward = np.array([r["reward"] if r["status"] == "ok" and r["reward"] is not None else np.nan for r in rows])
+    cached = np.array([bool(r["cached"]) for r in rows])
+    failed = np.array([r["status"] != "ok" for r in rows])
+    window = max(Counter(r["iteration"] for r in rows).values(), default=1)
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    shades = ("#f0f0f0", "#dcdcdc")
+    for n, (first, last, eps) in enumerate(_epsilon_stages(rows)):
+        ax.axvspan(first - 0.5, last + 0.5, color=shades[n % 2], zorder=0, linewidth=0)
+        ax.text((first + last) / 2, 1.01, f"ε={eps:g}" if eps is not None else "", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=7)
+    ax.scatter(x[~cached], reward[~cached], s=9, color="#3182bd", alpha=0.6, label="trained", zorder=2)
+    if cached.any():
+        ax.scatter(x[cached], reward[cached], s=9, facecolors="none", edgecolors="#999999", linewidths=0.7,
+                   label="cached (reward reused)", zorder=2)
+    ax.plot(x, running_mean(reward, window), color="#e6550d", linewidth=2, label=f"running mean ({window})", zorder=3)
+    if failed.any():
+        floor = np.nanmin(reward) if np.isfinite(reward).any() else 0.0
+        ax.scatter(x[failed], np.full(failed.sum(), floor), marker="x", color="#d62728", s=14, label="failed", zorder=3)
+    ax.set_xlabel("candidate (in sampling order)")
+    ax.set_ylabel("reward")
+    ax.set_xlim(0.5, max(len(rows), 1) + 0.5)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{history.run_dir.name}: reward per candidate ({history.agent})", fontsize=10, pad=14)
+    return save_figure(fig, path)
+
+
+def plot_best_so_far(history: History, path: Path) -> Path:
+    """Best reward against trained candidates: what a budget of n trainings buys."""
+    best = best_so_far(history)
+    cached = len(history.rows) - len(history.trained())
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.step(np.arange(1, len(best) + 1), np.where(np.isfinite(best), best, np.nan), where="post", color="#3182bd")
+    ax.set_xlabel(f"trained candidates ({cached} cached repeats not counted)")
+    ax.set_ylabel("best reward so far")
+    ax.set_title(f"{history.run_dir.name}: best so far ({history.agent})", fontsize=10)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_agents(histories: Sequence[History], path: Path) -> Path:
+    """Best-so-far curves of every agent across runs (seeds): mean line, min-max band, each run thin; the y-axis
+    starts where the lowest mean stands a tenth of the way in (the first few candidates would flatten the rest)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = {"q-learning": "#3182bd", "random": "#e6550d", "evolution": "#31a354"}
+    lows = []
+    for agent, runs in sorted(by_agent(histories).items()):
+        curves = [best_so_far(h) for h in runs]
+        n = min(len(c) for c in curves)
+        if n == 0:
+            continue
+        stack = np.array([c[:n] for c in curves])
+        stack[~np.isfinite(stack)] = np.nan
+        x = np.arange(1, n + 1)
+        colour = colours.get(agent)
+        for c in stack:
+            ax.plot(x, c, color=colour, alpha=0.25, linewidth=0.8)
+        mean = np.nanmean(stack, 0)
+        lows.append(mean[n // 10])
+        ax.plot(x, mean, color=colour, linewidth=2, label=f"{agent} (mean of {len(runs)} runs)")
+        ax.fill_between(x, np.nanmin(stack, 0), np.nanmax(stack, 0), color=colour, alpha=0.15)
+    if lows and np.isfinite(min(lows)):
+        ax.set_ylim(bottom=min(lows))
+    ax.set_xlabel("trained candidates")
+    ax.set_ylabel("best reward so far")
+    ax.set_title("agents compared at equal numbers of trained blocks (band: min-max over runs)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure; the PNG style of every report and experiment."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+

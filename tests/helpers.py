@@ -1,0 +1,182 @@
+"""Helpers shared by the test modules: running the CLIs, reading offline W&B runs, fingerprinting folders, and
+writing or damaging search histories as a search (or a hand edit) would.
+
+The W&B reader parses the offline ``.wandb`` transaction log itself, with W&B's own protobuf ``Record``: W&B has
+no public reader for offline runs (its ``DataStore`` is internal and changes between releases).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import struct
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+
+from blockqnn.nsc import Block
+from blockqnn.space import NSCSpace
+from blockqnn.store import DB_NAME, Store
+from tests.blocks import random_block
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- the command line ---------------------------------------------------------------------------------------------
+def run_cli(*args: str, cwd: Path | str = REPO, env: dict | None = None, timeout: float = 300, module="search"):
+    """``python -m blockqnn.<module> ARGS`` in a subprocess; returns the CompletedProcess (text)."""
+    import subprocess
+
+    inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env = inherited | {"PYTHONPATH": str(REPO)} | (env or {})
+    return subprocess.run([sys.executable, "-m", f"blockqnn.{module}", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---- offline W&B runs ---------------------------------------------------------------------------------------------
+def read_wandb_file(path: Path) -> list:
+    """The records of an offline ``.wandb`` file, parsed with wandb's own protobuf ``Record``.
+
+    The file is W&B's transaction log: a 7-byte header (``:W&B``, magic, version), then LevelDB-log style
+    32 KiB blocks of chunks (crc32, length, type FULL/FIRST/MIDDLE/LAST) holding serialised records.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    block, pos, records, chunk = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):
+            chunk = payload
+        else:
+            chunk += payload
+        if kind in (1, 4):
+            records.append(pb.Record.FromString(chunk))
+    return records
+
+
+def read_wandb_run(run_dir: Path) -> dict:
+    """Every offline W&B run under ``run_dir/wandb``: id, project, group, config, history, summary and tables."""
+    runs = []
+    for folder in sorted((Path(run_dir) / "wandb").glob("offline-run-*")):
+        run = {"folder": folder, "history": [], "summary": {}, "config": {}}
+        for record in read_wandb_file(next(folder.glob("*.wandb"))):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run.update(id=record.run.run_id, group=record.run.run_group, project=record.run.project)
+                run["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+            elif kind == "history":
+                run["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                       for i in record.history.item})
+            elif kind == "summary":
+                run["summary"].update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                       for i in record.summary.update})
+        tables = folder.glob("files/media/table/*.table.json")  # named <key>_<step>_<hash>.table.json
+        run["tables"] = [json.loads(p.read_text()) for p in sorted(tables, key=lambda p: int(p.name.split("_")[-2]))]
+        runs.append(run)
+    return runs
+
+
+# ---- run folders ----------------------------------------------------------------------------------------------------
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every path under ``folder`` with a hash of its bytes (``<dir>`` for folders): equal digests mean nothing
+    was added, removed or changed. Left out: what SQLite adds beside a WAL database whenever it is read (the
+    shared-memory index and an empty WAL), which a read-only open of a healthy run does too and holds no data."""
+    import hashlib
+
+    def ignored(p: Path) -> bool:
+        return p.name.endswith("-shm") or (p.name.endswith("-wal") and p.stat().st_size == 0)
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+            for p in sorted(folder.rglob("*")) if not ignored(p)}
+
+
+def row(iteration: int, position: int, reward: float | None, **extra) -> dict:
+    base = dict(iteration=iteration, position=position, arch=f"a{iteration}.{position}", hash=f"h{position}",
+                status="ok" if reward is not None else "failed", reward=reward, accuracy=reward, cached=0)
+    return base | extra
+
+
+def small_run(run_dir: Path) -> Path:
+    """A history as a search leaves it: config, candidates and the agent's checkpoint."""
+    with Store.create(run_dir, {"seed": 1, "agent": {"alpha": 0.1}}) as store:
+        store.record(row(0, 0, 0.5))
+        store.record(row(0, 1, 0.7))
+        store.checkpoint(0, {"format": 1, "iteration": 1})
+    return run_dir
+
+
+def damage(run_dir: Path, sql: str) -> None:
+    """Change a history behind the store's back, as another program or a hand edit would."""
+    with closing(sqlite3.connect(run_dir / DB_NAME)) as db:
+        db.executescript(sql)
+
+
+# Damage that makes a history unusable, and what the refusal says. Tests of the report reuse these.
+DAMAGED = {
+    "config-not-yaml": ("UPDATE run SET value = 'seed: [1' WHERE key = 'config'", "config is not valid YAML"),
+    "config-a-list": ("UPDATE run SET value = '- 1' WHERE key = 'config'", "config is not a YAML mapping"),
+    "config-gone": ("DELETE FROM run WHERE key = 'config'", "no stored config"),
+    "column-renamed": ("ALTER TABLE candidates RENAME COLUMN reward TO score", "missing columns: candidates.reward"),
+    "column-dropped": ("ALTER TABLE candidates DROP COLUMN flops", "missing columns: candidates.flops"),
+    "foreign-candidates": ("DROP TABLE candidates; CREATE TABLE candidates (id INTEGER, name TEXT)",
+                           "missing columns: candidates.iteration, candidates.position"),
+    "checkpoint-column": ("ALTER TABLE agent_checkpoints RENAME COLUMN state TO blob",
+                          "missing columns: agent_checkpoints.state"),
+}
+
+
+def fake_reward(block: Block, rng: np.random.Generator) -> float:
+    """A landscape that favours adds and convs, so the top-k differ visibly from the population."""
+    types = [layer.type for layer in block.body]
+    return 0.5 + 0.05 * types.count(5) + 0.02 * types.count(1) + rng.normal(0, 0.01)
+
+
+# The agent sections of the three agents' stored configs, as far as the report reads them.
+AGENT_CONFIGS = {
+    "q-learning": {"_target_": "blockqnn.agent.QLearningAgent", "alpha": 0.1, "epsilon_override": None},
+    "random": {"_target_": "blockqnn.agent.QLearningAgent", "alpha": 0.1, "epsilon_override": 1.0},
+    "evolution": {"_target_": "blockqnn.evolution.RegularizedEvolution", "population_size": 10},
+}
+
+
+def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilons=(1.0, 1.0, 0.5, 0.1), wandb_id=None):
+    """A finished search history as the search loop writes it: some cached repeats and one failure."""
+    rng = np.random.default_rng(seed)
+    space = NSCSpace(max_index=6)
+    config = {
+        "seed": seed,
+        "dataset": {"name": "digits"},
+        "agent": AGENT_CONFIGS[agent] | {"batch_size": batch},
+        "logger": {"project": "blockqnn-test", "mode": "offline"},
+    }
+    store = Store.create(run_dir, config)
+    seen = {}
+    for it in range(iterations):
+        for pos in range(batch):
+            block = random_block(space, rng)
+            h = block.canonical_hash()
+            row = {"iteration": it, "position": pos, "arch": str(block), "hash": h, "epsilon": epsilons[it],
+                   "cached": int(h in seen), "density": block.density(), "flops": 1e6 * len(block.layers),
+                   "params": 1000 * len(block.layers), "epochs": 1, "wall_time": 0.5}
+            if h in seen:
+                row.update(seen[h], cached=1)
+            elif it == 1 and pos == 0:
+                row.update(status="failed", error="NaN loss")
+            else:
+                reward = fake_reward(block, rng) + (0.05 if agent == "q-learning" and it > 1 else 0.0)
+                row.update(status="ok", reward=reward, accuracy=reward + 0.01)
+                seen[h] = {k: row[k] for k in ("status", "reward", "accuracy")}
+            store.record(row)
+    if wandb_id:
+        store.set("wandb_run_id", wandb_id)
+    store.close()
+    return run_dir
