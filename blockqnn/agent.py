@@ -187,6 +187,9 @@ class QLearningAgent(Iterations):
             raise ValueError(f"agent.alpha must be in (0, 1], got {alpha}")
         if batch_size < 1 or replay_size < 0:
             raise ValueError(f"agent.batch_size must be >= 1, agent.replay_size >= 0: got {batch_size}, {replay_size}")
+        if budget is not None and (schedule_scale != 1.0 or schedule_iterations != PAPER_ITERATIONS):
+            raise ValueError("agent.budget sizes the schedule; agent.schedule_scale and agent.schedule_iterations "
+                             "apply only without one (agent.budget=null)")
         if replay_every not in REPLAY_EVERY:
             raise ValueError(f"agent.replay_every must be one of {', '.join(REPLAY_EVERY)}, got {replay_every!r}")
         self.space = space

@@ -65,7 +65,7 @@ def test_the_readme_image_folder_search_runs_on_the_make_target_tree(tmp_path):
     args = readme_image_folder_search()
     assert f"dataset.source.root={folder}" in args
     assert make_tree(folder, cwd=tmp_path).returncode == 0
-    small = ["agent.epsilon_schedule=constant", "agent.schedule_iterations=1", "agent.batch_size=2",
+    small = ["agent.budget=2", "agent.batch_size=2",
              "trainer.max_epochs=1", "logger=none", "progress.mode=off", f"output_root={tmp_path}/runs"]
     out = run_cli(*args, *small, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -58,13 +58,13 @@ def test_running_mean_ignores_failures():
 
 
 def test_multirun_compares_agents(tmp_path, monkeypatch):
-    legends, save = {}, report.save_figure
+    legends, save = {}, plots.save_figure
 
     def save_and_note_legend(fig, path):
         legends[path] = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
         return save(fig, path)
 
-    monkeypatch.setattr(report, "save_figure", save_and_note_legend)
+    monkeypatch.setattr(plots, "save_figure", save_and_note_legend)
     sweep = tmp_path / "multirun"
     runs = [(agent, seed) for agent in AGENT_CONFIGS for seed in (0, 1)]
     for i, (agent, seed) in enumerate(runs):
