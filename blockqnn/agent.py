@@ -13,6 +13,11 @@ Budget accounting (decided by the lead): B counts *sampled* blocks per iteration
 evaluated is not retrained: the search loop reuses its stored reward and marks it cached, and it still updates Q
 and enters the memory like any other sample. Comparisons between agents report evaluated (distinct) blocks too.
 
+Asynchronous search (``blockqnn.agent_protocol.StreamAgent``): ``sample_one`` draws one block at the epsilon of
+the blocks sampled so far (stage of ``i`` iterations = ``i x B`` blocks), ``incorporate`` learns from one finished
+block as it arrives: its backward update, then a replay of ``replay_size / B`` remembered trajectories (rounded
+up), so that B results replay as much as one synchronous iteration does.
+
 Random search (``conf/agent/random.yaml``) is this same class with ``epsilon_override: 1.0``: the same sampler
 and schedule length, so both agents spend the same budget.
 
@@ -40,8 +45,8 @@ PAPER_STAGES: tuple[tuple[float, int], ...] = (
     (1.0, 95), (0.9, 7), (0.8, 7), (0.7, 7), (0.6, 10), (0.5, 10), (0.4, 10), (0.3, 10), (0.2, 10), (0.1, 12),
 )
 SCHEDULES = ("paper", "linear", "constant")
-STATE_FORMAT = 1
-_STATE_TYPES = {"iteration": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
+STATE_FORMAT = 2
+_STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
 
 
 def _scaled(iterations: int, scale: float) -> int:
@@ -126,6 +131,7 @@ class QLearningAgent:
                 raise ValueError(f"agent.epsilon_override must be in [0, 1] or null, got {epsilon_override}")
             self.schedule = [float(epsilon_override)] * len(self.schedule)
         self.iteration = 0
+        self.sampled = 0
         self.rng = np.random.default_rng(seed)
         self._nodes: dict[State, _Node] = {}
         self._memory: list[tuple[list[tuple[_Node, int]], float]] = []
@@ -155,7 +161,18 @@ class QLearningAgent:
         """``n`` (default B) epsilon-greedy trajectories of the current iteration, each ending in a final action."""
         if self.done:
             raise RuntimeError(f"the epsilon schedule is finished ({self.num_iterations} iterations)")
-        return [self._trajectory(self.epsilon) for _ in range(self.batch_size if n is None else n)]
+        n = self.batch_size if n is None else n
+        self.sampled += n
+        return [self._trajectory(self.epsilon) for _ in range(n)]
+
+    def sample_one(self) -> list[Action]:
+        """One epsilon-greedy trajectory at the epsilon of the blocks sampled so far (asynchronous search)."""
+        if self.done:
+            raise RuntimeError(f"the epsilon schedule is finished ({self.total_samples} blocks)")
+        trajectory = self._trajectory(self.epsilon)
+        self.sampled += 1
+        self.iteration = self.sampled // self.batch_size
+        return trajectory
 
     def _trajectory(self, epsilon: float) -> list[Action]:
         state, actions = self.space.start, []
@@ -197,11 +214,21 @@ class QLearningAgent:
         for text, path, reward in entries:
             self._remember(text, path, reward)
             self._learn(path, reward)
-        if self.replay and self._memory:
-            size = min(self.replay_size, len(self._memory))
-            for i in self.rng.choice(len(self._memory), size=size, replace=False):
-                self._learn(*self._memory[i])
+        self._replay(self.replay_size)
         self.iteration += 1
+
+    def incorporate(self, trajectory: Sequence[Action], reward: float) -> None:
+        """Learn from one finished block (asynchronous search): its update, then its share of the replay."""
+        text, path, reward = self._entry(trajectory, reward)
+        self._remember(text, path, reward)
+        self._learn(path, reward)
+        self._replay(-(-self.replay_size // self.batch_size))
+
+    def _replay(self, size: int) -> None:
+        """Replay ``size`` remembered trajectories drawn without replacement (all of them while fewer)."""
+        if self.replay and self._memory and size:
+            for i in self.rng.choice(len(self._memory), size=min(size, len(self._memory)), replace=False):
+                self._learn(*self._memory[i])
 
     def _entry(self, actions: Sequence[Action], reward: float) -> tuple[str, list[tuple[_Node, int]], float]:
         """A checked memory entry: architecture text, the trajectory's (node, action index) path, reward."""
@@ -252,6 +279,7 @@ class QLearningAgent:
         return {
             "format": STATE_FORMAT,
             "iteration": self.iteration,
+            "sampled": self.sampled,
             "num_iterations": self.num_iterations,
             "q": q,
             "memory": [[text, reward] for text, (_, reward) in zip(self._memory_text, self._memory)],
@@ -275,7 +303,7 @@ class QLearningAgent:
         except AgentStateError:
             self._nodes, self._memory, self._memory_text = previous
             raise
-        self.iteration = state["iteration"]
+        self.iteration, self.sampled = state["iteration"], state["sampled"]
         self.rng.bit_generator.state = rng_state
 
     def _restore_memory(self, memory: list) -> None:

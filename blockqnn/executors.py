@@ -1,9 +1,11 @@
 """Where candidates are evaluated: in this process, in long-lived local worker processes, or on a Ray cluster.
 
-Every executor has one method the search loop calls, ``map(fn, items, cfg)``: it runs ``fn(arch, cfg)`` for each
-``(position, arch)`` of ``items`` and yields ``(position, result)`` as each finishes, in finishing order, so the
-loop records results one by one. A candidate whose process dies (killed, out of host memory) comes back as a
-failed result instead of stopping the search.
+Every executor offers the search loop ``submit(fn, key, arch, cfg)`` (run ``fn(arch, cfg)`` when a worker is
+free), ``next_finished()`` (wait for any submitted candidate; its ``(key, result)``), ``capacity`` (how many
+candidates run at once) and ``pending`` (submitted, not yet returned). The asynchronous loop keeps ``capacity``
+candidates in flight with these; ``map(fn, items, cfg)`` runs a batch of ``(key, arch)`` through them and yields
+``(key, result)`` in finishing order (the synchronous loop). A candidate whose process dies (killed, out of host
+memory) comes back as a failed result instead of stopping the search.
 
 The paper's distributed framework maps onto these: the *master* is the search loop with the agent, the
 *controller* is the executor handing blocks out, the *compute nodes* are the executor's workers (GPUs of this
@@ -27,6 +29,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from blockqnn.errors import UserError
+from blockqnn.threads import BUDGET_ENV, cpu_threads
 
 Evaluator = Callable[[str, Any], Any]
 Item = tuple[int, str]
@@ -67,60 +70,107 @@ def visible_gpus() -> list[str]:
 
 
 # ---- local ----------------------------------------------------------------------------------------------------
-class LocalExecutor:
-    """Candidates on this machine: one at a time in this process, or one long-lived worker process per GPU.
+class Batches:
+    """``map`` on top of ``submit`` / ``next_finished``: the synchronous loop's batch of candidates."""
 
-    ``workers``: ``auto`` is one worker per visible GPU when there are several, else in-process (0); a number
-    forces that many workers (GPU i % count each, or CPU workers with ``threads`` torch threads each). Workers
-    pay imports, CUDA start-up and data loading once, then serve candidates until the search ends.
+    def map(self, fn: Evaluator, items: Iterable[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
+        count = 0
+        for key, arch in items:
+            self.submit(fn, key, arch, cfg)
+            count += 1
+        for _ in range(count):
+            yield self.next_finished()
+
+
+class LocalExecutor(Batches):
+    """Candidates on this machine: one at a time in this process, or long-lived worker processes.
+
+    ``workers``: ``auto`` is ``workers_per_gpu`` workers per visible GPU when that makes more than one, else
+    in-process (0); a number forces that many workers (GPU i % count each, or CPU workers). Several workers per GPU
+    pack small candidates onto a big GPU. ``threads``: torch threads per CPU worker (``auto``:
+    ``blockqnn.threads.cpu_threads``). Workers pay imports, CUDA start-up and data loading once, then serve
+    candidates until the search ends.
     """
 
-    def __init__(self, workers: int | str = "auto", threads: int | str = "auto") -> None:
+    def __init__(self, workers: int | str = "auto", threads: int | str = "auto", workers_per_gpu: int = 1) -> None:
         if workers != "auto" and (not isinstance(workers, int) or workers < 0):
             raise ValueError(f"executor.workers must be auto or a number >= 0, got {workers!r}")
-        self.workers = workers
-        self.threads = threads
+        if not isinstance(workers_per_gpu, int) or workers_per_gpu < 1:
+            raise ValueError(f"executor.workers_per_gpu must be a number >= 1, got {workers_per_gpu!r}")
+        self.workers, self.threads, self.workers_per_gpu = workers, threads, workers_per_gpu
         self._pool: list[_Worker] = []
+        self._queue: deque[tuple[Any, str, bytes | tuple]] = deque()  # (key, arch, job) waiting for a worker
+        self._busy: dict[_Worker, Any] = {}
+        self._finished: deque[tuple[Any, Any]] = deque()
+        self._job: tuple[Any, Any, bytes] | None = None
 
     def __enter__(self) -> LocalExecutor:
         gpus = visible_gpus()
-        count = (len(gpus) if len(gpus) > 1 else 0) if self.workers == "auto" else self.workers
-        threads = max(1, (os.cpu_count() or 1) // max(count, 1)) if self.threads == "auto" else int(self.threads)
+        slots = len(gpus) * self.workers_per_gpu
+        count = (slots if slots > 1 else 0) if self.workers == "auto" else self.workers
+        threads = cpu_threads(count) if self.threads == "auto" else int(self.threads)
         self._pool = [_Worker(i, _worker_env(i, gpus, threads)) for i in range(count)]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for worker in self._pool:
             worker.stop()
-        self._pool = []
+        self._pool, self._busy = [], {}
+        self._queue.clear()
+        self._finished.clear()
 
-    def map(self, fn: Evaluator, items: Iterable[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
+    @property
+    def capacity(self) -> int:
+        return max(1, len(self._pool))
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._busy) + len(self._finished)
+
+    def submit(self, fn: Evaluator, key: Any, arch: str, cfg: Any) -> None:
         if not self._pool:
-            for position, arch in items:
-                yield position, call(fn, arch, cfg)
+            self._queue.append((key, arch, (fn, cfg)))
             return
-        yield from self._map_pool(fn, deque(items), cfg)
+        self._queue.append((key, arch, self._pickled(fn, cfg)))
+        self._feed()
 
-    def _map_pool(self, fn: Evaluator, todo: deque[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
-        job = pickle.dumps((fn, cfg))
-        idle, busy = list(self._pool), {}
-        while todo or busy:
-            while idle and todo:
-                worker = idle.pop()
-                busy[worker] = todo.popleft()
-                worker.submit(busy[worker][0], busy[worker][1], job)
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-            for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
-                position, result = worker.receive(busy.pop(worker)[0])
-                idle.append(worker)
-                yield position, result
+    def next_finished(self) -> tuple[Any, Any]:
+        if not self._pool:
+            key, arch, (fn, cfg) = self._queue.popleft()
+            return key, call(fn, arch, cfg)
+        while not self._finished:
+            self._collect()
+        return self._finished.popleft()
+
+    def _pickled(self, fn: Evaluator, cfg: Any) -> bytes:
+        """The job sent to workers, pickled once per (evaluator, config) rather than once per candidate."""
+        if self._job is None or self._job[0] is not fn or self._job[1] is not cfg:
+            self._job = (fn, cfg, pickle.dumps((fn, cfg)))
+        return self._job[2]
+
+    def _feed(self) -> None:
+        for worker in self._pool:
+            if not self._queue:
+                return
+            if worker not in self._busy:
+                key, arch, job = self._queue.popleft()
+                self._busy[worker] = key
+                worker.submit(key, arch, job)
+
+    def _collect(self) -> None:
+        busy = list(self._busy)
+        ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+        for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
+            self._finished.append(worker.receive(self._busy.pop(worker)))
+        self._feed()
 
 
 def _worker_env(index: int, gpus: list[str], threads: int) -> dict[str, str]:
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
     # torch takes its default thread count from OMP_NUM_THREADS at import: workers must not oversubscribe cores.
-    return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            BUDGET_ENV: str(threads)}
 
 
 class _Worker:
@@ -189,7 +239,7 @@ def _serve(conn: Connection, env: dict[str, str]) -> None:
 
 
 # ---- ray ------------------------------------------------------------------------------------------------------
-class RayExecutor:
+class RayExecutor(Batches):
     """Each candidate is one Ray task with ``num_gpus`` (fractions share a GPU) and ``num_cpus``.
 
     ``address``: null starts a local Ray instance (``init`` holds its ``ray.init`` options), ``auto`` joins the
@@ -220,7 +270,42 @@ class RayExecutor:
                 raise UserError(f"executor.address={self.address}: {e}") from None
             self._started = True
         self._task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)(call)
+        self._pending: dict[Any, Any] = {}
+        self._refs: tuple[Any, Any, Any, Any] | None = None
         return self
+
+    @property
+    def capacity(self) -> int:
+        """Candidates the cluster runs at once: its GPUs (or CPUs) divided by one candidate's share."""
+        import ray
+
+        resources = ray.cluster_resources()
+        share, kind = (self.num_gpus, "GPU") if self.num_gpus else (self.num_cpus, "CPU")
+        return max(1, int(resources.get(kind, 0) / share)) if share else 1
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def submit(self, fn: Evaluator, key: Any, arch: str, cfg: Any) -> None:
+        import ray
+
+        if self._refs is None or self._refs[0] is not fn or self._refs[1] is not cfg:
+            self._refs = (fn, cfg, ray.put(fn), ray.put(cfg))  # shipped to the object store once, not per task
+        self._pending[self._task.remote(self._refs[2], arch, self._refs[3])] = key
+
+    def next_finished(self) -> tuple[Any, Any]:
+        import ray
+        from ray.exceptions import RayError
+
+        (ref,), _ = ray.wait(list(self._pending), num_returns=1)
+        key = self._pending.pop(ref)
+        try:
+            return key, ray.get(ref)
+        except RayError as e:
+            if isinstance(getattr(e, "cause", None), UserError):
+                raise e.cause from None
+            return key, failed_result(f"lost after {self.max_retries} retries: {_first_line(e)}")
 
     def __exit__(self, *exc: object) -> None:
         import ray
@@ -228,24 +313,6 @@ class RayExecutor:
         if self._started:
             ray.shutdown()
             self._started = False
-
-    def map(self, fn: Evaluator, items: Iterable[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
-        import ray
-        from ray.exceptions import RayError
-
-        fn_ref, cfg_ref = ray.put(fn), ray.put(cfg)
-        pending = {self._task.remote(fn_ref, arch, cfg_ref): position for position, arch in items}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                position = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except RayError as e:
-                    if isinstance(getattr(e, "cause", None), UserError):
-                        raise e.cause from None
-                    result = failed_result(f"lost after {self.max_retries} retries: {_first_line(e)}")
-                yield position, result
 
 
 def _first_line(error: BaseException) -> str:

@@ -18,6 +18,12 @@ class ProgressConfig:
 
 
 @dataclass
+class LoopConfig:
+    mode: str = "auto"  # auto | sync | async, checked by blockqnn.search
+    prefetch: int = 0
+
+
+@dataclass
 class RunConfig:
     """What both entry points have: the groups they share, the seed, a run folder to resume, where things go."""
 
@@ -38,6 +44,7 @@ class SearchConfig(RunConfig):
     reward: Any = MISSING
     executor: Any = MISSING
     failed_reward: float = 0.0
+    search: LoopConfig = field(default_factory=LoopConfig)
     progress: ProgressConfig = field(default_factory=ProgressConfig)
 
 

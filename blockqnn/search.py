@@ -1,25 +1,20 @@
 """``python -m blockqnn.search``: one BlockQNN search, from a laptop to a cluster.
 
-Each iteration the agent samples B blocks; each block is looked up in the history first (a block already
-evaluated in this run, by canonical hash, is recorded as a *cached* copy instead of being trained again), the
-rest go to the executor and are recorded one by one as they finish. When all B are in, the agent learns from
-them and its state is checkpointed in the same transaction that marks the iteration done. B counts sampled
-blocks, cached ones included; failed candidates are rewarded ``failed_reward``.
+The loop runs in one of two modes (``search.mode``): ``sync`` iterations of B blocks (``blockqnn.loop``), or
+``async``, every worker busy all the time (``blockqnn.streaming``); ``auto`` is async whenever the executor runs
+more than one candidate at once. A run keeps the mode it started in.
 
-Resume: ``python -m blockqnn.search resume=RUN_DIR`` (or the same command with ``hydra.run.dir=RUN_DIR``) restores
-the agent after its last finished iteration and samples the next one again from the restored random state, which
-gives the same blocks: those already stored are reused, the rest run. A config that changes what the history
-means (``blockqnn.resume.HISTORY_KEYS``) is refused; logger, executor and progress may change.
+Resume: ``python -m blockqnn.search resume=RUN_DIR`` (or the same command with ``hydra.run.dir=RUN_DIR``) continues a
+run killed at any moment, with nothing finished lost or trained again (each mode's module says how). A config that
+changes what the history means (``blockqnn.resume.HISTORY_KEYS``) is refused; logger, executor and progress may
+change.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import sys
-import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,115 +25,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockqnn.cli import hydra_app
-from blockqnn.errors import StoreError, UserError
+from blockqnn.errors import UserError
+from blockqnn.loop import SyncSearch
 from blockqnn.resume import check_same_table, open_search_run, overridden_keys
 from blockqnn.store import Store
+from blockqnn.streaming import AsyncSearch
 from blockqnn.tracking import Progress
 
 log = logging.getLogger(__name__)
-
-
-# ---- the loop -------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Search:
-    """The state of one running search; ``run`` is the whole loop."""
-
-    cfg: DictConfig
-    agent: Any
-    space: Any
-    store: Store
-    executor: Any
-    tracker: Any
-    progress: Progress
-    evaluate: Callable[[str, DictConfig], Any]  # blockqnn.evaluate.evaluate_candidate, or a stand-in in tests
-    seen: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # hash -> first evaluation
-    counts: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
-    best: dict[str, Any] | None = None
-
-    def run(self) -> None:
-        for row in self.store.candidates():
-            self._count(row)
-        while not self.agent.done:
-            self.iteration()
-        self._show_progress(final=True)
-
-    def iteration(self) -> None:
-        it, epsilon = self.agent.iteration, self.agent.epsilon
-        trajectories = self.agent.sample()
-        archs = [self.space.decode(t) for t in trajectories]
-        hashes = [self.space.canonical_hash(a) for a in archs]
-        rows = self._stored(it, archs)
-        todo, repeats = self._new_blocks(it, epsilon, archs, hashes, rows)
-        for pos, result in self.executor.map(self.evaluate, todo, self.cfg):
-            row = dict(iteration=it, position=pos, arch=archs[pos], hash=hashes[pos], epsilon=epsilon, cached=0)
-            rows[pos] = self._record(row | dataclasses.asdict(result))
-            for other in repeats.pop(hashes[pos]):
-                rows[other] = self._record_copy(rows[pos], it, other, archs[other], epsilon)
-        self.agent.update(trajectories, [self._reward(rows[pos]) for pos in range(len(archs))])
-        self.store.checkpoint(it, self.agent.state_dict())
-        self.tracker.end_iteration(it, self.store)
-
-    def _new_blocks(self, it: int, epsilon: float, archs: list[str], hashes: list[str], rows: dict[int, dict]
-                    ) -> tuple[list[tuple[int, str]], dict[str, list[int]]]:
-        """Record blocks evaluated before as cached copies; return the ``(position, arch)`` to evaluate and, per
-        hash, the later positions of the same block in this batch (recorded as copies once it is evaluated)."""
-        todo, repeats = [], {}
-        for pos, (arch, h) in enumerate(zip(archs, hashes)):
-            if pos in rows:
-                continue
-            if h in self.seen:
-                rows[pos] = self._record_copy(self.seen[h], it, pos, arch, epsilon)
-            elif h in repeats:
-                repeats[h].append(pos)
-            else:
-                repeats[h] = []
-                todo.append((pos, arch))
-        return todo, repeats
-
-    def _stored(self, iteration: int, archs: list[str]) -> dict[int, dict[str, Any]]:
-        """This iteration's candidates already in the history (a resumed iteration), checked against the sample."""
-        rows = {row["position"]: row for row in self.store.candidates(iteration)}
-        for pos, row in rows.items():
-            if pos >= len(archs) or row["arch"] != archs[pos]:
-                raise StoreError(f"the history of iteration {iteration} does not match the agent's sample at "
-                                 f"position {pos}: the run folder was written by a different search")
-        return rows
-
-    def _record_copy(self, first: dict[str, Any], iteration: int, pos: int, arch: str, epsilon: float) -> dict:
-        now = time.time()
-        copy = first | dict(iteration=iteration, position=pos, arch=arch, epsilon=epsilon, cached=1,
-                            wall_time=0.0, started_at=now, finished_at=now)
-        return self._record(copy)
-
-    def _record(self, row: dict[str, Any]) -> dict[str, Any]:
-        if not row["cached"]:
-            row["finished_at"] = time.time()
-            row["started_at"] = row["finished_at"] - row["wall_time"]
-        self.store.record(row)
-        self._count(row)
-        self.tracker.log_candidate(row, self.counts["done"], self.best)
-        self._show_progress(new=1)
-        return row
-
-    def _count(self, row: dict[str, Any]) -> None:
-        self.counts["done"] += 1
-        self.counts["cached"] += row["cached"]
-        self.counts["failed"] += row["status"] != "ok"
-        if not row["cached"] and row["status"] == "ok":  # a failure may be transient (OOM, lost worker): retry it
-            self.seen.setdefault(row["hash"], row)
-        if row["status"] == "ok" and (self.best is None or row["reward"] > self.best["reward"]):
-            self.best = row
-
-    def _reward(self, row: dict[str, Any]) -> float:
-        return row["reward"] if row["status"] == "ok" else float(self.cfg.failed_reward)
-
-    def _show_progress(self, new: int = 0, final: bool = False) -> None:
-        self.progress.update(
-            iteration=self.agent.iteration, iterations=self.agent.num_iterations, epsilon=self.agent.epsilon,
-            done=self.counts["done"], total=self.agent.total_samples, cached=self.counts["cached"],
-            failed=self.counts["failed"], best=None if self.best is None else self.best["reward"], new=new,
-            final=final,
-        )
 
 
 # ---- setting up -----------------------------------------------------------------------------------------------
@@ -156,6 +50,7 @@ def search(
     resuming = store is not None
     try:
         check_one_device(cfg)
+        check_loop(cfg)
         space = instantiate(cfg.space)
         if resuming:
             check_same_table(space, store)
@@ -167,17 +62,46 @@ def search(
             if trial:
                 try_recipe_on(executor, cfg)
             store = store or Store.create(run_dir, cfg)  # only once every part of the config has proved usable
+            mode = loop_mode(cfg, store, executor)
             restored = store.latest_agent_state()
             if restored is not None:
                 agent.load_state_dict(restored[1])
-            log.info("%s search in %s", "resuming" if resuming else "starting", run_dir)
+            log.info("%s %s search in %s", "resuming" if resuming else "starting", mode, run_dir)
             with tracker.tracking(cfg, run_dir, store, group):
-                Search(cfg, agent, space, store, executor, tracker, progress, evaluate).run()
+                parts = (cfg, agent, space, store, executor, tracker, progress, evaluate)
+                if mode == "sync":
+                    SyncSearch(*parts).run()
+                else:
+                    AsyncSearch(*parts, prefetch=cfg.search.prefetch).run()
         best = store.best(1)
         return best[0] if best else None
     finally:
         if store is not None:
             store.close()
+
+
+MODES = ("auto", "sync", "async")
+
+
+def loop_mode(cfg: DictConfig, store: Store, executor: Any) -> str:
+    """``sync`` or ``async``: the run's own mode on resume (its history is written the one way), else
+    ``search.mode``, where ``auto`` is async whenever the executor runs more than one candidate at once."""
+    asked = cfg.search.mode
+    stored = store.get("mode")
+    if stored is not None:
+        if asked not in ("auto", stored):
+            raise UserError(f"search.mode={asked}: this run was searched in {stored} mode and continues in it")
+        return stored
+    mode = ("async" if executor.capacity > 1 else "sync") if asked == "auto" else asked
+    store.set("mode", mode)
+    return mode
+
+
+def check_loop(cfg: DictConfig) -> None:
+    if cfg.search.mode not in MODES:
+        raise UserError(f"search.mode must be one of {', '.join(MODES)}, got {cfg.search.mode!r}")
+    if cfg.search.prefetch < 0:
+        raise UserError(f"search.prefetch must be >= 0, got {cfg.search.prefetch}")
 
 
 def _progress(cfg: DictConfig) -> Progress:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from blockqnn.agent import STATE_FORMAT
 from blockqnn.cli import describe, user_errors
 from blockqnn.search import search
-from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, Store, StoreError, check, is_run
+from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, SCHEMA_VERSION, Store, StoreError, check, is_run
 from tests.helpers import DAMAGED, damage, folder_digest, row, run_cli, small_run
 
 BAD_CHECKPOINTS = {"not-json": "'{\"format\": 1'", "a-list": "'[1, 2]'", "null": "NULL"}
@@ -25,7 +26,7 @@ def test_create_and_reopen_round_trip(tmp_path):
     assert is_run(tmp_path)
     with Store.open(tmp_path) as store:
         assert store.config().space.max_index == 3  # stored resolved
-        assert store.get("schema_version") == "1" and float(store.get("created_at")) > 0
+        assert store.get("schema_version") == SCHEMA_VERSION and float(store.get("created_at")) > 0
         rows = store.candidates()
         assert [(r["iteration"], r["position"]) for r in rows] == [(0, 0), (0, 1), (1, 0)]
         assert set(rows[0]) == set(CANDIDATE_COLUMNS)
@@ -148,8 +149,8 @@ RESUME_DAMAGE = {
     "config-not-yaml": DAMAGED["config-not-yaml"],
     "column-renamed": DAMAGED["column-renamed"],
     "checkpoint-not-json": (f"UPDATE agent_checkpoints SET state = {BAD_CHECKPOINTS['not-json']}", "not a JSON object"),
-    "checkpoint-not-an-agent": ("UPDATE agent_checkpoints SET state = '{\"format\": 1}'",
-                                "saved agent state lacks, or has the wrong type of: iteration (int), num_iterations"),
+    "checkpoint-not-an-agent": (f"UPDATE agent_checkpoints SET state = '{{\"format\": {STATE_FORMAT}}}'",
+                                "saved agent state lacks, or has the wrong type of: iteration (int), sampled"),
 }
 
 
@@ -181,3 +182,11 @@ def test_cli_resume_of_a_damaged_search_is_one_line(compose, table_search, tmp_p
     assert out.returncode == 1 and len(lines) == 1, out.stderr
     assert lines[0].startswith("error: ") and message in lines[0], out.stderr
     assert (run / DB_NAME).read_bytes() == before
+
+
+def test_a_history_of_an_older_schema_is_refused_in_one_line_by_its_version(tmp_path):
+    small_run(tmp_path)
+    damage(tmp_path, "ALTER TABLE candidates DROP COLUMN sampled_event; UPDATE run SET value = '1' "
+                     "WHERE key = 'schema_version'")  # what the first schema's searches left
+    with pytest.raises(StoreError, match=f"schema version 1, this blockqnn reads version {SCHEMA_VERSION}"):
+        Store.open(tmp_path)

@@ -1,0 +1,60 @@
+"""How many CPU threads a candidate trains with.
+
+torch's default (one intra-op thread per core it sees) assumes the whole machine is free. Under a second busy
+job, or several candidates at once, its spinning OpenMP threads wait for descheduled cores and a tiny network
+trains 5-30x slower than on one thread. So a candidate gets the cores this process may really use (its CPU
+affinity and its cgroup's CPU quota), divided among the candidates running at once, and no more threads than its
+size can use: a network of ``flops_per_thread`` forward FLOPs per image or fewer trains on one thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+BUDGET_ENV = "BLOCKQNN_THREADS"  # the threads an executor grants each candidate of one worker
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (containers, Slurm)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = cgroup_quota()
+    return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota in cores (cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_threads(concurrent: int) -> int:
+    """Threads each of ``concurrent`` candidates (0: one, in this process) may use without oversubscribing."""
+    return max(1, usable_cores() // max(concurrent, 1))
+
+
+def thread_budget() -> int:
+    """The threads this process's candidates may use: the executor's grant, else every usable core."""
+    granted = os.environ.get(BUDGET_ENV, "")
+    return int(granted) if granted.isdigit() and int(granted) > 0 else usable_cores()
+
+
+def candidate_threads(flops: float, flops_per_thread: float, budget: int | None = None) -> int:
+    """Threads for one candidate of ``flops`` forward FLOPs per image: one per ``flops_per_thread`` (0: no size
+    rule), at least one, at most the budget (``thread_budget()`` by default)."""
+    budget = thread_budget() if budget is None else budget
+    wanted = budget if flops_per_thread <= 0 else math.ceil(flops / flops_per_thread)
+    return max(1, min(budget, wanted))
