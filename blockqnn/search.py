@@ -42,9 +42,11 @@ def search(
     group: str | None = None,
     evaluate: Callable[[str, DictConfig], Any] | None = None,
     overridden: set[str] | None = None,
+    executor: Any = None,
 ) -> dict[str, Any] | None:
     """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
-    ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests).
+    ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests),
+    ``executor`` the configured executor (benchmarks: a simulated cluster).
     ``overridden``: the config keys the command line set; on resume the rest comes from the history."""
     cfg, store = open_search_run(cfg, run_dir, overridden)
     resuming = store is not None
@@ -55,7 +57,8 @@ def search(
         if resuming:
             check_same_table(space, store)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
-        tracker, executor, progress = instantiate(cfg.logger), instantiate(cfg.executor), _progress(cfg)
+        tracker, progress = instantiate(cfg.logger), _progress(cfg)
+        executor = executor or instantiate(cfg.executor)
         trial = evaluate is None
         evaluate = evaluate or prepared_evaluator(cfg)
         with executor:
