@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -112,9 +113,14 @@ class LocalExecutor(Batches):
         self._pool = [_Worker(i, _worker_env(i, gpus, threads)) for i in range(count)]
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        """Workers finish their candidate and stop; when the search stops on an error or a signal, at once (what
+        they were training is not in the history as finished, and runs again on resume)."""
         for worker in self._pool:
-            worker.stop()
+            if exc_type is None:
+                worker.stop()
+            else:
+                worker.kill()
         self._pool, self._busy = [], {}
         self._queue.clear()
         self._finished.clear()
@@ -217,14 +223,19 @@ class _Worker:
         with contextlib.suppress(OSError):
             self.conn.send(None)
         self.process.join(timeout=30)
+        self.kill()
+
+    def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
-            self.process.join()
+        self.process.join()
         self.conn.close()
 
 
 def _serve(conn: Connection, env: dict[str, str]) -> None:
-    """A worker's life: set its device, then evaluate candidates until told to stop."""
+    """A worker's life: set its device, then evaluate candidates until told to stop. Ctrl-C (sent to the whole
+    process group by a terminal) and SIGTERM are blocked: the search process decides, and stops its workers."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     os.environ.update(env)
     fn = cfg = None
     while (message := conn.recv()) is not None:

@@ -12,10 +12,11 @@ change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockqnn.cli import hydra_app
-from blockqnn.errors import UserError
+from blockqnn.errors import Interrupted, UserError
 from blockqnn.loop import SyncSearch
 from blockqnn.resume import check_same_table, open_search_run, overridden_keys
 from blockqnn.store import Store
@@ -159,17 +160,34 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.resume or hydra.runtime.output_dir)
     group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
     overridden = overridden_keys(list(hydra.overrides.task))
-    signal.signal(signal.SIGTERM, _interrupt)  # docker stop, a pre-empted job: end like Ctrl-C, cleanly
     try:
-        best = search(cfg, run_dir, group, overridden=overridden)
-    except KeyboardInterrupt:
+        with interruptible():
+            best = search(cfg, run_dir, group, overridden=overridden)
+    except Interrupted as e:
         print(f"interrupted; continue with: python -m blockqnn.search resume={run_dir}", file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + e.signum) from None
     print(summary(best, run_dir), flush=True)
 
 
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (docker stop, a pre-empted job) raise ``Interrupted`` wherever the search is, training
+    included: what finished is in the history, the candidate in progress is left out (async: left ``running``)
+    and runs again on resume. Worker processes ignore both (``blockqnn.executors``); the executor stops them."""
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    lightning_notice = logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector")
+    level = lightning_notice.level
+    lightning_notice.setLevel(logging.WARNING)  # its "Received SIGTERM" would precede the one line
+    try:
+        yield
+    finally:
+        lightning_notice.setLevel(level)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 if __name__ == "__main__":
