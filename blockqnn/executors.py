@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from blockqnn.errors import UserError
-from blockqnn.threads import BUDGET_ENV, cpu_threads
+from blockqnn.threads import cpu_threads, policy_env
 
 Evaluator = Callable[[str, Any], Any]
 Item = tuple[int, str]
@@ -88,17 +88,21 @@ class LocalExecutor(Batches):
 
     ``workers``: ``auto`` is ``workers_per_gpu`` workers per visible GPU when that makes more than one, else
     in-process (0); a number forces that many workers (GPU i % count each, or CPU workers). Several workers per GPU
-    pack small candidates onto a big GPU. ``threads``: torch threads per CPU worker (``auto``:
-    ``blockqnn.threads.cpu_threads``). Workers pay imports, CUDA start-up and data loading once, then serve
-    candidates until the search ends.
+    pack small candidates onto a big GPU. ``threads``: the torch threads a worker's candidates may use (``auto``: the
+    cores this process may use divided among the workers, ``blockqnn.threads``); ``flops_per_thread``: a candidate
+    gets one thread per that many forward FLOPs per image, within that budget (0: always the whole budget).
+    Workers pay imports, CUDA start-up and data loading once, then serve candidates until the search ends.
     """
 
-    def __init__(self, workers: int | str = "auto", threads: int | str = "auto", workers_per_gpu: int = 1) -> None:
+    def __init__(self, workers: int | str = "auto", threads: int | str = "auto", workers_per_gpu: int = 1,
+                 flops_per_thread: float = 0.0) -> None:
         if workers != "auto" and (not isinstance(workers, int) or workers < 0):
             raise ValueError(f"executor.workers must be auto or a number >= 0, got {workers!r}")
         if not isinstance(workers_per_gpu, int) or workers_per_gpu < 1:
             raise ValueError(f"executor.workers_per_gpu must be a number >= 1, got {workers_per_gpu!r}")
         self.workers, self.threads, self.workers_per_gpu = workers, threads, workers_per_gpu
+        self.flops_per_thread = float(flops_per_thread)
+        self._environ: dict[str, str | None] = {}
         self._pool: list[_Worker] = []
         self._queue: deque[tuple[Any, str, bytes | tuple]] = deque()  # (key, arch, job) waiting for a worker
         self._busy: dict[_Worker, Any] = {}
@@ -110,7 +114,11 @@ class LocalExecutor(Batches):
         slots = len(gpus) * self.workers_per_gpu
         count = (slots if slots > 1 else 0) if self.workers == "auto" else self.workers
         threads = cpu_threads(count) if self.threads == "auto" else int(self.threads)
-        self._pool = [_Worker(i, _worker_env(i, gpus, threads)) for i in range(count)]
+        policy = policy_env(threads, self.flops_per_thread)
+        self._pool = [_Worker(i, _worker_env(i, gpus, threads) | policy) for i in range(count)]
+        if not self._pool:  # candidates train in this process
+            self._environ = {k: os.environ.get(k) for k in policy}
+            os.environ.update(policy)
         return self
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
@@ -121,7 +129,12 @@ class LocalExecutor(Batches):
                 worker.stop()
             else:
                 worker.kill()
-        self._pool, self._busy = [], {}
+        for key, value in self._environ.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._pool, self._busy, self._environ = [], {}, {}
         self._queue.clear()
         self._finished.clear()
 
@@ -175,8 +188,7 @@ def _worker_env(index: int, gpus: list[str], threads: int) -> dict[str, str]:
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
     # torch takes its default thread count from OMP_NUM_THREADS at import: workers must not oversubscribe cores.
-    return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            BUDGET_ENV: str(threads)}
+    return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 class _Worker:

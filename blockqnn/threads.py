@@ -9,11 +9,14 @@ size can use: a network of ``flops_per_thread`` forward FLOPs per image or fewer
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 BUDGET_ENV = "BLOCKQNN_THREADS"  # the threads an executor grants each candidate of one worker
+SIZE_ENV = "BLOCKQNN_FLOPS_PER_THREAD"  # the size rule, from the executor's config
 
 
 def usable_cores() -> int:
@@ -46,15 +49,37 @@ def cpu_threads(concurrent: int) -> int:
     return max(1, usable_cores() // max(concurrent, 1))
 
 
-def thread_budget() -> int:
-    """The threads this process's candidates may use: the executor's grant, else every usable core."""
-    granted = os.environ.get(BUDGET_ENV, "")
-    return int(granted) if granted.isdigit() and int(granted) > 0 else usable_cores()
-
-
-def candidate_threads(flops: float, flops_per_thread: float, budget: int | None = None) -> int:
+def candidate_threads(flops: float, flops_per_thread: float | None = None, budget: int | None = None) -> int | None:
     """Threads for one candidate of ``flops`` forward FLOPs per image: one per ``flops_per_thread`` (0: no size
-    rule), at least one, at most the budget (``thread_budget()`` by default)."""
-    budget = thread_budget() if budget is None else budget
+    rule), at least one, at most the budget. Both default to the executor's policy (``policy_env``); None when
+    no executor set one (a candidate evaluated directly keeps torch's setting)."""
+    if budget is None:
+        granted = os.environ.get(BUDGET_ENV, "")
+        if not granted.isdigit() or int(granted) < 1:
+            return None
+        budget = int(granted)
+    if flops_per_thread is None:
+        flops_per_thread = float(os.environ.get(SIZE_ENV, 0) or 0)
     wanted = budget if flops_per_thread <= 0 else math.ceil(flops / flops_per_thread)
     return max(1, min(budget, wanted))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for a block of code (one candidate), then restored; None: as is."""
+    import torch
+
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def policy_env(budget: int, flops_per_thread: float) -> dict[str, str]:
+    """What a worker process needs to size its candidates' threads."""
+    return {BUDGET_ENV: str(budget), SIZE_ENV: str(float(flops_per_thread))}

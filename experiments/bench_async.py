@@ -88,15 +88,17 @@ def sleeping_evaluate(arch: str, cfg) -> SimulatedResult:
 
 
 # ---- 1: the simulated cluster -------------------------------------------------------------------------------
-def utilization(run_dir: Path, workers: int) -> tuple[float, float, int]:
-    """Busy time / (W x makespan), blocks per second and blocks, from the history's timings. The makespan runs
+def utilization(run_dir: Path, workers: int) -> tuple[float, float, int, float]:
+    """Busy time / (W x makespan), blocks per second, blocks, and the steady state's utilization (until the last
+    candidate starts: without the final drain, a once-per-search cost), from the history's timings. Time runs
     from the first candidate's start, so the workers' start-up (imports) counts in neither mode."""
     with Store.open(run_dir, readonly=True) as store:
         rows = store.candidates()
     trained = [r for r in rows if not r["cached"]]
-    start = min(r["started_at"] for r in trained)
+    start, last = min(r["started_at"] for r in trained), max(r["started_at"] for r in trained)
     makespan = max(r["finished_at"] for r in rows) - start
-    return sum(r["wall_time"] for r in trained) / (workers * makespan), len(rows) / makespan, len(rows)
+    steady = sum(max(0.0, min(r["finished_at"], last) - r["started_at"]) for r in trained) / (workers * (last - start))
+    return sum(r["wall_time"] for r in trained) / (workers * makespan), len(rows) / makespan, len(rows), steady
 
 
 def bench_cluster(worker_counts: list[int], iterations: int, median_ms: float, flops: np.ndarray, workdir: Path
@@ -105,8 +107,8 @@ def bench_cluster(worker_counts: list[int], iterations: int, median_ms: float, f
     print(f"\n1. simulated cluster: B = {BATCH}, {iterations} iterations, durations from {len(flops)} random "
           f"cifar-template blocks (FLOPs: 95th / 5th percentile {spread:.1f}x, max / median "
           f"{flops.max() / np.median(flops):.1f}x)")
-    print(f"{'W':>4} {'median':>8} | {'sync busy':>9} {'blocks/s':>8} | {'async busy':>10} {'blocks/s':>8} | "
-          f"{'async/sync':>10}")
+    print(f"{'W':>4} {'median':>8} | {'sync busy':>9} {'steady':>7} {'blocks/s':>8} | {'async busy':>10} "
+          f"{'steady':>7} {'blocks/s':>8} | {'async/sync':>10}")
     for workers in worker_counts:
         median = median_ms / 1000 * workers / 8
         path = workdir / f"durations-{workers}.json"
@@ -120,9 +122,9 @@ def bench_cluster(worker_counts: list[int], iterations: int, median_ms: float, f
                                      f"executor.workers={workers}", f"search.mode={mode}", "executor.threads=1"])
             search(cfg, run_dir, evaluate=sleeping_evaluate)
             figures[mode] = utilization(run_dir, workers)
-        (su, sr, _), (au, ar, _) = figures["sync"], figures["async"]
-        print(f"{workers:>4} {median * 1000:>6.0f}ms | {su:>9.1%} {sr:>8.1f} | {au:>10.1%} {ar:>8.1f} | "
-              f"{ar / sr:>9.2f}x", flush=True)
+        (su, sr, _, ss), (au, ar, _, ast) = figures["sync"], figures["async"]
+        print(f"{workers:>4} {median * 1000:>6.0f}ms | {su:>9.1%} {ss:>7.1%} {sr:>8.1f} | {au:>10.1%} {ast:>7.1%} "
+              f"{ar:>8.1f} | {ar / sr:>9.2f}x", flush=True)
 
 
 # ---- 2: staleness on the table space ------------------------------------------------------------------------
@@ -193,7 +195,7 @@ def bench_real(workdir: Path) -> None:
         start = time.perf_counter()
         search(cfg, run_dir)
         wall = time.perf_counter() - start
-        busy, rate, blocks = utilization(run_dir, 2)
+        busy, rate, blocks, _ = utilization(run_dir, 2)
         print(f"  {mode:>5}: {wall:.0f} s for {blocks} blocks ({rate:.2f} blocks/s), workers busy {busy:.0%}",
               flush=True)
 
