@@ -25,7 +25,7 @@ from blockqnn.cli import one_line_errors
 from blockqnn.drawing import draw_block, wrap_code
 from blockqnn.errors import UserError
 from blockqnn.nsc import Block
-from blockqnn.plots import plot_agents, plot_best_so_far, plot_rewards
+from blockqnn.plots import plot_agents, plot_best_so_far, plot_rewards, plot_timeline
 from blockqnn.store import Store, is_run
 from blockqnn.tracking import wandb_mode
 
@@ -108,6 +108,7 @@ def report_run(run_dir: str | Path, top_k: int = 5, wandb: bool = True) -> list[
     images = {
         "reward per candidate": plot_rewards(history, out / "reward.png"),
         "best so far": plot_best_so_far(history, out / "best_so_far.png"),
+        "workers over time": plot_timeline(history, out / "timeline.png"),
     }
     drawings = []
     for rank, row in enumerate(history.best, start=1):

@@ -23,7 +23,7 @@ def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path)
         rows = store.candidates()
     written = report.report(run, top_k=3)
     names = {p.name for p in written}
-    assert {"reward.png", "best_so_far.png", "top1.png", "top2.png", "top3.png", "summary.md"} <= names
+    assert {"reward.png", "best_so_far.png", "timeline.png", "top1.png", "top2.png", "top3.png", "summary.md"} <= names
     for p in written:
         if p.suffix == ".png":
             with Image.open(p) as im:
@@ -214,3 +214,14 @@ def test_multirun_of_damaged_runs_only_is_one_error_line_naming_one(tmp_path, ca
     expected = f"{sweep / '0' / DB_NAME} is corrupt or not a search history (missing columns: candidates.reward)"
     assert code == 1 and err == f"error: {expected}\n"
     assert not (sweep / "summary.md").exists()
+
+
+def test_timeline_packs_candidates_into_as_many_rows_as_ran_at_once():
+    from blockqnn.plots import worker_lanes
+
+    def trained(start, end, cached=0):
+        return dict(started_at=start, finished_at=end, cached=cached, status="ok")
+
+    rows = [trained(0, 4), trained(0, 1), trained(1, 2), trained(2, 5), trained(4, 6), trained(3, 3, cached=1)]
+    lanes = worker_lanes(rows)
+    assert [[(s, e) for s, e, _ in lane] for lane in lanes] == [[(0, 4), (4, 6)], [(0, 1), (1, 2), (2, 5)]]
