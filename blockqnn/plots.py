@@ -148,9 +148,10 @@ def plot_timeline(history: History, path: Path) -> Path:
         busy = sum(end - start for lane in lanes for start, end, _ in lane)
         for i, lane in enumerate(lanes):
             colors = ["#3182bd" if row["status"] == "ok" else "#de2d26" for _, _, row in lane]
-            ax.broken_barh([(start - t0, end - start) for start, end, _ in lane], (i - 0.4, 0.8), color=colors)
-        ax.set_title(f"{len(lanes)} workers busy {busy / (len(lanes) * span):.0%} of {span:.0f} s "
-                     "(sessions of a resumed search included)", fontsize=9)
+            ax.broken_barh([(start - t0, end - start) for start, end, _ in lane], (i - 0.4, 0.8), color=colors,
+                           edgecolor="white", linewidth=0.5)
+        ax.set_title(f"{len(lanes)} workers busy {busy / (len(lanes) * span):.0%} of {span:.3g} s "
+                     "(a resumed search's pauses count as idle)", fontsize=9)
     ax.set_xlabel("seconds since the first candidate started")
     ax.set_ylabel("worker")
     ax.set_yticks(range(len(lanes)))
