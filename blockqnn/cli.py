@@ -33,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.config import CONF_DIR, check_conf_dir
 from blockqnn.errors import UserError
+from blockqnn.schema import check_config
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
@@ -148,6 +149,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
 
         def job(cfg: DictConfig) -> Any:
             try:
+                check_config(cfg)  # every value within its declared range, before the task writes anything
                 return task(cfg)
             except Exception as exc:
                 errors = user_errors(exc)

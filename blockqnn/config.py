@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.errors import ConfigError
-from blockqnn.schema import register_schemas
+from blockqnn.schema import check_config, register_schemas
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_schemas()  # before any config is composed, by an entry point or by ``compose``
@@ -32,9 +32,11 @@ def compose(config_name: str = "search", overrides: Sequence[str] = ()) -> DictC
     check_conf_dir()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_first_lines(e)) from None
+    check_config(cfg)
+    return cfg
 
 
 def _first_lines(error: BaseException) -> str:
