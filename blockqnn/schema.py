@@ -19,6 +19,7 @@ declared and every target of ``conf/`` known.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -404,27 +405,31 @@ def schema_of(node: DictConfig, path: str, declared: Any = None) -> type | None:
 
 
 def _problems(node: DictConfig, schema: type | None, prefix: str) -> Iterator[tuple[str, str]]:
-    """``(key, what is wrong)`` for each value under ``node`` that breaks its declaration."""
-    hints = typing.get_type_hints(schema) if schema is not None else {}
-    limits = {f.name: f.metadata for f in dataclasses.fields(schema)} if schema is not None else {}
-    values = {}
-    for key in node:
-        path = f"{prefix}{key}"
-        if str(key).startswith("_") or OmegaConf.is_missing(node, key):
-            continue
-        value = _value(node, key)
-        values[key] = value
-        if key in hints:
-            problem = _problem(value, hints[key], limits[key])
-            if problem:
-                yield path, problem
-                return
-        if isinstance(value, DictConfig):
-            yield from _problems(value, schema_of(value, path, hints.get(key)), f"{path}.")
+    """``(key, what is wrong)`` for each value under ``node`` that breaks its declaration: the node's own values
+    first, then nested sections (whose interpolations, ``${..channels}``, point back at the values above)."""
+    hints, limits = declarations(schema) if schema is not None else ({}, {})
+    values = {key: _value(node, key) for key in node
+              if not str(key).startswith("_") and not OmegaConf.is_missing(node, key)}
+    for key, value in values.items():
+        problem = _problem(value, hints[key], limits[key]) if key in hints else None
+        if problem:
+            yield f"{prefix}{key}", problem
+            return
     rule = getattr(schema, "rule", None)
     broken = rule(values) if rule is not None else None
     if broken:
-        yield f"{prefix}{broken.split('=')[0]}", "=" + broken.split("=", 1)[1]
+        key, problem = broken.split("=", 1)
+        yield f"{prefix}{key}", f"={problem}"
+        return
+    for key, value in values.items():
+        if isinstance(value, DictConfig):
+            yield from _problems(value, schema_of(value, f"{prefix}{key}", hints.get(key)), f"{prefix}{key}.")
+
+
+@functools.cache
+def declarations(schema: type) -> tuple[dict[str, Any], dict[str, Mapping[str, Any]]]:
+    """A schema's type hints and limits, by setting."""
+    return typing.get_type_hints(schema), {f.name: f.metadata for f in dataclasses.fields(schema)}
 
 
 def _value(node: DictConfig, key: Any) -> Any:
