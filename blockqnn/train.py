@@ -165,6 +165,7 @@ def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:
     """The dataset config as trained on, with what the data filled in (classes, measured normalisation)."""
     settings = OmegaConf.to_container(dataset_cfg, resolve=True)
     settings["num_classes"] = data.num_classes
+    settings["classes"] = list(data.classes) if data.classes else None
     if settings.get("mean") is None or settings.get("std") is None:
         settings["mean"], settings["std"] = map(list, channel_stats(data.source_key, data.val_size, data.split_seed))
     return settings

@@ -54,7 +54,7 @@ def test_train_checkpoints_tests_exports_and_resumes(tmp_path, monkeypatch):
     resumed = train(config(tmp_path, f"resume={folder}", "logger=wandb"), folder)  # block taken from the folder
     assert resumed["resumed_from"] == str(last) and resumed["epochs"] == 1
     key = bias.removeprefix("net.")
-    assert torch.equal(blockqnn.load(folder / "model.pt").state_dict()[key], ckpt["state_dict"][bias])
+    assert torch.equal(blockqnn.load(folder / "model.pt").net.state_dict()[key], ckpt["state_dict"][bias])
     assert (folder / "wandb_run_id").read_text() == run_id
 
     more = train(config(tmp_path, f"resume={folder}", "trainer.max_epochs=2"), folder)
