@@ -17,7 +17,7 @@ from blockqnn.errors import UserError
 from blockqnn.nsc import Block, NSCError
 from blockqnn.resume import adopt_folder_config, check_same_network, check_train_folder, override_keys
 from blockqnn.store import Store, StoreError
-from blockqnn.train import resolve_block, train
+from blockqnn.train import plan_run, resolve_block, train
 from tests.blocks import RESIDUAL
 from tests.helpers import folder_digest, make_run
 
@@ -299,3 +299,43 @@ def test_cli_trains_with_ddp_on_two_cpu_processes(tmp_path):
     assert 0.0 <= result["test_acc"] <= 1.0
     model = blockqnn.load(out / "model.pt")
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4)
+
+
+def searched_run(folder):
+    """A search history as a search on the synthetic data with a narrow tiny template leaves it."""
+    cfg = compose("search", ["dataset=synthetic", "dataset.num_classes=3", "template=tiny", "template.F=4",
+                             "logger=none"])
+    with Store.create(folder, OmegaConf.to_container(cfg, resolve=True)) as store:
+        store.record(dict(iteration=0, position=0, arch=str(Block.parse(RESIDUAL)), hash="h", status="ok",
+                          reward=0.9, accuracy=0.9, cached=0))
+    return folder
+
+
+def test_a_block_from_a_search_trains_on_its_dataset_and_template_unless_named(tmp_path):
+    run = searched_run(tmp_path / "search")
+    for overrides, dataset, template in [
+        ([], ("synthetic", 3), ("conv", 2, 1, 4)),
+        (["template.N=2"], ("synthetic", 3), ("conv", 2, 2, 4)),  # the searched template, scaled
+        (["template=cifar", "dataset=digits"], ("digits", 10), ("conv", 3, 2, 32)),
+    ]:
+        args = [f"block={run}:1", *overrides]
+        cfg = plan_run(compose("train", args), tmp_path / "out", override_keys(args))[0]
+        assert (cfg.dataset.name, cfg.dataset.num_classes) == dataset
+        assert (cfg.template.stem, cfg.template.stages, cfg.template.N, cfg.template.F) == template
+    api = plan_run(compose("train", [f"block={run}:1"]), tmp_path / "out", None)[0]  # no command line: as given
+    assert api.dataset.name == "cifar10"
+
+
+@pytest.mark.slow
+def test_cli_block_from_a_search_says_what_it_took_from_it_and_logs_to_train_log(tmp_path):
+    run = searched_run(tmp_path / "search")
+    out = tmp_path / "out"
+    proc = cli(f"block={run}:1", f"hydra.run.dir={out}", smoke=["trainer=smoke", "trainer.limit_train_batches=2",
+                                                               "logger=none"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (f"on dataset synthetic, template conv with 2 stages, N=1, F=4, for 1 epochs; block ranked 1 in {run}; "
+            "dataset and template as searched there (name dataset= or template= to choose others)") in proc.stdout
+    saved = OmegaConf.load(out / "config.yaml")
+    assert saved.dataset.name == "synthetic" and saved.template.F == 4
+    log = (out / "train.log").read_text()
+    assert "dataset and template as searched there" in log and "test accuracy" in log
