@@ -58,11 +58,18 @@ def user_errors(exc: BaseException) -> list[BaseException]:
     return found
 
 
+# Hydra's grammar reads parentheses as a function call: an NSC code on the command line must be quoted.
+NSC_QUOTING = ("""an NSC code needs quotes on the command line, e.g. 'block="[(1,4,0,0,0),(2,7,0,0,0)]"' """
+               "(or Hydra's list syntax: block=[[1,4,0,0,0],[2,7,0,0,0]])")
+
+
 def describe(errors: list[BaseException]) -> str:
     """One line for a chain of bad-input errors: the innermost says what is wrong; Hydra's "Could not override
     'x'" context is kept in front of it, its hints after it."""
     inner = one_line(errors[-1])
     outer = errors[0]
+    if isinstance(outer, OverrideParseException) and "(" in outer.override:
+        return f"{outer.override}: {NSC_QUOTING}"
     if len(errors) > 1 and isinstance(outer, ConfigCompositionException | OverrideParseException):
         first, *hints = _lines(outer)
         return "; ".join([f"{first.rstrip('.')}: {inner}", *hints])

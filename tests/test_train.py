@@ -174,7 +174,8 @@ def one_error_line(proc, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["bad_nsc", "rank", "missing_data", "short_row", "flat_list", "nested_field"])
+@pytest.mark.parametrize("case", ["bad_nsc", "rank", "missing_data", "short_row", "flat_list", "nested_field",
+                                  "unquoted"])
 def test_cli_bad_input_is_one_line(tmp_path, case):
     args = {
         "bad_nsc": ['block="[(1,9,0,0,0),(2,7,0,0,0)]"'],
@@ -184,9 +185,12 @@ def test_cli_bad_input_is_one_line(tmp_path, case):
         "rank": [f"block={make_run(tmp_path / 'search')}:50"],
         "missing_data": ['block="[(1,4,0,0,0),(2,7,0,0,0)]"', "dataset=imagefolder",
                          f"dataset.source.root={tmp_path / 'no-images'}"],
+        "unquoted": ["block=[(1,4,0,0,0),(2,7,0,0,0)]"],
     }
     proc = cli(*args[case], f"hydra.run.dir={tmp_path / 'out'}")
-    one_error_line(proc, "layer 1: " if case in ("short_row", "flat_list", "nested_field") else "")
+    expected = {"short_row": "layer 1: ", "flat_list": "layer 1: ", "nested_field": "layer 1: ",
+                "unquoted": "block=[(1,4,0,0,0),(2,7,0,0,0)]: an NSC code needs quotes on the command line"}
+    one_error_line(proc, expected.get(case, ""))
     assert not (tmp_path / "out").exists()  # no folder holding only Hydra's files to mistake for a train run
 
 
