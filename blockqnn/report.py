@@ -171,20 +171,28 @@ def _run_order(path: Path) -> tuple[int, str]:
 
 # ---- W&B ---------------------------------------------------------------------------------------------------------
 def log_to_wandb(history: History, images: Sequence[Path]) -> None:
-    """Add the pictures and the top-k table to the run's W&B run (resumed by id; WANDB_MODE decides online)."""
+    """Add the pictures and the top-k table to the run's W&B run (resumed by id; WANDB_MODE decides online).
+
+    Offline, W&B writes each process's part of a run to its own ``offline-run-*`` folder (the search, each resume,
+    this report), all with the run's id; ``wandb sync`` uploads such parts in order of their start time into the
+    one run. So the line printed names them all, not this report's part alone (W&B's own advice, silenced here)."""
     try:
         import wandb
 
         logger = OmegaConf.select(history.config, "logger") or {}
+        mode = wandb_mode(logger.get("mode"))
         run = wandb.init(
             id=history.wandb_run_id, resume="allow", project=logger.get("project"), entity=logger.get("entity"),
-            dir=str(history.run_dir), mode=wandb_mode(logger.get("mode")), settings=wandb.Settings(console="off"),
+            dir=str(history.run_dir), mode=mode, settings=wandb.Settings(console="off", silent=True),
         )
         table = wandb.Table(columns=["rank", "nsc", "reward", "accuracy", "flops", "params", "density"],
                             data=[[i, r["arch"], r["reward"], r["accuracy"], r["flops"], r["params"], r["density"]]
                                   for i, r in enumerate(history.best, start=1)])
         run.log({"report/top_k": table, **{f"report/{p.stem}": wandb.Image(str(p)) for p in images}})
         run.finish()
+        if mode == "offline":
+            print(f"W&B run {history.wandb_run_id} is offline, in parts (search, resumes, report); upload them "
+                  f"all with: wandb sync {history.run_dir / 'wandb'}/offline-run-*")
     except Exception as e:  # the files on disk are the report; W&B is a copy
         print(f"warning: report not sent to W&B ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
               file=sys.stderr)

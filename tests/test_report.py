@@ -13,7 +13,7 @@ from blockqnn.nsc import Block
 from blockqnn.space import NSCSpace
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import INCEPTION, RESIDUAL, random_block
-from tests.helpers import DAMAGED, damage, folder_digest, make_run
+from tests.helpers import DAMAGED, damage, folder_digest, make_run, read_wandb_run, run_cli
 
 
 def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path):
@@ -132,6 +132,27 @@ def test_report_sends_pictures_to_the_tracked_wandb_run_offline(tmp_path, monkey
     assert offline, list((run / "wandb").iterdir())
     media = list(offline[0].rglob("*.png"))
     assert {"reward", "best_so_far", "top1"} <= {p.name.rsplit("_", 2)[0] for p in media}  # NAME_STEP_HASH.png
+
+
+@pytest.mark.slow
+def test_report_of_an_offline_run_names_every_part_to_sync(tmp_path):
+    """A tracked search's parts (here: the search and a resume) and the report's share one id; the report says
+    to sync them all, and W&B's advice to sync the report's part alone is not printed."""
+    from blockqnn.nasbench201 import write_synthetic_table
+
+    table, run = write_synthetic_table(tmp_path / "t.csv", seed=0), tmp_path / "run"
+    search = ["space=nasbench201", f"space.table={table}", "progress.mode=off", "agent.batch_size=4",
+              "agent.schedule_scale=0.02", f"hydra.run.dir={run}"]
+    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "false"}
+    assert run_cli(*search, env=offline).returncode == 0
+    assert run_cli(f"resume={run}", env=offline).returncode == 0
+    proc = run_cli(str(run), module="report", env=offline)
+    assert proc.returncode == 0, proc.stderr
+    parts = read_wandb_run(run)
+    assert len(parts) == 3 and len({part["id"] for part in parts}) == 1
+    assert f"W&B run {parts[0]['id']} is offline, in parts (search, resumes, report); upload them all with: " \
+           f"wandb sync {run / 'wandb'}/offline-run-*" in proc.stdout
+    assert "wandb sync" not in proc.stderr and proc.stdout.count("wandb sync") == 1
 
 
 @pytest.mark.slow
