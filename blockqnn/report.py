@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from blockqnn.analysis import History, best_so_far, by_agent, feature_table, load_histories, load_history, parse_block
+from blockqnn.analysis import (
+    History,
+    best_after,
+    by_agent,
+    common_budget,
+    feature_table,
+    load_histories,
+    load_history,
+    parse_block,
+)
 from blockqnn.cli import one_line_errors
 from blockqnn.drawing import draw_block, wrap_code
 from blockqnn.errors import UserError
@@ -136,13 +145,16 @@ def report_multirun(sweep_dir: Path, runs: Sequence[Path], top_k: int = 5, wandb
         print(f"warning: left out of the report: {error}", file=sys.stderr)
     written = [p for h in histories for p in report_run(h.run_dir, top_k, wandb)]
     plot = plot_agents(histories, sweep_dir / "agents.png")
-    lines = [f"# Multirun report: {sweep_dir.name}", "", "| agent | runs | best reward (mean ± std) | trained blocks |",
+    budget = common_budget(histories)
+    lines = [f"# Multirun report: {sweep_dir.name}", "",
+             f"Agents compared at equal numbers of trained blocks: the best reward after the first {budget} trained "
+             "blocks of each run (the fewest any run trained).", "",
+             f"| agent | runs | best reward after {budget} trained (mean ± std) | trained blocks per run |",
              "|---|---|---|---|"]
     for agent, group in sorted(by_agent(histories).items()):
-        finals = [b[-1] for b in map(best_so_far, group) if len(b)]
-        trained = sorted({len(h.trained()) for h in group})
-        lines.append(f"| {agent} | {len(group)} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "
-                     f"{', '.join(map(str, trained))} |")
+        bests = [b for b in (best_after(h, budget) for h in group) if b is not None]
+        score = f"{np.mean(bests):.4f} ± {np.std(bests):.4f}" if bests else "-"
+        lines.append(f"| {agent} | {len(group)} | {score} | {', '.join(str(len(h.trained())) for h in group)} |")
     links = ", ".join(f"[{h.run_dir.name}]({h.run_dir.name}/summary.md)" for h in histories)
     lines += ["", f"![agents]({plot.name})", "", f"Runs: {links}"]
     if refused:

@@ -235,3 +235,22 @@ def test_multirun_of_damaged_runs_only_is_one_error_line_naming_one(tmp_path, ca
     expected = f"{sweep / '0' / DB_NAME} is corrupt or not a search history (missing columns: candidates.reward)"
     assert code == 1 and err == f"error: {expected}\n"
     assert not (sweep / "summary.md").exists()
+
+
+def test_multirun_compares_agents_at_equal_numbers_of_trained_blocks(tmp_path):
+    """A random search that ran twice as long must not look better for it: every run is cut at the fewest
+    trained blocks any run reached."""
+    sweep = tmp_path / "multirun"
+    make_run(sweep / "0", agent="q-learning", iterations=2)
+    make_run(sweep / "1", agent="random", iterations=4, epsilons=(1.0,) * 4)
+    histories = [analysis.load_history(sweep / str(i), 1) for i in range(2)]
+    budget = min(len(h.trained()) for h in histories)
+    assert analysis.common_budget(histories) == budget < len(histories[1].trained())
+    expected = analysis.best_so_far(histories[1])[budget - 1]
+    assert expected < analysis.best_so_far(histories[1])[-1]  # the longer run found better blocks later
+    report.report(sweep, top_k=1, wandb=False)
+    summary = (sweep / "summary.md").read_text()
+    assert f"best reward after {budget} trained (mean ± std)" in summary
+    rows = {line.split("|")[1].strip(): line.split("|") for line in summary.splitlines() if line.startswith("| ")}
+    assert rows["random"][3].strip() == f"{expected:.4f} ± 0.0000"
+    assert rows["random"][4].strip() == str(len(histories[1].trained()))
