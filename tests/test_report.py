@@ -3,6 +3,7 @@ import sqlite3
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -254,3 +255,56 @@ def test_multirun_compares_agents_at_equal_numbers_of_trained_blocks(tmp_path):
     rows = {line.split("|")[1].strip(): line.split("|") for line in summary.splitlines() if line.startswith("| ")}
     assert rows["random"][3].strip() == f"{expected:.4f} ± 0.0000"
     assert rows["random"][4].strip() == str(len(histories[1].trained()))
+
+
+def label_margins(block, title):
+    """Pixels between each label and its box's edge, left and right, in the drawing the report makes."""
+    from blockqnn.drawing import block_figure, wrap_code
+
+    fig, boxes = block_figure(block, f"{title}\n{wrap_code(str(block))}")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    margins = {}
+    for box, label in boxes:
+        outer, inner = box.get_window_extent(renderer), label.get_window_extent(renderer)
+        margins[label.get_text()] = min(inner.x0 - outer.x0, outer.x1 - inner.x1)
+    plt.close(fig)
+    return margins
+
+
+def test_every_label_sits_inside_its_box_with_room():
+    rng, space = np.random.default_rng(5), NSCSpace()
+    blocks = [Block.parse(RESIDUAL), Block.parse(INCEPTION), *(random_block(space, rng) for _ in range(25))]
+    worst = {}
+    for block in blocks:
+        for text, margin in label_margins(block, "rank 1: reward 0.9000, accuracy 0.9100").items():
+            worst[text] = min(worst.get(text, np.inf), margin)
+    assert "output\n(concat)" in worst and "max pool 3x3" in worst
+    assert min(worst.values()) >= 3, {t: round(m, 1) for t, m in worst.items()}
+
+
+def test_edges_between_the_same_two_nodes_are_drawn_side_by_side():
+    from blockqnn.drawing import edge_lines
+
+    block = Block.parse("[(1,1,3,0,0),(2,5,0,1,1),(3,6,0,2,2),(4,7,0,0,0)]")  # add(x, x), concat(y, y)
+    pos, routes = layout(block)
+    lines = [tuple(line) for line in edge_lines(routes, pos)]
+    assert len(lines) == len(block.edges()) == 6 and len(set(lines)) == 6
+
+
+def test_layer_colours_are_told_apart():
+    """CIE76 colour difference (Lab) of every two layer types' colours: 20 is clearly different at a glance."""
+    from matplotlib.colors import to_rgb
+
+    from blockqnn.drawing import COLOURS
+
+    def lab(colour):
+        rgb = np.array(to_rgb(colour))
+        linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+        xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+        f = np.cbrt(xyz / np.array([0.9505, 1.0, 1.089]))
+        return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+    pairs = [(a, b) for a in COLOURS for b in COLOURS if a < b]
+    distances = {(a.name, b.name): float(np.linalg.norm(lab(COLOURS[a]) - lab(COLOURS[b]))) for a, b in pairs}
+    assert min(distances.values()) >= 20, sorted(distances.items(), key=lambda kv: kv[1])[:3]
