@@ -118,8 +118,9 @@ def describe_plan(cfg: DictConfig, source: dict[str, Any], taken: list[str]) -> 
     template = cfg.template
     shape = f"template {template.get('stem', '?')} with {template.get('stages')} stages, N={template.get('N')}, " \
             f"F={template.get('F')}"
-    line = f"training {cfg.block} on dataset {cfg.dataset.get('name', '?')}, {shape}, for " \
-           f"{cfg.trainer.max_epochs} epochs"
+    epochs = cfg.trainer.max_epochs
+    line = f"training {cfg.block} on dataset {cfg.dataset.get('name', '?')}, {shape}, for {epochs} " \
+           f"epoch{'s' if epochs != 1 else ''}"
     if source:
         line += f"; block ranked {source['rank']} in {source['search_run']}"
     if taken:

@@ -114,7 +114,7 @@ def digits_model(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("digits") / "run"
     cfg = compose("train", [f"block={RESIDUAL!r}".replace("'", '"'), "dataset=digits", "template=tiny",
-                            "trainer=smoke", "trainer.max_epochs=3", "logger=none"])
+                            "trainer=smoke", "trainer.max_epochs=2", "logger=none"])
     result = train(cfg, folder)
     return folder / "model.pt", result
 

@@ -337,7 +337,7 @@ def test_cli_block_from_a_search_says_what_it_took_from_it_and_logs_to_train_log
     proc = cli(f"block={run}:1", f"hydra.run.dir={out}", smoke=["trainer=smoke", "trainer.limit_train_batches=2",
                                                                "logger=none"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (f"on dataset synthetic, template conv with 2 stages, N=1, F=4, for 1 epochs; block ranked 1 in {run}; "
+    assert (f"on dataset synthetic, template conv with 2 stages, N=1, F=4, for 1 epoch; block ranked 1 in {run}; "
             "dataset and template as searched there (name dataset= or template= to choose others)") in proc.stdout
     saved = OmegaConf.load(out / "config.yaml")
     assert saved.dataset.name == "synthetic" and saved.template.F == 4
