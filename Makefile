@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart test lint bench clean image-folder
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 quickstart: $(VENV)/.installed
 	$(PY) -m blockqnn.search experiment=quickstart
+
+# scikit-learn's digits as an image-folder tree (train/<class>/*.png, test/<class>/*.png) for dataset=imagefolder.
+IMAGE_FOLDER ?= data/digits-folder
+image-folder: $(IMAGE_FOLDER)
+$(IMAGE_FOLDER): | $(VENV)/.installed
+	$(PY) experiments/make_image_folder.py $@
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 --durations=15

@@ -1,7 +1,7 @@
 """The BlockQNN agent: tabular Q-learning over any search space, epsilon-greedy, with shaping and replay.
 
 One search is a fixed list of iterations given by the epsilon schedule. Each iteration the agent samples B
-trajectories (``sample``), the search loop scores them, and ``update`` learns from them (paper section 4):
+trajectories (``sample``), the search loop scores them, and ``update`` learns from them (docs/method.md#the-agent):
 
 * every scored trajectory goes into the replay memory;
 * each new trajectory is replayed backwards (MetaQNN): the last action moves towards the reward ``r_T``, every

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class PaperReward:
     """The paper's corrected reward: early-stop accuracy ranks blocks imperfectly, and its errors correlate with
-    cost and connectivity, so both are penalised on a log scale (section 5; defaults in conf/reward/paper.yaml)."""
+    cost and connectivity, so both are penalised on a log scale (docs/method.md#the-reward)."""
 
     mu: float
     rho: float

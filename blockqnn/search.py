@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from blockqnn.cli import hydra_app
+from blockqnn.cli import fail, hydra_app
 from blockqnn.errors import Interrupted, UserError
 from blockqnn.loop import SyncSearch
 from blockqnn.resume import check_same_table, open_search_run, overridden_keys
@@ -53,7 +55,6 @@ def search(
     resuming = store is not None
     try:
         check_one_device(cfg)
-        check_loop(cfg)
         space = instantiate(cfg.space)
         if resuming:
             check_same_table(space, store)
@@ -84,9 +85,6 @@ def search(
             store.close()
 
 
-MODES = ("auto", "sync", "async")
-
-
 def loop_mode(cfg: DictConfig, store: Store, executor: Any) -> str:
     """``sync`` or ``async``: the run's own mode on resume (its history is written the one way), else
     ``search.mode``, where ``auto`` is async whenever the executor runs more than one candidate at once."""
@@ -99,13 +97,6 @@ def loop_mode(cfg: DictConfig, store: Store, executor: Any) -> str:
     mode = ("async" if executor.capacity > 1 else "sync") if asked == "auto" else asked
     store.set("mode", mode)
     return mode
-
-
-def check_loop(cfg: DictConfig) -> None:
-    if cfg.search.mode not in MODES:
-        raise UserError(f"search.mode must be one of {', '.join(MODES)}, got {cfg.search.mode!r}")
-    if cfg.search.prefetch < 0:
-        raise UserError(f"search.prefetch must be >= 0, got {cfg.search.prefetch}")
 
 
 def _progress(cfg: DictConfig) -> Progress:
@@ -143,15 +134,31 @@ def check_one_device(cfg: DictConfig) -> None:
 
 
 def summary(best: dict[str, Any] | None, run_dir: Path) -> str:
+    """The closing lines: the best block, found in which iteration (counted from 1, as the progress line counts),
+    and where the run is stored."""
     lines = []
     if best is None:
         lines.append("no candidate finished successfully")
     else:
         lines.append(f"best block: {best['arch']}")
         lines.append(f"  reward {best['reward']:.4f}  accuracy {best['accuracy']:.4f}  "
-                     f"(iteration {best['iteration']}, position {best['position']})")
+                     f"(iteration {best['iteration'] + 1}, position {best['position'] + 1})")
     lines.append(f"run stored in {run_dir} (history.sqlite); report: python -m blockqnn.report {run_dir}")
     return "\n".join(lines)
+
+
+def all_failed(run_dir: Path) -> str:
+    """Why a search none of whose candidates finished failed: its most common error (errors that differ only in
+    their numbers, a step or a size, count as one), for the exit line."""
+    with Store.open(run_dir, readonly=True) as store:
+        errors = [(row["error"] or "").strip().split("\n")[0] or "no error recorded"
+                  for row in store.candidates() if row["status"] != "ok"]
+    if not errors:
+        return "the search sampled no candidate"
+    kinds = Counter(re.sub(r"\d+", "#", e) for e in errors)
+    kind, count = kinds.most_common(1)[0]
+    example = next(e for e in errors if re.sub(r"\d+", "#", e) == kind)
+    return f"every candidate failed ({len(errors)}); the most common error ({count} of {len(errors)}): {example}"
 
 
 @hydra_app("search")
@@ -167,6 +174,8 @@ def main(cfg: DictConfig) -> None:
         print(f"interrupted; continue with: python -m blockqnn.search resume={run_dir}", file=sys.stderr, flush=True)
         raise SystemExit(128 + e.signum) from None
     print(summary(best, run_dir), flush=True)
+    if best is None:
+        fail(all_failed(run_dir))
 
 
 @contextlib.contextmanager

@@ -6,11 +6,13 @@
     Normalize in a DataLoader (best of 0 and --workers worker processes, persistent, warmed up); on a GPU the
     batches are also copied to it (pinned memory).
 
-Images: ../shared/data/cifar10-subset through the image-folder loader when present (10,000 real 32x32 CIFAR
-images), else 10,000 synthetic 32x32 ones. Prints images/s of both and the ratio. Target: >= 3x on a 2-core CPU.
+Images: an image folder read by the image-folder loader at 32x32 (by default ../shared/data/cifar10-subset beside
+the checkout, 10,000 real CIFAR images, when it is there); without one, 10,000 generated 32x32 images, said in one
+line. Prints images/s of both pipelines and the ratio. Target: >= 3x on a 2-core CPU.
 
     python experiments/bench_data.py                  # CPU, or the GPU when there is one
     python experiments/bench_data.py --device cpu --epochs 3
+    python experiments/bench_data.py --folder data/cifar10-folder   # e.g. from make_image_folder.py dataset=cifar10
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ from torchvision import transforms as T
 
 from blockqnn.data import Crops, DeviceLoader, image_folder, synthetic
 
-SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
+SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"  # beside the checkout
+GENERATED = 10_000
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def cifar_sized_images(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """uint8 (N, 3, 32, 32) images and labels: the real CIFAR subset when it is there, else synthetic."""
-    if SUBSET.is_dir():
-        arrays, source = image_folder(str(SUBSET), 32), f"{SUBSET} (real CIFAR-10 images)"
+def cifar_sized_images(folder: Path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """uint8 (N, 3, 32, 32) images and labels: the folder's images when it is there, else generated ones."""
+    if folder.is_dir():
+        arrays, source = image_folder(str(folder), 32), f"{folder} (real images)"
     else:
-        arrays, source = synthetic(n or 10_000, 10, 10, 3, 32, 4, 0.4), "synthetic 32x32 (no cifar10-subset found)"
+        print(f"no image folder at {folder}: using {n or GENERATED:,} generated 32x32 images instead")
+        arrays, source = synthetic(n or GENERATED, 10, 10, 3, 32, 4, 0.4), "generated 32x32 images"
     images, labels = arrays.train_images, arrays.train_labels
     if n:
         images, labels = images[:n], labels[:n]
@@ -101,6 +105,8 @@ def torchvision_path(images, labels, batch: int, workers: int, device: torch.dev
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", type=Path, default=SUBSET,
+                        help="an image folder (train/<class>/*); default: the CIFAR-10 subset beside the checkout")
     parser.add_argument("--images", type=int, default=None, help="use the first N images (default: all)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the torchvision pipeline")
@@ -112,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    images, labels, source = cifar_sized_images(args.images)
+    images, labels, source = cifar_sized_images(args.folder, args.images)
     print(f"images: {len(images):,} from {source}; batch {args.batch}; device {device}; "
           f"torch threads {torch.get_num_threads()}")
     fast = fast_path(images, labels, args.batch, device, args.epochs)

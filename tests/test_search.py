@@ -27,6 +27,7 @@ from blockqnn.nsc import Block, NSCError
 from blockqnn.resume import check_same_history, overridden_keys
 from blockqnn.search import search
 from blockqnn.store import DB_NAME, Store, StoreError
+from blockqnn.tracking import Progress
 from tests.helpers import REPO, folder_digest, read_wandb_run, run_cli
 
 TIMES = ("wall_time", "started_at", "finished_at")
@@ -373,12 +374,13 @@ TRAINED_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=early_stop", "t
         (["failed_reward=abc"], "failed_reward=abc: Value 'abc' of type 'str' could not be converted to Float"),
         (["seed=x"], "seed=x: Value 'x' of type 'str' could not be converted to Integer"),
         (["space.types=[7]"], "at least one layer type"),
-        (["space.terminal_weight=-1"], "terminal_weight must be > 0"),
+        (["space.terminal_weight=-1"], "space.terminal_weight=-1: expected a number > 0"),
         (["dataset.val_size=100000"], "dataset.val_size=100000 must be in"),
-        (["trainer.precision=bogus"], "cannot train even the smallest block: .*Precision 'bogus' is invalid"),
+        (["trainer.precision=bogus"], "trainer.precision=bogus: expected one of 16-mixed"),
         (["+trainer.extra.bogus=1"], "cannot train even the smallest block: .*unexpected keyword argument 'bogus'"),
-        (["trainer.scheduler_interval=bogus"], "cannot train even the smallest block: .*must be \"step\" or"),
-        (["trainer.limit_val_batches=0"], "cannot train even the smallest block: .*no validation accuracy"),
+        (["trainer.scheduler_interval=bogus"], "trainer.scheduler_interval=bogus: expected one of epoch, step"),
+        (["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0: expected"),
+        (["trainer.strategy=bogus"], "cannot train even the smallest block: .*bogus"),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else None,
 )
@@ -455,13 +457,39 @@ def test_quickstart_ends_with_the_best_block_and_the_run_folder(tmp_path):
 
 
 def test_missing_configs_are_one_clear_error(monkeypatch, tmp_path, capsys):
-    """A plain wheel install has no conf/: say how to install instead of failing inside Hydra."""
+    """A package without its configs says how to get them instead of failing inside Hydra."""
     import blockqnn.config
 
     monkeypatch.setattr(blockqnn.config, "CONF_DIR", tmp_path / "conf")
     with pytest.raises(SystemExit) as exit_info, one_line_errors(full=False):
         blockqnn.config.compose("search")
-    assert exit_info.value.code == 1 and "pip install -e ." in capsys.readouterr().err
+    assert exit_info.value.code == 1 and "configs are missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_search_whose_candidates_all_fail_exits_1_with_the_most_common_error(tmp_path):
+    """A learning rate that sends every candidate's loss to infinity after its first step (the one-batch trial of
+    the recipe still passes): the search ends, but not as a success."""
+    out = run_cli("dataset=synthetic", "trainer=smoke", "trainer.optimizer.lr=1e30", "trainer.nan_check_every=1",
+                  "agent.epsilon_schedule=constant", "agent.schedule_iterations=1", "agent.batch_size=2",
+                  "logger=none", "progress.mode=off", f"data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "no candidate finished successfully" in out.stdout
+    assert out.stderr.startswith("error: every candidate failed (2); the most common error (2 of 2): "
+                                 "NonFiniteLossError: non-finite training loss"), out.stderr
+    assert out.stderr.count("\n") == 1
+    with Store.open(tmp_path / "run", readonly=True) as store:  # the history is kept
+        assert [row["status"] for row in store.candidates()] == ["failed", "failed"]
+
+
+def test_the_closing_line_counts_iterations_from_1_as_the_progress_line(tmp_path):
+    from blockqnn.search import summary
+
+    text = summary({"arch": "[(1,7,0,0,0)]", "reward": 0.5, "accuracy": 0.6, "iteration": 0, "position": 2}, tmp_path)
+    assert "(iteration 1, position 3)" in text
+    progress = Progress(mode="off")
+    progress.update(iteration=0, iterations=3, epsilon=1.0, done=0, total=6, cached=0, failed=0, best=None)
+    assert progress.text.startswith("iteration 1/3")
 
 
 # ---- asynchronous mode ----------------------------------------------------------------------------------------

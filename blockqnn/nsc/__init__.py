@@ -1,7 +1,7 @@
 """The Network Structure Code (NSC): a block as a list of 5-tuples ``(index, type, kernel, pred1, pred2)``.
 
 Index 0 is the block's input; layers are numbered 1..n and the last one is Terminal. Layers that no other
-layer consumes are concatenated into the block's output (see README, "The NSC format").
+layer consumes are concatenated into the block's output (docs/method.md#the-network-structure-code).
 
 ``python -m blockqnn.nsc check CODE`` and ``python -m blockqnn.nsc show CODE`` are the command-line face
 (``__main__.py``, which may import the network builder: this module stays free of torch).
