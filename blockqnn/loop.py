@@ -44,11 +44,12 @@ class Search:
     best: dict[str, Any] | None = None
     busy: float = 0.0  # seconds of training this session: the workers' busy time
     started: float = dataclasses.field(default_factory=time.monotonic)
+    capacity: int = 1  # candidates the executor runs at once, read when the loop starts
 
     def run(self) -> None:
         for row in self.store.candidates():
             self._count(row)
-        self.started = time.monotonic()
+        self.started, self.capacity = time.monotonic(), self.executor.capacity
         self.loop()
         self._show_progress(final=True)
 
@@ -89,7 +90,7 @@ class Search:
     def utilization(self) -> float:
         """Busy time over the executor's capacity x this session's elapsed time."""
         elapsed = time.monotonic() - self.started
-        return self.busy / (self.executor.capacity * elapsed) if elapsed > 0 else 0.0
+        return self.busy / (self.capacity * elapsed) if elapsed > 0 else 0.0
 
     def _show_progress(self, new: int = 0, final: bool = False) -> None:
         self.progress.update(

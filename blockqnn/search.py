@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from blockqnn.agent_protocol import StreamAgent
 from blockqnn.cli import fail, hydra_app
 from blockqnn.errors import Interrupted, UserError
 from blockqnn.loop import SyncSearch
@@ -64,10 +65,12 @@ def search(
         trial = evaluate is None
         evaluate = evaluate or prepared_evaluator(cfg)
         with executor:
+            mode = loop_mode(cfg, store.get("mode") if resuming else None, executor, agent)
             if trial:
                 try_recipe_on(executor, cfg)
-            store = store or Store.create(run_dir, cfg)  # only once every part of the config has proved usable
-            mode = loop_mode(cfg, store, executor)
+            if not resuming:  # only once every part of the config has proved usable
+                store = Store.create(run_dir, cfg)
+                store.set("mode", mode)
             restored = store.latest_agent_state()
             if restored is not None:
                 agent.load_state_dict(restored[1])
@@ -85,18 +88,20 @@ def search(
             store.close()
 
 
-def loop_mode(cfg: DictConfig, store: Store, executor: Any) -> str:
+def loop_mode(cfg: DictConfig, stored: str | None, executor: Any, agent: Any) -> str:
     """``sync`` or ``async``: the run's own mode on resume (its history is written the one way), else
-    ``search.mode``, where ``auto`` is async whenever the executor runs more than one candidate at once."""
+    ``search.mode``, where ``auto`` is async whenever the executor runs more than one candidate at once and the
+    agent can take one block at a time (``agent_protocol.StreamAgent``). ``stored``: the resumed run's mode."""
     asked = cfg.search.mode
-    stored = store.get("mode")
     if stored is not None:
         if asked not in ("auto", stored):
             raise UserError(f"search.mode={asked}: this run was searched in {stored} mode and continues in it")
         return stored
-    mode = ("async" if executor.capacity > 1 else "sync") if asked == "auto" else asked
-    store.set("mode", mode)
-    return mode
+    streams = isinstance(agent, StreamAgent)
+    if asked == "async" and not streams:
+        raise UserError(f"search.mode=async: the agent {type(agent).__name__} learns by iterations only; use "
+                        "search.mode=sync")
+    return ("async" if executor.capacity > 1 and streams else "sync") if asked == "auto" else asked
 
 
 def _progress(cfg: DictConfig) -> Progress:

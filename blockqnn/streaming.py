@@ -48,7 +48,7 @@ class AsyncSearch(Search):
 
     def loop(self) -> None:
         self._restore()
-        target = self.executor.capacity + self.prefetch
+        target = self.capacity + self.prefetch
         while True:
             while not self.agent.done and self.executor.pending < target:
                 self._dispatch()

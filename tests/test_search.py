@@ -542,6 +542,16 @@ def test_async_mode_is_kept_on_resume_and_a_wrong_mode_is_refused(compose, table
     assert len(history(tmp_path)[0]) == len(rows)
 
 
+def test_an_agent_that_learns_by_iterations_only_searches_in_sync_mode(compose, table_search, tmp_path, monkeypatch):
+    monkeypatch.delattr(QLearningAgent, "sample_one")  # as an agent without the one-block protocol
+    with pytest.raises(UserError, match="learns by iterations only"):
+        search(compose(*table_search, "search.mode=async"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    search(compose(*table_search, "executor.workers=2"), tmp_path / "auto")
+    with Store.open(tmp_path / "auto", readonly=True) as store:
+        assert store.get("mode") == "sync" and store.candidates()
+
+
 @pytest.mark.slow
 def test_async_search_sigkilled_at_random_moments_loses_nothing_and_retrains_nothing(table_search, tmp_path):
     """Worker processes running: kill the search at random moments, and again right after a resume has sent the
