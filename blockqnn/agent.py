@@ -11,6 +11,12 @@ trajectories (``sample``), the search loop scores them, and ``update`` learns fr
   every model; ``iteration`` replays ``replay_size`` of them (without replacement, all while the memory is smaller)
   once per iteration. [open] BlockQNN's replay size: MetaQNN's 128 by default.
 
+Asynchronous search (``blockqnn.agent_protocol.StreamAgent``): ``sample_one`` draws one block at the epsilon of
+the blocks sampled so far (stage of ``i`` iterations = ``i x B`` blocks), ``incorporate`` learns from one finished
+block as it arrives: its backward update, then its replay: ``replay_size`` trajectories with ``replay_every: block``
+(as in a synchronous search), else ``replay_size / B`` (rounded up), so that B results replay as much as one
+synchronous iteration does.
+
 The schedule's shape (``paper`` stages, ``linear``, ``constant``) is stretched or shrunk to the search's size:
 with ``budget`` set, to ``ceil(budget / B)`` iterations sampling exactly ``budget`` blocks (the last iteration
 takes the remainder); without, to the shape's own length times ``schedule_scale``.
@@ -50,8 +56,8 @@ PAPER_STAGES: tuple[tuple[float, int], ...] = (
 PAPER_ITERATIONS = sum(n for _, n in PAPER_STAGES)
 SCHEDULES = ("paper", "linear", "constant")
 REPLAY_EVERY = ("block", "iteration")
-STATE_FORMAT = 1
-_STATE_TYPES = {"iteration": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
+STATE_FORMAT = 2
+_STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
 
 
 def _scaled(iterations: int, scale: float) -> int:
@@ -126,10 +132,12 @@ class _Node:
 
 class Iterations:
     """What every agent tells the search loop about its plan: iterations of ``sizes`` blocks, ``iteration`` of
-    them done."""
+    them done (synchronous), ``sampled`` blocks drawn (either mode)."""
 
     sizes: list[int]
     iteration: int
+    sampled: int
+    batch_size: int
 
     @property
     def num_iterations(self) -> int:
@@ -143,6 +151,12 @@ class Iterations:
     @property
     def done(self) -> bool:
         return self.iteration >= self.num_iterations
+
+    def _count_one(self) -> None:
+        """One more block sampled (asynchronous search): ``iteration`` is then the one the next block belongs to,
+        past the last once the budget is drawn."""
+        self.sampled += 1
+        self.iteration = self.num_iterations if self.sampled >= self.total_samples else self.sampled // self.batch_size
 
     def _check_running(self, trajectories: Sequence | None = None, rewards: Sequence | None = None) -> None:
         """Refuse to act after the last iteration, and scores that do not match the trajectories."""
@@ -205,6 +219,7 @@ class QLearningAgent(Iterations):
                 raise ValueError(f"agent.epsilon_override must be in [0, 1] or null, got {epsilon_override}")
             self.schedule = [float(epsilon_override)] * len(self.schedule)
         self.iteration = 0
+        self.sampled = 0
         self.rng = np.random.default_rng(seed)
         self._nodes: dict[State, _Node] = {}
         self._memory: list[tuple[list[tuple[_Node, int]], float]] = []
@@ -221,7 +236,16 @@ class QLearningAgent(Iterations):
         """``n`` (default: this iteration's size, B but for a budget's last iteration) epsilon-greedy trajectories
         of the current iteration, each ending in a final action."""
         self._check_running()
-        return [self._trajectory(self.epsilon) for _ in range(self.sizes[self.iteration] if n is None else n)]
+        n = self.sizes[self.iteration] if n is None else n
+        self.sampled += n
+        return [self._trajectory(self.epsilon) for _ in range(n)]
+
+    def sample_one(self) -> list[Action]:
+        """One epsilon-greedy trajectory at the epsilon of the blocks sampled so far (asynchronous search)."""
+        self._check_running()
+        trajectory = self._trajectory(self.epsilon)
+        self._count_one()
+        return trajectory
 
     def _trajectory(self, epsilon: float) -> list[Action]:
         state, actions = self.space.start, []
@@ -257,18 +281,36 @@ class QLearningAgent(Iterations):
         """Learn from one iteration's scored trajectories, replay the memory, and move to the next iteration."""
         self._check_running(trajectories, rewards)
         entries = [self._entry(actions, reward) for actions, reward in zip(trajectories, rewards)]  # checks all first
-        per_block = self.replay and self.replay_every == "block"
         for text, path, reward in entries:
             self._remember(text, path, reward)
             self._learn(path, reward)
-            if per_block:
-                for i in self.rng.integers(len(self._memory), size=self.replay_size):
-                    self._learn(*self._memory[i])
-        if self.replay and not per_block and self._memory:
-            size = min(self.replay_size, len(self._memory))
-            for i in self.rng.choice(len(self._memory), size=size, replace=False):
-                self._learn(*self._memory[i])
+            if self.replay_every == "block":
+                self._replay_with_replacement(self.replay_size)
+        if self.replay_every == "iteration":
+            self._replay(self.replay_size)
         self.iteration += 1
+
+    def incorporate(self, trajectory: Sequence[Action], reward: float) -> None:
+        """Learn from one finished block (asynchronous search): its update, then its replay (``replay_every``)."""
+        text, path, reward = self._entry(trajectory, reward)
+        self._remember(text, path, reward)
+        self._learn(path, reward)
+        if self.replay_every == "block":
+            self._replay_with_replacement(self.replay_size)
+        else:
+            self._replay(-(-self.replay_size // self.batch_size))
+
+    def _replay_with_replacement(self, size: int) -> None:
+        """Replay ``size`` remembered trajectories drawn uniformly with replacement (MetaQNN, after every block)."""
+        if self.replay and size:
+            for i in self.rng.integers(len(self._memory), size=size):
+                self._learn(*self._memory[i])
+
+    def _replay(self, size: int) -> None:
+        """Replay ``size`` remembered trajectories drawn without replacement (all of them while fewer)."""
+        if self.replay and self._memory and size:
+            for i in self.rng.choice(len(self._memory), size=min(size, len(self._memory)), replace=False):
+                self._learn(*self._memory[i])
 
     def _entry(self, actions: Sequence[Action], reward: float) -> tuple[str, list[tuple[_Node, int]], float]:
         """A checked memory entry: architecture text, the trajectory's (node, action index) path, reward."""
@@ -322,6 +364,7 @@ class QLearningAgent(Iterations):
         return {
             "format": STATE_FORMAT,
             "iteration": self.iteration,
+            "sampled": self.sampled,
             "num_iterations": self.num_iterations,
             "q": q,
             "memory": [[text, reward] for text, (_, reward) in zip(self._memory_text, self._memory)],
@@ -345,7 +388,7 @@ class QLearningAgent(Iterations):
         except AgentStateError:
             self._nodes, self._memory, self._memory_text = previous
             raise
-        self.iteration = state["iteration"]
+        self.iteration, self.sampled = state["iteration"], state["sampled"]
         self.rng.bit_generator.state = rng_state
 
     def _restore_memory(self, memory: list) -> None:

@@ -64,12 +64,22 @@ def best_so_far(history: History) -> np.ndarray:
     return np.maximum.accumulate(np.asarray(rewards, dtype=float)) if rewards else np.zeros(0)
 
 
+def common_budget(histories: Sequence[History]) -> int:
+    """The number of trained blocks every run reached: where runs (and agents) are compared fairly."""
+    return min((len(h.trained()) for h in histories), default=0)
+
+
+def best_after(history: History, trained: int) -> float | None:
+    """The best reward after the first ``trained`` trained blocks (None if none of them succeeded)."""
+    curve = best_so_far(history)[:trained]
+    return float(curve[-1]) if len(curve) and np.isfinite(curve[-1]) else None
+
+
 def by_agent(histories: Sequence[History]) -> dict[str, list[History]]:
     groups: dict[str, list[History]] = {}
     for h in histories:
         groups.setdefault(h.agent, []).append(h)
     return groups
-
 
 
 def load_histories(runs: Sequence[Path], top_k: int) -> tuple[list[History], list[StoreError]]:

@@ -33,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.config import CONF_DIR, check_conf_dir
 from blockqnn.errors import UserError
+from blockqnn.schema import check_config
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
@@ -57,11 +58,18 @@ def user_errors(exc: BaseException) -> list[BaseException]:
     return found
 
 
+# Hydra's grammar reads parentheses as a function call: an NSC code on the command line must be quoted.
+NSC_QUOTING = ("""an NSC code needs quotes on the command line, e.g. 'block="[(1,4,0,0,0),(2,7,0,0,0)]"' """
+               "(or Hydra's list syntax: block=[[1,4,0,0,0],[2,7,0,0,0]])")
+
+
 def describe(errors: list[BaseException]) -> str:
     """One line for a chain of bad-input errors: the innermost says what is wrong; Hydra's "Could not override
     'x'" context is kept in front of it, its hints after it."""
     inner = one_line(errors[-1])
     outer = errors[0]
+    if isinstance(outer, OverrideParseException) and "(" in outer.override:
+        return f"{outer.override}: {NSC_QUOTING}"
     if len(errors) > 1 and isinstance(outer, ConfigCompositionException | OverrideParseException):
         first, *hints = _lines(outer)
         return "; ".join([f"{first.rstrip('.')}: {inner}", *hints])
@@ -148,6 +156,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
 
         def job(cfg: DictConfig) -> Any:
             try:
+                check_config(cfg)  # every value within its declared range, before the task writes anything
                 return task(cfg)
             except Exception as exc:
                 errors = user_errors(exc)

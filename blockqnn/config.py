@@ -14,17 +14,26 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.errors import ConfigError
-from blockqnn.schema import register_schemas
+from blockqnn.schema import check_config, register_schemas
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def conf_dir() -> Path:
+    """Where the configs are read from: a checkout's ``conf/`` beside the package (the source of truth, edited in
+    place), else the copy a wheel ships inside the package (``blockqnn/conf``)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "conf"
+    return checkout if (checkout / "search.yaml").is_file() else package / "conf"
+
+
+CONF_DIR = conf_dir()
 register_schemas()  # before any config is composed, by an entry point or by ``compose``
 
 
 def check_conf_dir() -> None:
-    """The configs live beside the package (``conf/``, as in a checkout); a plain wheel install has none."""
+    """A package whose configs are missing (a build that left out its data files) says so in one line."""
     if not (CONF_DIR / "search.yaml").is_file():
-        raise ConfigError(f"blockqnn's configs are missing ({CONF_DIR}): install from a checkout with "
-                          "pip install -e . (the conf/ folder stays next to the package)")
+        raise ConfigError(f"blockqnn's configs are missing ({CONF_DIR}): reinstall it (pip install . packages "
+                          "conf/ as blockqnn/conf), or run from a checkout")
 
 
 def compose(config_name: str = "search", overrides: Sequence[str] = ()) -> DictConfig:
@@ -32,9 +41,11 @@ def compose(config_name: str = "search", overrides: Sequence[str] = ()) -> DictC
     check_conf_dir()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_first_lines(e)) from None
+    check_config(cfg)
+    return cfg
 
 
 def _first_lines(error: BaseException) -> str:

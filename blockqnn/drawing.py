@@ -8,6 +8,7 @@ the rows between, so they never cross a box.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch  # noqa: E402
 from matplotlib.path import Path as MplPath  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 from blockqnn.nsc import Block, Layer, LayerType  # noqa: E402
 
@@ -27,16 +29,18 @@ NAMES = {
     LayerType.ADD: "add",
     LayerType.CONCAT: "concat",
 }
+# Light enough for black text, and far apart in CIELAB (every two at least 20 apart: tests/test_report.py).
 COLOURS = {
     LayerType.CONV: "#9ecae1",
-    LayerType.MAX_POOL: "#fdd0a2",
-    LayerType.AVG_POOL: "#fdae6b",
-    LayerType.IDENTITY: "#e5e5e5",
+    LayerType.MAX_POOL: "#fdae6b",
+    LayerType.AVG_POOL: "#f4a6c8",
+    LayerType.IDENTITY: "#e0e0e0",
     LayerType.ADD: "#a1d99b",
-    LayerType.CONCAT: "#dadaeb",
+    LayerType.CONCAT: "#bcaee0",
 }
 ENDS = "#fff7bc"  # input and output nodes
 BOX_W, BOX_H, ROW_GAP, BEND_W, SWEEPS = 0.9, 0.42, 0.85, 0.4, 3
+PARALLEL_GAP, LABEL_PAD = 0.14, 0.06  # between edges joining the same two nodes; around a label in its box
 
 
 def label(layer: Layer) -> str:
@@ -116,7 +120,7 @@ def _node_text(block: Block, node: int) -> tuple[str, str]:
     if node == 0:
         return "input", ENDS
     if node == block.layers[-1].index:
-        return ("output (concat)" if len(block.outputs()) > 1 else "output"), ENDS
+        return ("output\n(concat)" if len(block.outputs()) > 1 else "output"), ENDS
     layer = block.layers[node - 1]
     return label(layer), COLOURS[LayerType(layer.type)]
 
@@ -127,38 +131,71 @@ def wrap_code(code: str, per_line: int = 5) -> str:
     return "\n".join(",".join(tuples[i : i + per_line]) for i in range(0, len(tuples), per_line))
 
 
-def draw_block(block: Block, path: str | Path, title: str | None = None) -> Path:
-    """Write a PNG of ``block`` to ``path`` and return the path."""
+def edge_lines(routes: list[list[Node]], pos: dict[Node, tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """Each edge's polyline; edges between the same two nodes (``add(x, x)``, ``concat(x, x)``) side by side, so
+    that each is seen."""
+    total = Counter((route[0], route[-1]) for route in routes)
+    seen: Counter = Counter()
+    lines = []
+    for route in routes:
+        pair = (route[0], route[-1])
+        shift = (seen[pair] - (total[pair] - 1) / 2) * PARALLEL_GAP
+        seen[pair] += 1
+        lines.append([(x + shift, y) for x, y in polyline(route, pos)])
+    return lines
+
+
+def block_figure(block: Block, title: str | None = None) -> tuple[plt.Figure, list[tuple[FancyBboxPatch, Text]]]:
+    """The drawing of ``block`` and its boxes with their labels (a label too long for its box at the drawing's
+    scale is set smaller)."""
     pos, routes = layout(block)
     xs = [x for x, _ in pos.values()]
     left, right = min(xs) - 0.5, max(xs) + 0.5
     bottom = min(y for _, y in pos.values()) - BOX_H
     fig, ax = plt.subplots(figsize=(max(3.4, 1.5 * (right - left) + 1.4), 1.6 * -bottom / ROW_GAP * 0.5 + 1.2))
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, BOX_H)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.apply_aspect()  # the data scale as drawn, for measuring labels
+    boxes = []
     for node, (x, y) in pos.items():
         if isinstance(node, tuple):
             continue
         text, colour = _node_text(block, node)
+        label_artist = ax.text(x, y, text, ha="center", va="center", fontsize=8, zorder=3)
+        while _width(fig, ax, label_artist) + 2 * LABEL_PAD > BOX_W and label_artist.get_fontsize() > 5:
+            label_artist.set_fontsize(label_artist.get_fontsize() - 0.5)  # a long label in a small drawing
         box = FancyBboxPatch(
             (x - BOX_W / 2, y - BOX_H / 2), BOX_W, BOX_H, boxstyle="round,pad=0.02,rounding_size=0.08",
             facecolor=colour, edgecolor="#333333", linewidth=1.0, zorder=2,
         )
         ax.add_patch(box)
-        ax.text(x, y, text, ha="center", va="center", fontsize=8, zorder=3)
+        boxes.append((box, label_artist))
         if 0 < node < block.layers[-1].index:
             ax.text(x + BOX_W / 2 - 0.03, y + BOX_H / 2 - 0.03, str(node), ha="right", va="top", fontsize=6,
                     color="#555555", zorder=3)
-    for route in routes:
-        ax.add_patch(FancyArrowPatch(path=MplPath(polyline(route, pos)), arrowstyle="-|>", mutation_scale=10,
+    for line in edge_lines(routes, pos):
+        ax.add_patch(FancyArrowPatch(path=MplPath(line), arrowstyle="-|>", mutation_scale=10,
                                      linewidth=1.0, color="#444444", zorder=1))
     used = sorted({LayerType(layer.type) for layer in block.body}, key=int)
     ax.legend(handles=[Patch(facecolor=COLOURS[t], edgecolor="#333333", label=NAMES[t]) for t in used],
               loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
-    ax.set_xlim(left, right)
-    ax.set_ylim(bottom, BOX_H)
-    ax.set_aspect("equal")
-    ax.axis("off")
     if title:
         ax.set_title(title, fontsize=7.5, loc="left")
+    return fig, boxes
+
+
+def _width(fig: plt.Figure, ax: plt.Axes, text: Text) -> float:
+    """A text's width in data units, as drawn."""
+    extent = text.get_window_extent(fig.canvas.get_renderer())
+    (x0, _), (x1, _) = ax.transData.inverted().transform([(extent.x0, 0), (extent.x1, 0)])
+    return x1 - x0
+
+
+def draw_block(block: Block, path: str | Path, title: str | None = None) -> Path:
+    """Write a PNG of ``block`` to ``path`` and return the path."""
+    fig, _ = block_figure(block, title)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return Path(path)

@@ -4,7 +4,7 @@ Two kinds. *Bad input* (``UserError`` and its subclasses): something the user as
 unknown option, a malformed NSC code, a missing dataset, a damaged run folder); the message is the whole report,
 and the entry points (``blockqnn.cli``) print it as one ``error: ...`` line and exit 1. *Candidate failures*
 (``NonFiniteLossError``, ``TemplateMismatch``, and any other exception inside a candidate's training): one
-candidate is recorded as failed and the search goes on.
+candidate is recorded as failed and the search goes on. And ``Interrupted``: a signal that stops a search.
 """
 
 from __future__ import annotations
@@ -54,3 +54,14 @@ class NonFiniteLossError(RuntimeError):
 
 class TemplateMismatch(ValueError):
     """A template that cannot take a dataset's images (too many down-sampling stages for their size)."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM: the search stops where it is and says how to continue. A ``BaseException`` that is no
+    ``KeyboardInterrupt``, so that neither a candidate's error handling nor Lightning's (which turns a
+    ``KeyboardInterrupt`` inside ``fit`` into ``sys.exit(1)``) takes it for something else; the candidate it stops
+    is recorded neither failed nor finished."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum

@@ -28,6 +28,7 @@ from blockqnn.fit import Classifier, fit, on_gpu, quiet
 from blockqnn.network import network_complexity
 from blockqnn.nsc import Block
 from blockqnn.reward import AccuracyReward
+from blockqnn.threads import candidate_threads, torch_threads
 
 IDENTITY_BLOCK = Block.parse("(1,4,0,0,0),(2,7,0,0,0)")
 
@@ -108,7 +109,7 @@ def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result) -> None
         module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,
                                         recipe, gpu)
         try:
-            with quiet():
+            with quiet(), torch_threads(candidate_threads(result.flops)):
                 fit(module, data, recipe)
         finally:
             result.epochs = len(module.history)

@@ -6,12 +6,14 @@ the population (as NAS-Bench-201's implementation draws them), changed by one mu
 op in the table space, one legal change of one layer in the NSC space); the child joins the population and the
 oldest member dies.
 
-The agent speaks the search loop's protocol (``blockqnn.search``), like ``QLearningAgent``: each iteration
-``sample`` gives B architectures, the loop scores them (blocks already evaluated are looked up, not retrained),
-``update`` incorporates them. With B > 1 the children of one iteration all descend from the population as it
-stood when the iteration began (Real et al.'s asynchronous form with B workers); B = 1 is the sequential
-algorithm. ``budget`` sizes the search as for Q-learning; without one it samples the paper's 178 iterations of B.
-The state (population, counters, random generator) is plain JSON data and restores to continue identically.
+The agent speaks both of the search loop's protocols (``blockqnn.agent_protocol``), like ``QLearningAgent``.
+Synchronous: each iteration ``sample`` gives B architectures, the loop scores them (blocks already evaluated are
+looked up, not retrained), ``update`` incorporates them; the children of one iteration all descend from the
+population as it stood when the iteration began. Asynchronous: ``sample_one`` gives the next architecture the
+moment a worker frees up and ``incorporate`` adds each result as it arrives, which is Real et al.'s own
+asynchronous form; B = 1 is the sequential algorithm in both. The first P architectures sampled are random.
+``budget`` sizes the search as for Q-learning; without one it samples the paper's 178 iterations of B. The state
+(population, counters, random generator) is plain JSON data and restores to continue identically.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from blockqnn.agent_state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
 from blockqnn.space import Action, SearchSpace, explore
 
-_STATE_TYPES = {"iteration": int, "num_iterations": int, "evaluated": int, "population": list, "rng": dict}
+_STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "population": list, "rng": dict}
 
 
 class RegularizedEvolution(Iterations):
@@ -51,21 +53,20 @@ class RegularizedEvolution(Iterations):
         self.space = space
         self.population_size, self.tournament_size, self.batch_size = population_size, tournament_size, batch_size
         self.sizes = iteration_sizes(budget, batch_size, PAPER_ITERATIONS)
+        self._ends = np.cumsum(self.sizes)  # blocks sampled by the end of each iteration
         self.iteration = 0
-        self.evaluated = 0  # architectures incorporated so far, the random ones included
+        self.sampled = 0
         self.rng = np.random.default_rng(seed)
         self.population: deque[tuple[str, list[Action], float]] = deque()  # oldest first
 
     # ---- the loop's view --------------------------------------------------------------------------------------
     @property
     def epsilon(self) -> float:
-        """The share of this iteration's architectures drawn at random (the population still filling): 1.0 at
-        first, then 0.0. Stands where Q-learning's epsilon does in the history and the progress line."""
-        size = self.sizes[min(self.iteration, self.num_iterations - 1)]
-        return min(size, self._random_left()) / size
-
-    def _random_left(self) -> int:
-        return max(0, self.population_size - self.evaluated)
+        """The share of random architectures (the population still filling) among those left to sample in this
+        iteration: 1.0 at first, then 0.0. Stands where Q-learning's epsilon does in the history and the progress
+        line."""
+        left = int(self._ends[min(self.iteration, self.num_iterations - 1)]) - self.sampled
+        return min(left, max(0, self.population_size - self.sampled)) / left if left > 0 else 0.0
 
     # ---- acting -----------------------------------------------------------------------------------------------
     def sample(self, n: int | None = None) -> list[list[Action]]:
@@ -73,8 +74,23 @@ class RegularizedEvolution(Iterations):
         mutated tournament winners."""
         self._check_running()
         n = self.sizes[self.iteration] if n is None else n
-        return [explore(self.space, self.rng) if k < self._random_left() or not self.population else self._child()
-                for k in range(n)]
+        batch = [self._draw(self.sampled + k) for k in range(n)]
+        self.sampled += n
+        return batch
+
+    def sample_one(self) -> list[Action]:
+        """The next architecture (asynchronous search), from the population as it stands now."""
+        self._check_running()
+        architecture = self._draw(self.sampled)
+        self._count_one()
+        return architecture
+
+    def _draw(self, index: int) -> list[Action]:
+        """The ``index``-th architecture of the search: random among the first P (or while none has come back),
+        else a mutated tournament winner."""
+        if index < self.population_size or not self.population:
+            return explore(self.space, self.rng)
+        return self._child()
 
     def _child(self) -> list[Action]:
         size = min(self.tournament_size, len(self.population))  # B > 1: the population may not be full yet
@@ -89,8 +105,11 @@ class RegularizedEvolution(Iterations):
         members = [self._member(actions, reward) for actions, reward in zip(trajectories, rewards)]  # checks all
         for member in members:
             self._join(member)
-        self.evaluated += len(members)
         self.iteration += 1
+
+    def incorporate(self, trajectory: Sequence[Action], reward: float) -> None:
+        """Add one finished architecture to the population (asynchronous search); the oldest dies."""
+        self._join(self._member(trajectory, reward))
 
     def _member(self, actions: Sequence[Action], reward: float) -> tuple[str, list[Action], float]:
         reward = checked_reward(reward)
@@ -116,8 +135,8 @@ class RegularizedEvolution(Iterations):
         return {
             "format": STATE_FORMAT,
             "iteration": self.iteration,
+            "sampled": self.sampled,
             "num_iterations": self.num_iterations,
-            "evaluated": self.evaluated,
             "population": [[text, reward] for text, _, reward in self.population],
             "rng": self.rng.bit_generator.state,
         }
@@ -132,7 +151,7 @@ class RegularizedEvolution(Iterations):
                                   f"population size {self.population_size}")
         members = memory_entries(state["population"], "population member")
         population = deque(self._restored(text, reward) for text, reward in members)
-        self.population, self.evaluated, self.iteration = population, state["evaluated"], state["iteration"]
+        self.population, self.sampled, self.iteration = population, state["sampled"], state["iteration"]
         self.rng.bit_generator.state = rng_state
 
     def _restored(self, text: str, reward: Any) -> tuple[str, list[Action], float]:

@@ -3,14 +3,16 @@
 The file is a ``torch.save`` of a dict holding only tensors and a JSON string, read back with
 ``torch.load(weights_only=True)``: loading never unpickles arbitrary objects. The template is rebuilt by
 ``blockqnn.network.Template`` itself, never by instantiating a ``_target_`` read from the file, so a crafted file
-cannot name a callable to run either. ``blockqnn.load(path)`` gives the network in eval mode, ready to call.
+cannot name a callable to run either. ``blockqnn.load(path)`` gives the network in eval mode, ready to call on
+images as they come: the dataset's normalisation is part of the loaded module (``ImageClassifier``), which takes
+a batch ``(N, C, H, W)`` of images at the training size, float in [0, 1] or uint8 in 0..255.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +97,40 @@ def build(meta: Mapping[str, Any]) -> nn.Module:
     return Template(**template).build(block, dataset["channels"], dataset["num_classes"])
 
 
-def load(path: str | Path) -> nn.Module:
-    """The saved network with its weights, in eval mode; ``model.blockqnn`` holds the file's metadata."""
+class ImageClassifier(nn.Module):
+    """A trained network with its dataset's normalisation in front, so that it takes images as they are: float
+    in [0, 1] or uint8 in 0..255, shaped ``(N, C, H, W)`` at the training size; returns class logits. ``classes``
+    names them (from the training data, when it named them)."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 classes: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.classes = None if classes is None else tuple(classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float() / 255
+        return self.net((images - self.mean) / self.std)
+
+
+def load(path: str | Path) -> ImageClassifier:
+    """The saved network with its weights and its dataset's normalisation, in eval mode (``ImageClassifier``);
+    ``model.blockqnn`` holds the file's metadata."""
     meta, weights = read(path)
-    model = build(meta)
-    model.load_state_dict(weights)
+    net = build(meta)
+    net.load_state_dict(weights)
+    dataset = meta["dataset"]
+    if dataset.get("mean") is None or dataset.get("std") is None:
+        raise ExportError(f"{path}: no normalisation recorded (dataset mean and std)")
+    model = ImageClassifier(net, dataset["mean"], dataset["std"], dataset.get("classes"))
     model.blockqnn = meta
     return model.eval()
 
 
 def example_input(meta: Mapping[str, Any], batch: int = 1) -> torch.Tensor:
-    """A random input of the shape the network was trained on (for tracing and ``torch.export``)."""
+    """A random batch of images in [0, 1] of the shape the network was trained on (for ``torch.export``)."""
     dataset = meta["dataset"]
-    return torch.randn(batch, dataset["channels"], dataset["image_size"], dataset["image_size"])
+    return torch.rand(batch, dataset["channels"], dataset["image_size"], dataset["image_size"])

@@ -1,5 +1,5 @@
 """The report's pictures, drawn with matplotlib: the paper's search curve, best reward against trained blocks,
-and agents compared across runs. ``save_figure`` is the PNG style of every report and experiment.
+the workers' timeline, and agents compared across runs. ``save_figure`` is the PNG style of every report and experiment.
 """
 
 from __future__ import annotations
@@ -127,3 +127,38 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
+
+
+def worker_lanes(rows: Sequence[dict[str, Any]]) -> list[list[tuple[float, float, dict[str, Any]]]]:
+    """Trained candidates as (start, end, row) packed into the fewest rows of non-overlapping bars, in start order:
+    one row per worker slot (the history keeps when each candidate trained, not on which worker)."""
+    lanes: list[list[tuple[float, float, dict[str, Any]]]] = []
+    trained = [r for r in rows if not r["cached"] and r.get("started_at") is not None]
+    for row in sorted(trained, key=lambda r: r["started_at"]):
+        bar = (row["started_at"], row["finished_at"], row)
+        free = [lane for lane in lanes if lane[-1][1] <= bar[0] + 1e-6]
+        if free:
+            max(free, key=lambda lane: lane[-1][1]).append(bar)  # the worker that just freed up
+        else:
+            lanes.append([bar])
+    return lanes
+
+
+def plot_timeline(history: History, path: Path) -> Path:
+    """One row per worker, a bar per trained candidate (failed in red): idle time at a glance."""
+    lanes = worker_lanes(history.rows)
+    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.6 + 0.28 * len(lanes))))
+    if lanes:
+        t0 = min(lane[0][0] for lane in lanes)
+        span = max(bar[1] for lane in lanes for bar in lane) - t0
+        busy = sum(end - start for lane in lanes for start, end, _ in lane)
+        for i, lane in enumerate(lanes):
+            colors = ["#3182bd" if row["status"] == "ok" else "#de2d26" for _, _, row in lane]
+            ax.broken_barh([(start - t0, end - start) for start, end, _ in lane], (i - 0.4, 0.8), color=colors,
+                           edgecolor="white", linewidth=0.5)
+        ax.set_title(f"{len(lanes)} workers busy {busy / (len(lanes) * span):.0%} of {span:.3g} s "
+                     "(a resumed search's pauses count as idle)", fontsize=9)
+    ax.set_xlabel("seconds since the first candidate started")
+    ax.set_ylabel("worker")
+    ax.set_yticks(range(len(lanes)))
+    return save_figure(fig, path)

@@ -20,12 +20,21 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from blockqnn.analysis import History, best_so_far, by_agent, feature_table, load_histories, load_history, parse_block
+from blockqnn.analysis import (
+    History,
+    best_after,
+    by_agent,
+    common_budget,
+    feature_table,
+    load_histories,
+    load_history,
+    parse_block,
+)
 from blockqnn.cli import one_line_errors
 from blockqnn.drawing import draw_block, wrap_code
 from blockqnn.errors import UserError
 from blockqnn.nsc import Block
-from blockqnn.plots import plot_agents, plot_best_so_far, plot_rewards
+from blockqnn.plots import plot_agents, plot_best_so_far, plot_rewards, plot_timeline
 from blockqnn.store import Store, is_run
 from blockqnn.tracking import wandb_mode
 
@@ -110,6 +119,7 @@ def report_run(run_dir: str | Path, top_k: int = 5, wandb: bool = True) -> list[
     images = {
         "reward per candidate": plot_rewards(history, out / "reward.png"),
         "best so far": plot_best_so_far(history, out / "best_so_far.png"),
+        "workers over time": plot_timeline(history, out / "timeline.png"),
     }
     drawings = []
     for rank, row in enumerate(history.best, start=1):
@@ -138,13 +148,16 @@ def report_multirun(sweep_dir: Path, runs: Sequence[Path], top_k: int = 5, wandb
         print(f"warning: left out of the report: {error}", file=sys.stderr)
     written = [p for h in histories for p in report_run(h.run_dir, top_k, wandb)]
     plot = plot_agents(histories, sweep_dir / "agents.png")
-    lines = [f"# Multirun report: {sweep_dir.name}", "", "| agent | runs | best reward (mean ± std) | trained blocks |",
+    budget = common_budget(histories)
+    lines = [f"# Multirun report: {sweep_dir.name}", "",
+             f"Agents compared at equal numbers of trained blocks: the best reward after the first {budget} trained "
+             "blocks of each run (the fewest any run trained).", "",
+             f"| agent | runs | best reward after {budget} trained (mean ± std) | trained blocks per run |",
              "|---|---|---|---|"]
     for agent, group in sorted(by_agent(histories).items()):
-        finals = [b[-1] for b in map(best_so_far, group) if len(b)]
-        trained = sorted({len(h.trained()) for h in group})
-        lines.append(f"| {agent} | {len(group)} | {np.mean(finals):.4f} ± {np.std(finals):.4f} | "
-                     f"{', '.join(map(str, trained))} |")
+        bests = [b for b in (best_after(h, budget) for h in group) if b is not None]
+        score = f"{np.mean(bests):.4f} ± {np.std(bests):.4f}" if bests else "-"
+        lines.append(f"| {agent} | {len(group)} | {score} | {', '.join(str(len(h.trained())) for h in group)} |")
     links = ", ".join(f"[{h.run_dir.name}]({h.run_dir.name}/summary.md)" for h in histories)
     lines += ["", f"![agents]({plot.name})", "", f"Runs: {links}"]
     if refused:
@@ -173,20 +186,28 @@ def _run_order(path: Path) -> tuple[int, str]:
 
 # ---- W&B ---------------------------------------------------------------------------------------------------------
 def log_to_wandb(history: History, images: Sequence[Path]) -> None:
-    """Add the pictures and the top-k table to the run's W&B run (resumed by id; WANDB_MODE decides online)."""
+    """Add the pictures and the top-k table to the run's W&B run (resumed by id; WANDB_MODE decides online).
+
+    Offline, W&B writes each process's part of a run to its own ``offline-run-*`` folder (the search, each resume,
+    this report), all with the run's id; ``wandb sync`` uploads such parts in order of their start time into the
+    one run. So the line printed names them all, not this report's part alone (W&B's own advice, silenced here)."""
     try:
         import wandb
 
         logger = OmegaConf.select(history.config, "logger") or {}
+        mode = wandb_mode(logger.get("mode"))
         run = wandb.init(
             id=history.wandb_run_id, resume="allow", project=logger.get("project"), entity=logger.get("entity"),
-            dir=str(history.run_dir), mode=wandb_mode(logger.get("mode")), settings=wandb.Settings(console="off"),
+            dir=str(history.run_dir), mode=mode, settings=wandb.Settings(console="off", silent=True),
         )
         table = wandb.Table(columns=["rank", "nsc", "reward", "accuracy", "flops", "params", "density"],
                             data=[[i, r["arch"], r["reward"], r["accuracy"], r["flops"], r["params"], r["density"]]
                                   for i, r in enumerate(history.best, start=1)])
         run.log({"report/top_k": table, **{f"report/{p.stem}": wandb.Image(str(p)) for p in images}})
         run.finish()
+        if mode == "offline":
+            print(f"W&B run {history.wandb_run_id} is offline, in parts (search, resumes, report); upload them "
+                  f"all with: wandb sync {history.run_dir / 'wandb'}/offline-run-*")
     except Exception as e:  # the files on disk are the report; W&B is a copy
         print(f"warning: report not sent to W&B ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
               file=sys.stderr)

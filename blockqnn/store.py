@@ -9,10 +9,14 @@ Tables (``blockqnn.report`` reads them by these names):
 
 * ``run(key, value)``: ``config`` (the resolved config as YAML), ``schema_version``, ``created_at``, and
   ``wandb_run_id`` once tracking has started;
-* ``candidates``: one row per sampled block, keyed by ``(iteration, position)`` in the agent's batch;
-  ``cached = 1`` marks a block whose canonical hash was already evaluated in this run (metrics copied, not trained);
-* ``agent_checkpoints(iteration, state)``: the agent's JSON state after ``iteration`` finished. Writing it is what
-  marks the iteration done; only the latest one is kept (states grow with the replay memory).
+* ``candidates``: one row per sampled block, keyed by ``(iteration, position)`` in the agent's batch (in
+  asynchronous mode, the block's sampling order ``iteration * B + position``); ``cached = 1`` marks a block whose
+  canonical hash was already evaluated in this run (metrics copied, not trained). Status ``running``: dispatched
+  (asynchronous mode), with its epsilon and ``dispatched_at``, not finished yet; ``sampled_event`` and
+  ``incorporated_event`` number the agent's asynchronous events (see ``blockqnn.search``);
+* ``agent_checkpoints(iteration, state)``: the agent's JSON state after ``iteration`` finished (asynchronous mode:
+  after event number ``iteration``). Writing it is what marks the iteration done; only the latest one is kept
+  (states grow with the replay memory).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +35,24 @@ from omegaconf.errors import OmegaConfBaseException
 from blockqnn.errors import StoreError
 
 DB_NAME = "history.sqlite"
-# 2: exact canonical hashes, and the NSC space's add/concat take two different inputs in order; a history of
-# version 1 would give the same block other hashes, and its agent state names actions the space no longer has.
-SCHEMA_VERSION = "2"
+# 2: the event log of asynchronous search (running candidates, numbered events). 3: exact canonical hashes, and the
+# NSC space's add/concat take two different inputs in order, so an older history gives the same block other hashes
+# and its agent state names actions the space no longer has.
+SCHEMA_VERSION = "3"
+RUNNING = "running"
 
 CANDIDATE_COLUMNS = (
     "iteration", "position", "arch", "hash", "status", "accuracy", "reward", "flops", "params", "density",
-    "epsilon", "epochs", "wall_time", "error", "cached", "started_at", "finished_at",
+    "epsilon", "epochs", "wall_time", "error", "cached", "started_at", "finished_at", "dispatched_at",
+    "sampled_event", "incorporated_event",
 )
 _SCHEMA = """
 CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE candidates (
     iteration INTEGER, position INTEGER, arch TEXT, hash TEXT, status TEXT, accuracy REAL, reward REAL,
     flops REAL, params INTEGER, density REAL, epsilon REAL, epochs INTEGER, wall_time REAL, error TEXT,
-    cached INTEGER, started_at REAL, finished_at REAL, PRIMARY KEY (iteration, position));
+    cached INTEGER, started_at REAL, finished_at REAL, dispatched_at REAL, sampled_event INTEGER,
+    incorporated_event INTEGER, PRIMARY KEY (iteration, position));
 CREATE INDEX candidates_hash ON candidates (hash);
 CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
 """
@@ -138,10 +146,25 @@ class Store:
         with self.conn:
             self.conn.execute(_INSERT, [row.get(c) for c in CANDIDATE_COLUMNS])
 
+    def write(self, rows: Sequence[Mapping[str, Any]], checkpoint: tuple[int, Mapping[str, Any]] | None = None
+              ) -> None:
+        """Store (or replace: a ``running`` row by its result) ``rows`` and, when given, the agent checkpoint
+        ``(key, state)``, in one transaction: the asynchronous loop's unit of progress."""
+        with self.conn:
+            self.conn.executemany(_UPSERT, [[row.get(c) for c in CANDIDATE_COLUMNS] for row in rows])
+            if checkpoint is not None:
+                self._checkpoint(*checkpoint)
+
     def candidates(self, iteration: int | None = None) -> list[dict[str, Any]]:
-        """Rows ordered by (iteration, position); one iteration's only when given."""
-        where, args = ("WHERE iteration = ?", (iteration,)) if iteration is not None else ("", ())
+        """Finished (and cached) rows ordered by (iteration, position); one iteration's only when given."""
+        where, args = "WHERE status != ?", (RUNNING,)
+        if iteration is not None:
+            where, args = where + " AND iteration = ?", (*args, iteration)
         return self._rows(f"SELECT * FROM candidates {where} ORDER BY iteration, position", args)
+
+    def running(self) -> list[dict[str, Any]]:
+        """Rows dispatched but not finished when the search stopped, in sampling order."""
+        return self._rows("SELECT * FROM candidates WHERE status = ? ORDER BY iteration, position", (RUNNING,))
 
     def best(self, k: int = 1) -> list[dict[str, Any]]:
         """The ``k`` distinct blocks with the highest reward (cached copies and failures left out)."""
@@ -156,10 +179,13 @@ class Store:
     # ---- agent checkpoints --------------------------------------------------------------------------------------
     def checkpoint(self, iteration: int, state: Mapping[str, Any]) -> None:
         """Mark ``iteration`` done with the agent's state after it, in one transaction (older states dropped)."""
-        text = json.dumps(state, separators=(",", ":"))
         with self.conn:
-            self.conn.execute("INSERT OR REPLACE INTO agent_checkpoints VALUES (?, ?)", (iteration, text))
-            self.conn.execute("DELETE FROM agent_checkpoints WHERE iteration < ?", (iteration,))
+            self._checkpoint(iteration, state)
+
+    def _checkpoint(self, key: int, state: Mapping[str, Any]) -> None:
+        text = json.dumps(state, separators=(",", ":"))
+        self.conn.execute("INSERT OR REPLACE INTO agent_checkpoints VALUES (?, ?)", (key, text))
+        self.conn.execute("DELETE FROM agent_checkpoints WHERE iteration < ?", (key,))
 
     def latest_agent_state(self) -> tuple[int, dict[str, Any]] | None:
         """``(iteration, state)`` of the last finished iteration, or None before the first one finished."""
@@ -168,6 +194,7 @@ class Store:
 
 
 _INSERT = f"INSERT INTO candidates ({', '.join(CANDIDATE_COLUMNS)}) VALUES ({', '.join('?' * len(CANDIDATE_COLUMNS))})"
+_UPSERT = _INSERT.replace("INSERT", "INSERT OR REPLACE", 1)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -187,20 +214,28 @@ def _validate(conn: sqlite3.Connection, path: Path) -> None:
     """Refuse, before anything reads or writes it, a file the code could not use: another database (other tables
     or columns), damaged pages, another schema version, a config that is not YAML."""
     try:
+        _check_version(conn, path)
         missing = _missing(conn)
         if missing:
             raise _corrupt(path, f"missing {missing}")
         ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-        rows = dict(conn.execute("SELECT key, value FROM run WHERE key IN ('schema_version', 'config')").fetchall())
+        config = conn.execute("SELECT value FROM run WHERE key = 'config'").fetchone()
     except sqlite3.DatabaseError as e:
         raise _corrupt(path, str(e)) from None
     if ok != "ok":
         raise _corrupt(path, f"integrity check: {ok}")
-    version = rows.get("schema_version")
+    _parse_config(None if config is None else config[0], path)
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> None:
+    """A history written by another blockqnn (older columns, other statuses) is refused by its version first."""
+    if _missing(conn).startswith("tables"):
+        return  # not a history at all: reported by the table check
+    row = conn.execute("SELECT value FROM run WHERE key = 'schema_version'").fetchone()
+    version = None if row is None else row[0]
     if version != SCHEMA_VERSION:
-        raise StoreError(f"{path} has history schema version {version}, this blockqnn reads version {SCHEMA_VERSION} "
-                         "(block hashes and actions differ between them): start a new search")
-    _parse_config(rows.get("config"), path)
+        raise StoreError(f"{path} has history schema version {version}, this blockqnn reads version {SCHEMA_VERSION}"
+                         ": continue it with the blockqnn that wrote it, or start a new search")
 
 
 def _missing(conn: sqlite3.Connection) -> str:

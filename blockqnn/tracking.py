@@ -1,11 +1,11 @@
 """What a running search reports: W&B tracking (``logger=wandb``, or ``logger=none``) and the progress line.
 
 W&B: one run per search, stored under the run folder (``RUN_DIR/wandb``), grouped by the multirun folder so a
-sweep's runs sit together. Every finished candidate is logged as it finishes (x-axis ``candidate``), a table of
-all candidates with their NSC every ``table_every`` iterations and at the end, and the best block so far in the
-summary. The run id is kept in the search history, so a resumed search continues the same W&B run. Runs are
-offline unless the environment says otherwise (``WANDB_MODE``, or ``WANDB_API_KEY`` for online; see
-``.env.example``).
+sweep's runs sit together. Every finished candidate is logged as it finishes (x-axis ``candidate``) with the
+workers' utilization so far (busy time / (capacity x elapsed)), a table of all candidates with their NSC every
+``table_every`` iterations and at the end, and the best block so far in the summary. The run id is kept in the
+search history, so a resumed search continues the same W&B run. Runs are offline unless the environment says
+otherwise (``WANDB_MODE``, or ``WANDB_API_KEY`` for online; see ``.env.example``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class NoTracker:
     def start(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> None:
         pass
 
-    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None) -> None:
+    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None,
+                      utilization: float | None = None) -> None:
         pass
 
     def end_iteration(self, iteration: int, store: Store) -> None:
@@ -105,9 +106,12 @@ class WandbTracker(NoTracker):
         self.run.define_metric("candidate")
         self.run.define_metric("*", step_metric="candidate")
 
-    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None) -> None:
+    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None,
+                      utilization: float | None = None) -> None:
         metrics = {k: row[k] for k in LOGGED if row.get(k) is not None}
         metrics.update(candidate=count, failed=int(row["status"] != "ok"))
+        if utilization is not None:
+            metrics["utilization"] = utilization
         if best is not None:
             metrics["best_reward"] = best["reward"]
         with self._tolerated():
@@ -149,7 +153,8 @@ def wandb_mode(mode: str | None) -> str:
 
 # ---- progress -------------------------------------------------------------------------------------------------
 class Progress:
-    """One search-level status line: iteration, epsilon, candidates done / cached / failed, best, time.
+    """One search-level status line: iteration, epsilon, candidates done / cached / failed, best, candidates in
+    flight and the workers' utilization so far, time.
 
     ``mode``: ``line`` rewrites one line in place (a terminal), ``log`` writes a plain log line at most every
     ``every_s`` seconds and at the end, ``off`` is silent, ``auto`` is ``line`` on a terminal and ``log`` otherwise.
@@ -168,7 +173,8 @@ class Progress:
         self.text = ""
 
     def update(self, *, iteration: int, iterations: int, epsilon: float, done: int, total: int, cached: int,
-               failed: int, best: float | None, new: int = 0, final: bool = False) -> None:
+               failed: int, best: float | None, new: int = 0, final: bool = False, in_flight: int = 0,
+               utilization: float | None = None) -> None:
         """Refresh after ``new`` more candidates of this session (``done`` of ``total`` in the whole search)."""
         self._session_done += new
         now = time.monotonic()
@@ -176,10 +182,11 @@ class Progress:
         rate = self._session_done / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 else math.nan
         best_text = "-" if best is None else f"{best:.4f}"
+        busy = "" if utilization is None else f"workers busy {utilization:.0%}  "
         self.text = (
             f"iteration {min(iteration + 1, iterations)}/{iterations}  epsilon {epsilon:.2f}  "
-            f"candidates {done}/{total} (cached {cached}, failed {failed})  best reward {best_text}  "
-            f"elapsed {_clock(elapsed)}  remaining {_clock(eta)}"
+            f"candidates {done}/{total} (cached {cached}, failed {failed}, in flight {in_flight})  "
+            f"best reward {best_text}  {busy}elapsed {_clock(elapsed)}  remaining {_clock(eta)}"
         )
         if self.mode == "line":
             self.stream.write("\r" + self.text + "\x1b[K" + ("\n" if final else ""))

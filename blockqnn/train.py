@@ -11,6 +11,7 @@ and bf16 from the trainer config, W&B through the logger group. The folder ends 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from blockqnn.resume import (
     LAST,
     absolute_locations,
     adopt_folder_config,
+    adopt_stored,
     check_epochs_left,
     check_same_network,
     check_train_folder,
@@ -47,6 +49,10 @@ from blockqnn.tracking import WandbTracker, wandb_mode
 
 RANKED = re.compile(r"(?P<run>[^()\[\]]+):(?P<rank>-?\d+)")
 RESULT_FILE = "result.json"
+# What a block taken from a search (RUN_DIR:k) trains on unless the command line names it: the search's own.
+SEARCHED = ("dataset", "template")
+
+log = logging.getLogger(__name__)
 
 
 # ---- which block --------------------------------------------------------------------------------------------------
@@ -95,22 +101,56 @@ def tracking_logger(cfg: DictConfig, folder: Path) -> Logger | bool:
     return logger
 
 
+def as_searched(cfg: DictConfig, run: str, overridden: set[str] | None) -> tuple[DictConfig, list[str]]:
+    """``cfg`` with the dataset and template (``N``, ``F`` included) of the search run a block came from, as far as
+    the command line leaves them out (``template.N=4`` keeps the searched template, four blocks per stage), and the
+    sections taken. ``overridden`` None (an API call, no command line) takes nothing."""
+    if overridden is None:
+        return cfg, []
+    with Store.open(run, readonly=True) as store:
+        stored = store.config()
+    taken = [section for section in SEARCHED if section not in overridden and section in stored]
+    return adopt_stored(stored, cfg, taken, overridden), taken
+
+
+def describe_plan(cfg: DictConfig, source: dict[str, Any], taken: list[str]) -> str:
+    """One line saying what is trained on what, and which settings came from the search run."""
+    template = cfg.template
+    shape = f"template {template.get('stem', '?')} with {template.get('stages')} stages, N={template.get('N')}, " \
+            f"F={template.get('F')}"
+    epochs = cfg.trainer.max_epochs
+    line = f"training {cfg.block} on dataset {cfg.dataset.get('name', '?')}, {shape}, for {epochs} " \
+           f"epoch{'s' if epochs != 1 else ''}"
+    if source:
+        line += f"; block ranked {source['rank']} in {source['search_run']}"
+    if taken:
+        named = " and ".join(taken)
+        line += f"; {named} as searched there (name {' or '.join(f'{t}=' for t in taken)} to choose others)"
+    return line
+
+
 # ---- training -----------------------------------------------------------------------------------------------------
 def plan_run(cfg: DictConfig, folder: Path, overridden: set[str] | None
              ) -> tuple[DictConfig, Block, dict[str, Any], str | None]:
     """The config (block as its NSC code), the block, where it came from, and the checkpoint to resume from: a
-    resume takes what the command line leaves out from the folder and must agree with it. Writes nothing."""
+    resume takes what the command line leaves out from the folder and must agree with it; a block from a search
+    trains on the search's dataset and template unless the command line names others. Writes nothing."""
     saved = check_train_folder(folder) if is_train_folder(folder) else None
     if saved is not None:
         cfg = adopt_folder_config(saved, cfg, overridden)
     block, source = resolve_block(cfg.block)
+    taken = []
+    if source and saved is None:
+        cfg, taken = as_searched(cfg, source["search_run"], overridden)
     cfg = absolute_locations(OmegaConf.merge(cfg, {"block": str(block)}))
+    log.info(describe_plan(cfg, source, taken))
     if saved is not None:
         check_same_network(saved, cfg, folder)
     last = folder / CHECKPOINTS / LAST
     if not last.is_file():
         return cfg, block, source, None
     check_epochs_left(last, cfg.trainer.max_epochs)
+    log.info("continuing from %s", last)
     return cfg, block, source, str(last)
 
 
@@ -154,8 +194,8 @@ def publish(cfg: DictConfig, folder: Path, block: Block, module: Classifier, dat
     """Rank 0's part: the exported model, ``result.json``, the printed line and the W&B summary."""
     export.save(folder / cfg.export, block, cfg.template, dataset_settings(cfg.dataset, data), module.net.state_dict())
     (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"test accuracy {result['test_acc']:.4f} (validation {result['val_acc']:.4f}) after {result['epochs']} "
-          f"epochs; model saved to {folder / cfg.export}")
+    log.info(f"test accuracy {result['test_acc']:.4f} (validation {result['val_acc']:.4f}) after {result['epochs']} "
+             f"epochs; model saved to {folder / cfg.export}")
     if isinstance(logger, WandbLogger):
         logger.experiment.summary.update({k: v for k, v in result.items() if v is not None})
         logger.experiment.finish()
@@ -165,6 +205,7 @@ def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:
     """The dataset config as trained on, with what the data filled in (classes, measured normalisation)."""
     settings = OmegaConf.to_container(dataset_cfg, resolve=True)
     settings["num_classes"] = data.num_classes
+    settings["classes"] = list(data.classes) if data.classes else None
     if settings.get("mean") is None or settings.get("std") is None:
         settings["mean"], settings["std"] = map(list, channel_stats(data.source_key, data.val_size, data.split_seed))
     return settings

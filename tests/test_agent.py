@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from blockqnn.agent import PAPER_STAGES, AgentStateError, QLearningAgent, epsilon_schedule
+from blockqnn.agent import PAPER_STAGES, STATE_FORMAT, AgentStateError, QLearningAgent, epsilon_schedule
 from blockqnn.evolution import RegularizedEvolution
 from blockqnn.nsc import LayerType
 from blockqnn.space import NSCSpace
@@ -355,7 +355,9 @@ START = repr(ChainSpace.start)
 # A saved state damaged one way, and what the refusal says.
 MALFORMED = {
     "not-a-mapping": (lambda state: [state], "is a list, not a mapping"),
-    "format-only": (lambda state: {"format": 1}, "iteration (int), num_iterations (int), q (dict), memory (list)"),
+    "format-only": (lambda state: {"format": STATE_FORMAT},
+                    "iteration (int), sampled (int), num_iterations (int), q (dict), memory (list)"),
+    "older-format": (lambda state: state | {"format": STATE_FORMAT - 1}, f"is not {STATE_FORMAT}"),
     "q-a-list": (lambda state: state | {"q": []}, "wrong type of: q (dict)"),
     "iteration-a-bool": (lambda state: state | {"iteration": True}, "wrong type of: iteration (int)"),
     "iteration-beyond-the-schedule": (lambda state: state | {"iteration": 10**6}, "at iteration 1000000 of"),
@@ -420,3 +422,40 @@ def test_saved_agent_continues_identically_in_a_fresh_process(tmp_path, make):
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, cwd=ROOT,
                           check=True)
     assert json.loads(done.stdout) == expected
+
+
+def test_one_block_at_a_time_follows_the_schedule_in_blocks_and_learns_each_result():
+    from blockqnn.agent_protocol import BatchAgent, StreamAgent
+
+    agent = QLearningAgent(ChainSpace(), batch_size=4, alpha=0.5, epsilon_schedule="linear", schedule_iterations=3,
+                           epsilon_start=1.0, epsilon_end=0.0, seed=1)
+    assert isinstance(agent, StreamAgent) and isinstance(agent, BatchAgent)
+    epsilons, trajectories = [], []
+    while not agent.done:
+        epsilons.append(agent.epsilon)
+        trajectories.append(agent.sample_one())
+    assert epsilons == [1.0] * 4 + [0.5] * 4 + [0.0] * 4 and agent.sampled == agent.total_samples == 12
+    with pytest.raises(RuntimeError):
+        agent.sample_one()
+    before = agent.q_values(ChainSpace.start).copy()
+    agent.incorporate(trajectories[0], 1.0)
+    first = trajectories[0][0]
+    assert agent.q_values(ChainSpace.start)[first[1]] > before[first[1]]
+    assert agent.state_dict()["memory"] == [[ChainSpace().decode(trajectories[0]), 1.0]]
+
+
+def test_a_stream_agent_restored_from_its_state_continues_identically():
+    def stream(agent, steps):
+        out = []
+        for _ in range(steps):
+            trajectory = agent.sample_one()
+            agent.incorporate(trajectory, chain_reward(options(trajectory)))
+            out.append(options(trajectory))
+        return out
+
+    agent = QLearningAgent(ChainSpace(), batch_size=4, alpha=0.3, replay_size=6, seed=2)
+    stream(agent, 10)
+    twin = QLearningAgent(ChainSpace(), batch_size=4, alpha=0.3, replay_size=6, seed=9)
+    twin.load_state_dict(agent.state_dict())
+    assert twin.sampled == 10 and twin.iteration == 2
+    assert stream(twin, 20) == stream(agent, 20)

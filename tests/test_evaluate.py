@@ -6,6 +6,8 @@ from dataclasses import asdict
 
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 from blockqnn import evaluate
 from blockqnn.config import config_key
@@ -21,6 +23,13 @@ from tests.blocks import RESIDUAL
 def smoke(compose):
     """The search config of a seconds-long candidate: synthetic data, tiny template, one short epoch."""
     return lambda *overrides: compose("dataset=synthetic", "template=tiny", "trainer=smoke", *overrides)
+
+
+def unchecked(cfg, override):
+    """``cfg`` with a value the config schemas refuse, as a caller of the API could still pass it."""
+    key, value = override.split("=", 1)
+    OmegaConf.update(cfg, key, yaml.safe_load(value))
+    return cfg
 
 
 def test_candidate_trains_above_chance_and_is_scored(smoke):
@@ -153,7 +162,7 @@ def test_trying_the_recipe_loads_the_data_once_and_leaves_results_unchanged(smok
 )
 def test_trying_the_recipe_refuses_what_would_fail_every_candidate(smoke, override, error, message):
     with pytest.raises(error, match=message):
-        try_recipe("", smoke(override))
+        try_recipe("", unchecked(smoke(), override))
 
 
 def test_trying_the_recipe_accepts_any_validation_schedule(smoke):
@@ -175,5 +184,5 @@ def test_table_space_is_looked_up_not_trained(compose, nb201_table, monkeypatch)
 
 
 def test_a_recipe_that_validates_nothing_fails_with_a_clear_reason(smoke):
-    result = evaluate_candidate(RESIDUAL, smoke("trainer.limit_val_batches=0"))
+    result = evaluate_candidate(RESIDUAL, unchecked(smoke(), "trainer.limit_val_batches=0"))
     assert result.status == "failed" and "no validation accuracy" in result.error

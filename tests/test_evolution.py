@@ -116,8 +116,8 @@ def test_a_bad_configuration_is_a_clear_error(table):
 
 # A saved state damaged one way, and what the refusal says.
 MALFORMED = {
-    "a-q-learning-state": (lambda s: {k: s[k] for k in ("format", "iteration", "num_iterations", "rng")}
-                           | {"q": {}, "memory": []}, "wrong type of: evaluated (int), population (list)"),
+    "a-q-learning-state": (lambda s: {k: s[k] for k in ("format", "iteration", "sampled", "num_iterations", "rng")}
+                           | {"q": {}, "memory": []}, "wrong type of: population (list)"),
     "member-no-pair": (lambda s: s | {"population": [["x"]]}, "population member ['x'] that is not [block, reward]"),
     "member-reward-nan": (lambda s: s | {"population": [[s["population"][0][0], float("nan")]]}, "finite number"),
     "member-reward-text": (lambda s: s | {"population": [[s["population"][0][0], "high"]]}, "cannot restore"),
@@ -139,3 +139,34 @@ def test_a_malformed_saved_state_is_refused_and_changes_nothing(table, damage, m
         agent.load_state_dict(damage(json.loads(json.dumps(saved.state_dict()))))
     assert isinstance(info.value, StoreError), "a resumed search reports it in one line"
     assert agent.state_dict() == before
+
+
+def test_one_architecture_at_a_time_fills_the_population_then_mutates_and_restores(table):
+    """Asynchronous search: ``sample_one`` and ``incorporate``, results arriving in any order; a state saved
+    midway continues identically."""
+    from blockqnn.agent_protocol import BatchAgent, StreamAgent
+
+    def stream(agent, steps, late):
+        out, pending = [], []
+        for _ in range(steps):
+            pending.append(agent.sample_one())
+            out.append(table.decode(pending[-1]))
+            if len(pending) > late:  # results come back ``late`` samples after their dispatch
+                done = pending.pop(0)
+                agent.incorporate(done, table.lookup(table.decode(done)))
+        return out
+
+    agent = RegularizedEvolution(table, population_size=5, tournament_size=2, batch_size=4, budget=40, seed=3)
+    assert isinstance(agent, StreamAgent) and isinstance(agent, BatchAgent)
+    first = stream(agent, 12, late=2)
+    assert agent.sampled == 12 and agent.iteration == 3 and len(agent.population) == 5
+    children = first[5:]
+    assert all(min(sum(a != b for a, b in zip(table.encode(c), table.encode(p))) for p in first[:c_index + 5]) <= 1
+               for c_index, c in enumerate(children))
+    twin = RegularizedEvolution(table, population_size=5, tournament_size=2, batch_size=4, budget=40, seed=8)
+    twin.load_state_dict(json.loads(json.dumps(agent.state_dict())))
+    assert stream(twin, 20, late=0) == stream(agent, 20, late=0)
+    stream(agent, 8, late=0)
+    assert agent.done and agent.sampled == 40
+    with pytest.raises(RuntimeError, match="finished"):
+        agent.sample_one()

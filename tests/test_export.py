@@ -1,15 +1,18 @@
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from PIL import Image
 
 import blockqnn
 from blockqnn import export
 from blockqnn.network import Template
 from blockqnn.nsc import Block
 from tests.blocks import INCEPTION, RESIDUAL
+from tests.helpers import REPO
 
 TEMPLATE = {"_target_": "blockqnn.network.Template", "stem": "conv", "stages": 2, "N": 1, "F": 8}
 DATASET = {"name": "synthetic", "channels": 3, "image_size": 16, "num_classes": 5, "mean": [0.5] * 3, "std": [0.2] * 3}
@@ -34,8 +37,10 @@ def test_round_trip_gives_identical_outputs_and_exports(tmp_path, code):
     loaded = blockqnn.load(path)
     assert not loaded.training
     x = export.example_input(loaded.blockqnn, batch=4)
+    mean, std = (torch.tensor(DATASET[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
     with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
+        assert torch.equal(model((x - mean) / std), loaded(x))  # the normalisation is part of the loaded model
+        assert torch.equal(loaded((x * 255).round().to(torch.uint8)), loaded((x * 255).round() / 255))
     program = torch.export.export(loaded, (x,))
     with torch.no_grad():
         assert torch.equal(program.module()(x), loaded(x))
@@ -92,3 +97,57 @@ def test_not_a_model_file(tmp_path):
 def test_import_blockqnn_stays_light():
     code = "import sys, blockqnn; assert 'torch' not in sys.modules; assert callable(blockqnn.load)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def readme_snippet() -> str:
+    """The README's example that classifies an image file."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    return next(b for b in blocks if "blockqnn.load(" in b and "decode_image" in b)
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    """A small network trained on the digits by ``blockqnn.train``, exported, and what it scored."""
+    from blockqnn.config import compose
+    from blockqnn.train import train
+
+    folder = tmp_path_factory.mktemp("digits") / "run"
+    cfg = compose("train", [f"block={RESIDUAL!r}".replace("'", '"'), "dataset=digits", "template=tiny",
+                            "trainer=smoke", "trainer.max_epochs=2", "logger=none"])
+    result = train(cfg, folder)
+    return folder / "model.pt", result
+
+
+def digits_test():
+    from blockqnn.config import config_key, load_group
+    from blockqnn.data import load_source
+
+    return load_source(config_key(load_group("dataset", "digits").source))
+
+
+def test_the_exported_model_takes_raw_images_and_scores_what_training_measured(digits_model):
+    """Raw test images, as uint8 or scaled to [0, 1], give the test accuracy training measured on normalised ones."""
+    path, result = digits_model
+    model = blockqnn.load(path)
+    test = digits_test()
+    with torch.no_grad():
+        for images in (test.test_images, test.test_images / 255):
+            accuracy = (model(images).argmax(1) == test.test_labels).float().mean().item()
+            assert accuracy == pytest.approx(result["test_acc"], abs=1e-6)
+    assert result["test_acc"] > 0.5 and model.classes == tuple("0123456789")
+    torch.export.export(model, (export.example_input(model.blockqnn, batch=2),))
+
+
+def test_the_readme_classifies_an_image_file(digits_model, tmp_path, capsys):
+    path, _ = digits_model
+    test = digits_test()
+    Image.fromarray(test.test_images[0, 0].numpy(), mode="L").save(tmp_path / "digit.png")
+    code = readme_snippet().replace("runs/train/<run>/model.pt", str(path)).replace("digit.png",
+                                                                                     str(tmp_path / "digit.png"))
+    assert len(code.strip().splitlines()) == 3
+    exec(code, {})
+    model = blockqnn.load(path)
+    with torch.no_grad():
+        expected = model.classes[model(test.test_images[:1]).argmax()]
+    assert capsys.readouterr().out.strip() == expected

@@ -3,6 +3,7 @@ import sqlite3
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,7 +14,7 @@ from blockqnn.nsc import Block
 from blockqnn.space import NSCSpace
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import INCEPTION, RESIDUAL, random_block
-from tests.helpers import AGENT_CONFIGS, DAMAGED, damage, folder_digest, make_run
+from tests.helpers import AGENT_CONFIGS, DAMAGED, damage, folder_digest, make_run, read_wandb_run, run_cli
 
 
 def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path):
@@ -23,7 +24,7 @@ def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path)
         rows = store.candidates()
     written = report.report(run, top_k=3)
     names = {p.name for p in written}
-    assert {"reward.png", "best_so_far.png", "top1.png", "top2.png", "top3.png", "summary.md"} <= names
+    assert {"reward.png", "best_so_far.png", "timeline.png", "top1.png", "top2.png", "top3.png", "summary.md"} <= names
     for p in written:
         if p.suffix == ".png":
             with Image.open(p) as im:
@@ -144,6 +145,26 @@ def test_report_sends_pictures_to_the_tracked_wandb_run_offline(tmp_path, monkey
 
 
 @pytest.mark.slow
+def test_report_of_an_offline_run_names_every_part_to_sync(tmp_path):
+    """A tracked search's part and the report's share one id; the report says to sync every part, and W&B's
+    advice to sync the report's part alone is not printed."""
+    from blockqnn.nasbench201 import write_synthetic_table
+
+    table, run = write_synthetic_table(tmp_path / "t.csv", seed=0), tmp_path / "run"
+    search = ["space=nasbench201", f"space.table={table}", "progress.mode=off", "agent.batch_size=4",
+              "agent.schedule_scale=0.02", f"hydra.run.dir={run}"]
+    offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "false"}
+    assert run_cli(*search, env=offline).returncode == 0
+    proc = run_cli(str(run), module="report", env=offline)
+    assert proc.returncode == 0, proc.stderr
+    parts = read_wandb_run(run)
+    assert len(parts) == 2 and len({part["id"] for part in parts}) == 1
+    assert f"W&B run {parts[0]['id']} is offline, in parts (search, resumes, report); upload them all with: " \
+           f"wandb sync {run / 'wandb'}/offline-run-*" in proc.stdout
+    assert "wandb sync" not in proc.stderr and proc.stdout.count("wandb sync") == 1
+
+
+@pytest.mark.slow
 def test_cli_bad_input_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     corrupt = tmp_path / "corrupt"
@@ -223,3 +244,86 @@ def test_multirun_of_damaged_runs_only_is_one_error_line_naming_one(tmp_path, ca
     expected = f"{sweep / '0' / DB_NAME} is corrupt or not a search history (missing columns: candidates.reward)"
     assert code == 1 and err == f"error: {expected}\n"
     assert not (sweep / "summary.md").exists()
+
+
+def test_timeline_packs_candidates_into_as_many_rows_as_ran_at_once():
+    from blockqnn.plots import worker_lanes
+
+    def trained(start, end, cached=0):
+        return dict(started_at=start, finished_at=end, cached=cached, status="ok")
+
+    rows = [trained(0, 4), trained(0, 1), trained(1, 2), trained(2, 5), trained(4, 6), trained(3, 3, cached=1)]
+    lanes = worker_lanes(rows)
+    assert [[(s, e) for s, e, _ in lane] for lane in lanes] == [[(0, 4), (4, 6)], [(0, 1), (1, 2), (2, 5)]]
+
+
+def test_multirun_compares_agents_at_equal_numbers_of_trained_blocks(tmp_path):
+    """A random search that ran twice as long must not look better for it: every run is cut at the fewest
+    trained blocks any run reached."""
+    sweep = tmp_path / "multirun"
+    make_run(sweep / "0", agent="q-learning", iterations=2)
+    make_run(sweep / "1", agent="random", iterations=4, epsilons=(1.0,) * 4)
+    histories = [analysis.load_history(sweep / str(i), 1) for i in range(2)]
+    budget = min(len(h.trained()) for h in histories)
+    assert analysis.common_budget(histories) == budget < len(histories[1].trained())
+    expected = analysis.best_so_far(histories[1])[budget - 1]
+    assert expected < analysis.best_so_far(histories[1])[-1]  # the longer run found better blocks later
+    report.report(sweep, top_k=1, wandb=False)
+    summary = (sweep / "summary.md").read_text()
+    assert f"best reward after {budget} trained (mean ± std)" in summary
+    rows = {line.split("|")[1].strip(): line.split("|") for line in summary.splitlines() if line.startswith("| ")}
+    assert rows["random"][3].strip() == f"{expected:.4f} ± 0.0000"
+    assert rows["random"][4].strip() == str(len(histories[1].trained()))
+
+
+def label_margins(block, title):
+    """Pixels between each label and its box's edge, left and right, in the drawing the report makes."""
+    from blockqnn.drawing import block_figure, wrap_code
+
+    fig, boxes = block_figure(block, f"{title}\n{wrap_code(str(block))}")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    margins = {}
+    for box, label in boxes:
+        outer, inner = box.get_window_extent(renderer), label.get_window_extent(renderer)
+        margins[label.get_text()] = min(inner.x0 - outer.x0, outer.x1 - inner.x1)
+    plt.close(fig)
+    return margins
+
+
+def test_every_label_sits_inside_its_box_with_room():
+    rng, space = np.random.default_rng(5), NSCSpace()
+    blocks = [Block.parse(RESIDUAL), Block.parse(INCEPTION), *(random_block(space, rng) for _ in range(25))]
+    worst = {}
+    for block in blocks:
+        for text, margin in label_margins(block, "rank 1: reward 0.9000, accuracy 0.9100").items():
+            worst[text] = min(worst.get(text, np.inf), margin)
+    assert "output\n(concat)" in worst and "max pool 3x3" in worst
+    assert min(worst.values()) >= 3, {t: round(m, 1) for t, m in worst.items()}
+
+
+def test_edges_between_the_same_two_nodes_are_drawn_side_by_side():
+    from blockqnn.drawing import edge_lines
+
+    block = Block.parse("[(1,1,3,0,0),(2,5,0,1,1),(3,6,0,2,2),(4,7,0,0,0)]")  # add(x, x), concat(y, y)
+    pos, routes = layout(block)
+    lines = [tuple(line) for line in edge_lines(routes, pos)]
+    assert len(lines) == len(block.edges()) == 6 and len(set(lines)) == 6
+
+
+def test_layer_colours_are_told_apart():
+    """CIE76 colour difference (Lab) of every two layer types' colours: 20 is clearly different at a glance."""
+    from matplotlib.colors import to_rgb
+
+    from blockqnn.drawing import COLOURS
+
+    def lab(colour):
+        rgb = np.array(to_rgb(colour))
+        linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+        xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+        f = np.cbrt(xyz / np.array([0.9505, 1.0, 1.089]))
+        return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+    pairs = [(a, b) for a in COLOURS for b in COLOURS if a < b]
+    distances = {(a.name, b.name): float(np.linalg.norm(lab(COLOURS[a]) - lab(COLOURS[b]))) for a, b in pairs}
+    assert min(distances.values()) >= 20, sorted(distances.items(), key=lambda kv: kv[1])[:3]

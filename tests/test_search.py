@@ -12,8 +12,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from blockqnn.agent import QLearningAgent, epsilon_schedule
@@ -26,6 +28,7 @@ from blockqnn.report import report
 from blockqnn.resume import check_same_history, overridden_keys
 from blockqnn.search import search
 from blockqnn.store import DB_NAME, Store, StoreError
+from blockqnn.tracking import Progress
 from tests.helpers import REPO, folder_digest, read_wandb_run, run_cli
 
 TIMES = ("wall_time", "started_at", "finished_at")
@@ -229,17 +232,20 @@ def test_one_line_errors_for_bad_input(capsys):
 
 
 @pytest.mark.slow
-def test_ray_search_matches_the_local_one(compose, table_search, tmp_path):
+def test_ray_search_matches_the_local_one_and_runs_async(compose, table_search, tmp_path):
     local, ray = tmp_path / "local", tmp_path / "ray"
     search(compose(*table_search), local)
-    search(compose(*table_search, "executor=ray", "executor.init.num_cpus=2"), ray)
+    ray_cfg = compose(*table_search, "executor=ray", "executor.init.num_cpus=2")
+    search(ray_cfg, tmp_path / "async")  # two CPUs: two candidates at once, so asynchronous (ray.wait)
+    check_async_history(tmp_path / "async")
+    search(compose(*table_search, "executor=ray", "executor.init.num_cpus=2", "search.mode=sync"), ray)
     assert history(ray) == history(local)
 
 
 @pytest.mark.slow
 def test_local_worker_processes_match_in_process(compose, table_search, tmp_path):
     search(compose(*table_search), tmp_path / "in-process")
-    search(compose(*table_search, "executor.workers=2"), tmp_path / "workers")
+    search(compose(*table_search, "executor.workers=2", "search.mode=sync"), tmp_path / "workers")
     assert history(tmp_path / "workers") == history(tmp_path / "in-process")
 
 
@@ -289,7 +295,7 @@ def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, 
 def test_sigterm_ends_cleanly_with_the_way_to_resume(compose, table_search, tmp_path):
     stopped = tmp_path / "stopped"
     args, reference, _, proc = _interrupt_a_real_search(compose, table_search, stopped, signal.SIGTERM)
-    assert proc.returncode == 130, proc.stderr
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
     last_line = proc.stderr.strip().splitlines()[-1]
     assert last_line == f"interrupted; continue with: python -m blockqnn.search resume={stopped}"
     assert "Traceback" not in proc.stderr
@@ -378,12 +384,13 @@ TRAINED_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=early_stop", "t
         (["failed_reward=abc"], "failed_reward=abc: Value 'abc' of type 'str' could not be converted to Float"),
         (["seed=x"], "seed=x: Value 'x' of type 'str' could not be converted to Integer"),
         (["space.types=[7]"], "at least one layer type"),
-        (["space.terminal_weight=-1"], "terminal_weight must be > 0"),
+        (["space.terminal_weight=-1"], "space.terminal_weight=-1: expected a number > 0"),
         (["dataset.val_size=100000"], "dataset.val_size=100000 must be in"),
-        (["trainer.precision=bogus"], "cannot train even the smallest block: .*Precision 'bogus' is invalid"),
+        (["trainer.precision=bogus"], "trainer.precision=bogus: expected one of 16-mixed"),
         (["+trainer.extra.bogus=1"], "cannot train even the smallest block: .*unexpected keyword argument 'bogus'"),
-        (["trainer.scheduler_interval=bogus"], "cannot train even the smallest block: .*must be \"step\" or"),
-        (["trainer.limit_val_batches=0"], "cannot train even the smallest block: .*no validation accuracy"),
+        (["trainer.scheduler_interval=bogus"], "trainer.scheduler_interval=bogus: expected one of epoch, step"),
+        (["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0: expected"),
+        (["trainer.strategy=bogus"], "cannot train even the smallest block: .*bogus"),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else None,
 )
@@ -483,10 +490,208 @@ def test_quickstart_ends_with_the_best_block_and_the_run_folder(tmp_path):
 
 
 def test_missing_configs_are_one_clear_error(monkeypatch, tmp_path, capsys):
-    """A plain wheel install has no conf/: say how to install instead of failing inside Hydra."""
+    """A package without its configs says how to get them instead of failing inside Hydra."""
     import blockqnn.config
 
     monkeypatch.setattr(blockqnn.config, "CONF_DIR", tmp_path / "conf")
     with pytest.raises(SystemExit) as exit_info, one_line_errors(full=False):
         blockqnn.config.compose("search")
-    assert exit_info.value.code == 1 and "pip install -e ." in capsys.readouterr().err
+    assert exit_info.value.code == 1 and "configs are missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_search_whose_candidates_all_fail_exits_1_with_the_most_common_error(tmp_path):
+    """A learning rate that sends every candidate's loss to infinity after its first step (the one-batch trial of
+    the recipe still passes): the search ends, but not as a success."""
+    out = run_cli("dataset=synthetic", "trainer=smoke", "trainer.optimizer.lr=1e30", "trainer.nan_check_every=1",
+                  "agent.epsilon_schedule=constant", "agent.schedule_iterations=1", "agent.batch_size=2",
+                  "logger=none", "progress.mode=off", f"data_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "no candidate finished successfully" in out.stdout
+    assert out.stderr.startswith("error: every candidate failed (2); the most common error (2 of 2): "
+                                 "NonFiniteLossError: non-finite training loss"), out.stderr
+    assert out.stderr.count("\n") == 1
+    with Store.open(tmp_path / "run", readonly=True) as store:  # the history is kept
+        assert [row["status"] for row in store.candidates()] == ["failed", "failed"]
+
+
+def test_the_closing_line_counts_iterations_from_1_as_the_progress_line(tmp_path):
+    from blockqnn.search import summary
+
+    text = summary({"arch": "[(1,7,0,0,0)]", "reward": 0.5, "accuracy": 0.6, "iteration": 0, "position": 2}, tmp_path)
+    assert "(iteration 1, position 3)" in text
+    progress = Progress(mode="off")
+    progress.update(iteration=0, iterations=3, epsilon=1.0, done=0, total=6, cached=0, failed=0, best=None)
+    assert progress.text.startswith("iteration 1/3")
+
+
+# ---- asynchronous mode ----------------------------------------------------------------------------------------
+def check_async_history(run_dir: Path, evaluated: list[str] | None = None) -> list[dict]:
+    """Every sampled block once, in sampling order; no hash trained twice (and, given the blocks the evaluator was
+    asked for, each of those once); every result incorporated once."""
+    with Store.open(run_dir, readonly=True) as store:
+        rows, running, (_, state) = store.candidates(), store.running(), store.latest_agent_state()
+        assert store.get("mode") == "async"
+    batch = state["sampled"] // state["num_iterations"]
+    assert not running and len(rows) == state["sampled"] == batch * state["num_iterations"]
+    assert [(r["iteration"], r["position"]) for r in rows] == [divmod(i, batch) for i in range(len(rows))]
+    trained = [r["hash"] for r in rows if not r["cached"]]
+    assert len(trained) == len(set(trained))
+    assert evaluated is None or sorted(evaluated) == sorted(r["arch"] for r in rows if not r["cached"])
+    assert Counter(text for text, _ in state["memory"]) == Counter(r["arch"] for r in rows)
+    events = sorted([r["sampled_event"] for r in rows] + [r["incorporated_event"] for r in rows])
+    assert events == list(range(1, 2 * len(rows) + 1))
+    for row in rows:
+        assert row["sampled_event"] < row["incorporated_event"]
+        if row["cached"]:
+            original = next(r for r in rows if r["hash"] == row["hash"] and not r["cached"])
+            assert (row["reward"], row["status"]) == (original["reward"], original["status"])
+    return rows
+
+
+def test_async_search_with_workers_records_each_block_once_and_trains_none_twice(
+        compose, table_search, tmp_path, monkeypatch):
+    from tests.timed import LOG_ENV, evaluations, timed_evaluate
+
+    log = tmp_path / "evaluations.log"
+    monkeypatch.setenv(LOG_ENV, str(log))
+    # 64 cells and 8 blocks in flight (2 workers, 6 queued): blocks often meet their twin still in flight
+    cfg = compose(*table_search, "space.ops=[none,skip_connect]", "executor.workers=2", "search.prefetch=6")
+    best = search(cfg, tmp_path / "run", evaluate=timed_evaluate)
+    rows = check_async_history(tmp_path / "run", evaluations(log))
+    waited = [r for r in rows if r["cached"] and any(
+        o["hash"] == r["hash"] and not o["cached"] and o["finished_at"] > r["dispatched_at"] for o in rows)]
+    assert waited, "no block waited for its twin in flight: that path went untested"
+    assert best["reward"] == max(r["reward"] for r in rows)
+    assert {r["epsilon"] for r in rows if r["iteration"] == 0} == {1.0}
+
+
+def test_async_mode_is_kept_on_resume_and_a_wrong_mode_is_refused(compose, table_search, tmp_path):
+    search(compose(*table_search, "search.mode=async"), tmp_path)
+    with pytest.raises(UserError, match="searched in async mode"):
+        search(compose(*table_search, "search.mode=sync", f"resume={tmp_path}"), tmp_path)
+    rows = check_async_history(tmp_path)
+    search(compose(*table_search, f"resume={tmp_path}"), tmp_path)  # finished: nothing more to do
+    assert len(history(tmp_path)[0]) == len(rows)
+
+
+def test_async_evolution_interrupted_resumes_to_the_uninterrupted_history(compose, table_search, tmp_path):
+    """Regularized evolution takes one block at a time too; killed and resumed, it ends as if never stopped."""
+    args = [a for a in table_search if not a.startswith("agent.")] + [
+        "agent=evolution", "agent.batch_size=4", "agent.budget=60", "search.mode=async"]
+    search(compose(*args), tmp_path / "reference")
+    with pytest.raises(KeyboardInterrupt):
+        search(compose(*args), tmp_path / "killed", evaluate=dying_after(23))
+    search(compose(*args, f"resume={tmp_path / 'killed'}"), tmp_path / "killed")
+    def untimed(run):
+        rows, state = history(run)
+        return [{k: v for k, v in row.items() if k != "dispatched_at"} for row in rows], state
+
+    assert untimed(tmp_path / "killed") == untimed(tmp_path / "reference")
+    with Store.open(tmp_path / "killed", readonly=True) as store:
+        rows, (_, state) = store.candidates(), store.latest_agent_state()
+        assert store.get("mode") == "async" and len(rows) == state["sampled"] == 60
+    assert [text for text, _ in state["population"]] == [r["arch"] for r in rows][-10:]  # the last 10 to return
+
+
+def test_an_agent_that_learns_by_iterations_only_searches_in_sync_mode(compose, table_search, tmp_path, monkeypatch):
+    monkeypatch.delattr(QLearningAgent, "sample_one")  # as an agent without the one-block protocol
+    with pytest.raises(UserError, match="learns by iterations only"):
+        search(compose(*table_search, "search.mode=async"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    search(compose(*table_search, "executor.workers=2"), tmp_path / "auto")
+    with Store.open(tmp_path / "auto", readonly=True) as store:
+        assert store.get("mode") == "sync" and store.candidates()
+
+
+@pytest.mark.slow
+def test_async_search_sigkilled_at_random_moments_loses_nothing_and_retrains_nothing(table_search, tmp_path):
+    """Worker processes running: kill the search at random moments, and again right after a resume has sent the
+    running blocks out; in the end every block is stored once and nothing finished ran twice."""
+    from tests.timed import LOG_ENV, evaluations
+
+    run, log, err = tmp_path / "run", tmp_path / "evaluations.log", tmp_path / "stderr"
+    args = [*table_search, "executor.workers=2"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env |= {"PYTHONPATH": str(REPO), LOG_ENV: str(log)}
+
+    def start() -> subprocess.Popen:
+        with err.open("w") as stderr:
+            return subprocess.Popen([sys.executable, "-m", "tests.timed", str(run), *args], cwd=REPO, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+
+    def kill_when(ready) -> bool:
+        """Start the search, SIGKILL it once ``ready()``; False when it finished first."""
+        proc = start()
+        while not ready() and proc.poll() is None:
+            time.sleep(0.005)
+        if proc.poll() is not None:
+            assert proc.wait() == 0, err.read_text()
+            return False
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait() == -signal.SIGKILL
+
+    def stored_at_least(n: int) -> bool:
+        return _count(run) >= n
+
+    def sent_again(running: set[str], before: int) -> bool:
+        return running <= set(evaluations(log)[before:])
+
+    rng, kills = np.random.default_rng(7), 0
+    while kill_when(partial(stored_at_least, _count(run) + int(rng.integers(10, 40)))):
+        kills += 1
+        with Store.open(run, readonly=True) as store:
+            finished = {r["arch"] for r in store.candidates() if not r["cached"] and r["status"] == "ok"}
+            running = {r["arch"] for r in store.running() if not r["cached"]}
+        before = len(evaluations(log))  # a worker of the killed search may still log the block it was just sent
+        kill_when(partial(sent_again, running, before))
+        again = evaluations(log)[before:]
+        assert running <= set(again), "a block running at the kill was not sent out again"
+        assert not set(again) & finished, "a finished block ran again"
+    assert kills >= 2
+    check_async_history(run)
+
+
+# ---- signals during real training -----------------------------------------------------------------------------
+TINY_TRAINING = ["dataset=digits", "template=tiny", "logger=none", "progress.mode=off", "agent.batch_size=2",
+                 "agent.epsilon_schedule=constant", "agent.schedule_iterations=2", "trainer.max_epochs=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "worker-processes"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_training_ends_with_one_line_and_the_search_resumes_with_nothing_lost(tmp_path, workers, sig):
+    """Sent to the whole process group, as a terminal's Ctrl-C is, once the first candidate is stored: the next
+    one is training (Lightning's own signal handling is inside fit)."""
+    run = tmp_path / "run"
+    args = [*TINY_TRAINING, f"executor.workers={workers}", f"hydra.run.dir={run}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "blockqnn.search", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        while _finished(run) < 1 and proc.poll() is None:
+            time.sleep(0.01)
+        os.killpg(proc.pid, sig)
+    finally:
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == f"interrupted; continue with: python -m blockqnn.search resume={run}"
+    assert "Traceback" not in err and "SIGTERM" not in err, err
+    with Store.open(run, readonly=True) as store:
+        before = store.candidates()
+        assert before and all(r["status"] == "ok" for r in before), before  # the interrupted one is not failed
+        assert len(store.running()) <= max(workers, 1)
+    resumed = run_cli(f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr
+    with Store.open(run, readonly=True) as store:
+        after, running = store.candidates(), store.running()
+    assert not running and len(after) == 4 and all(r["status"] == "ok" for r in after)
+    assert all(row in after for row in before)  # kept as they were: nothing trained twice
+
+
+def _finished(run_dir: Path) -> int:
+    try:
+        with Store.open(run_dir, readonly=True) as store:
+            return len(store.candidates())
+    except Exception:  # not created yet
+        return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from blockqnn.agent import STATE_FORMAT
 from blockqnn.cli import describe, user_errors
 from blockqnn.search import search
 from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, SCHEMA_VERSION, Store, StoreError, check, is_run
@@ -148,10 +149,10 @@ RESUME_DAMAGE = {
     "config-not-yaml": DAMAGED["config-not-yaml"],
     "column-renamed": DAMAGED["column-renamed"],
     "checkpoint-not-json": (f"UPDATE agent_checkpoints SET state = {BAD_CHECKPOINTS['not-json']}", "not a JSON object"),
-    "checkpoint-not-an-agent": ("UPDATE agent_checkpoints SET state = '{\"format\": 1}'",
-                                "saved agent state lacks, or has the wrong type of: iteration (int), num_iterations"),
-    "older-schema": ("UPDATE run SET value = '1' WHERE key = 'schema_version'",
-                     f"has history schema version 1, this blockqnn reads version {SCHEMA_VERSION} (block hashes"),
+    "checkpoint-not-an-agent": (f"UPDATE agent_checkpoints SET state = '{{\"format\": {STATE_FORMAT}}}'",
+                                "saved agent state lacks, or has the wrong type of: iteration (int), sampled"),
+    "schema-with-older-hashes": ("UPDATE run SET value = '2' WHERE key = 'schema_version'",
+                                 f"has history schema version 2, this blockqnn reads version {SCHEMA_VERSION}: "),
 }
 
 
@@ -183,3 +184,11 @@ def test_cli_resume_of_a_damaged_search_is_one_line(compose, table_search, tmp_p
     assert out.returncode == 1 and len(lines) == 1, out.stderr
     assert lines[0].startswith("error: ") and message in lines[0], out.stderr
     assert (run / DB_NAME).read_bytes() == before
+
+
+def test_a_history_of_an_older_schema_is_refused_in_one_line_by_its_version(tmp_path):
+    small_run(tmp_path)
+    damage(tmp_path, "ALTER TABLE candidates DROP COLUMN sampled_event; UPDATE run SET value = '1' "
+                     "WHERE key = 'schema_version'")  # what the first schema's searches left
+    with pytest.raises(StoreError, match=f"schema version 1, this blockqnn reads version {SCHEMA_VERSION}"):
+        Store.open(tmp_path)

@@ -12,7 +12,8 @@ from blockqnn.store import Store
 from blockqnn.tracking import Progress, WandbTracker, wandb_mode
 from tests.helpers import read_wandb_run
 
-STATE = dict(iteration=1, iterations=4, epsilon=0.9, done=10, total=40, cached=2, failed=1, best=0.61234)
+STATE = dict(iteration=1, iterations=4, epsilon=0.9, done=10, total=40, cached=2, failed=1, best=0.61234,
+             in_flight=3, utilization=0.876)
 
 
 class Terminal(io.StringIO):
@@ -26,7 +27,8 @@ def test_progress_line_on_a_terminal():
     progress.update(**STATE, new=10)
     progress.update(**STATE | {"done": 40, "iteration": 4}, new=30, final=True)
     first, second = out.getvalue().split("\r")[1:]
-    assert first.startswith("iteration 2/4  epsilon 0.90  candidates 10/40 (cached 2, failed 1)  best reward 0.6123")
+    assert first.startswith("iteration 2/4  epsilon 0.90  candidates 10/40 (cached 2, failed 1, in flight 3)  "
+                            "best reward 0.6123  workers busy 88%")
     assert "elapsed 0:00:00" in first and "remaining" in first
     assert second.startswith("iteration 4/4") and second.endswith("\n") and first.count("\n") == 0
 

@@ -17,7 +17,7 @@ from blockqnn.errors import UserError
 from blockqnn.nsc import Block, NSCError
 from blockqnn.resume import adopt_folder_config, check_same_network, check_train_folder, override_keys
 from blockqnn.store import Store, StoreError
-from blockqnn.train import resolve_block, train
+from blockqnn.train import plan_run, resolve_block, train
 from tests.blocks import RESIDUAL
 from tests.helpers import folder_digest, make_run
 
@@ -54,7 +54,7 @@ def test_train_checkpoints_tests_exports_and_resumes(tmp_path, monkeypatch):
     resumed = train(config(tmp_path, f"resume={folder}", "logger=wandb"), folder)  # block taken from the folder
     assert resumed["resumed_from"] == str(last) and resumed["epochs"] == 1
     key = bias.removeprefix("net.")
-    assert torch.equal(blockqnn.load(folder / "model.pt").state_dict()[key], ckpt["state_dict"][bias])
+    assert torch.equal(blockqnn.load(folder / "model.pt").net.state_dict()[key], ckpt["state_dict"][bias])
     assert (folder / "wandb_run_id").read_text() == run_id
 
     more = train(config(tmp_path, f"resume={folder}", "trainer.max_epochs=2"), folder)
@@ -174,7 +174,8 @@ def one_error_line(proc, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["bad_nsc", "rank", "missing_data", "short_row", "flat_list", "nested_field"])
+@pytest.mark.parametrize("case", ["bad_nsc", "rank", "missing_data", "short_row", "flat_list", "nested_field",
+                                  "unquoted"])
 def test_cli_bad_input_is_one_line(tmp_path, case):
     args = {
         "bad_nsc": ['block="[(1,9,0,0,0),(2,7,0,0,0)]"'],
@@ -184,9 +185,12 @@ def test_cli_bad_input_is_one_line(tmp_path, case):
         "rank": [f"block={make_run(tmp_path / 'search')}:50"],
         "missing_data": ['block="[(1,4,0,0,0),(2,7,0,0,0)]"', "dataset=imagefolder",
                          f"dataset.source.root={tmp_path / 'no-images'}"],
+        "unquoted": ["block=[(1,4,0,0,0),(2,7,0,0,0)]"],
     }
     proc = cli(*args[case], f"hydra.run.dir={tmp_path / 'out'}")
-    one_error_line(proc, "layer 1: " if case in ("short_row", "flat_list", "nested_field") else "")
+    expected = {"short_row": "layer 1: ", "flat_list": "layer 1: ", "nested_field": "layer 1: ",
+                "unquoted": "block=[(1,4,0,0,0),(2,7,0,0,0)]: an NSC code needs quotes on the command line"}
+    one_error_line(proc, expected.get(case, ""))
     assert not (tmp_path / "out").exists()  # no folder holding only Hydra's files to mistake for a train run
 
 
@@ -299,3 +303,43 @@ def test_cli_trains_with_ddp_on_two_cpu_processes(tmp_path):
     assert 0.0 <= result["test_acc"] <= 1.0
     model = blockqnn.load(out / "model.pt")
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 4)
+
+
+def searched_run(folder):
+    """A search history as a search on the synthetic data with a narrow tiny template leaves it."""
+    cfg = compose("search", ["dataset=synthetic", "dataset.num_classes=3", "template=tiny", "template.F=4",
+                             "logger=none"])
+    with Store.create(folder, OmegaConf.to_container(cfg, resolve=True)) as store:
+        store.record(dict(iteration=0, position=0, arch=str(Block.parse(RESIDUAL)), hash="h", status="ok",
+                          reward=0.9, accuracy=0.9, cached=0))
+    return folder
+
+
+def test_a_block_from_a_search_trains_on_its_dataset_and_template_unless_named(tmp_path):
+    run = searched_run(tmp_path / "search")
+    for overrides, dataset, template in [
+        ([], ("synthetic", 3), ("conv", 2, 1, 4)),
+        (["template.N=2"], ("synthetic", 3), ("conv", 2, 2, 4)),  # the searched template, scaled
+        (["template=cifar", "dataset=digits"], ("digits", 10), ("conv", 3, 2, 32)),
+    ]:
+        args = [f"block={run}:1", *overrides]
+        cfg = plan_run(compose("train", args), tmp_path / "out", override_keys(args))[0]
+        assert (cfg.dataset.name, cfg.dataset.num_classes) == dataset
+        assert (cfg.template.stem, cfg.template.stages, cfg.template.N, cfg.template.F) == template
+    api = plan_run(compose("train", [f"block={run}:1"]), tmp_path / "out", None)[0]  # no command line: as given
+    assert api.dataset.name == "cifar10"
+
+
+@pytest.mark.slow
+def test_cli_block_from_a_search_says_what_it_took_from_it_and_logs_to_train_log(tmp_path):
+    run = searched_run(tmp_path / "search")
+    out = tmp_path / "out"
+    proc = cli(f"block={run}:1", f"hydra.run.dir={out}", smoke=["trainer=smoke", "trainer.limit_train_batches=2",
+                                                               "logger=none"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (f"on dataset synthetic, template conv with 2 stages, N=1, F=4, for 1 epoch; block ranked 1 in {run}; "
+            "dataset and template as searched there (name dataset= or template= to choose others)") in proc.stdout
+    saved = OmegaConf.load(out / "config.yaml")
+    assert saved.dataset.name == "synthetic" and saved.template.F == 4
+    log = (out / "train.log").read_text()
+    assert "dataset and template as searched there" in log and "test accuracy" in log

@@ -81,6 +81,7 @@ class _Data(L.LightningDataModule):
         self.num_classes, self.val_size, self.split_seed = num_classes, val_size, split_seed
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size or batch_size, seed
         self.rank, self.world = 0, 1  # set from the trainer in setup
+        self.classes: tuple[str, ...] = ()  # the class names, once loaded
 
     def _check_classes(self, found: int) -> None:
         if self.num_classes is None:
@@ -124,6 +125,7 @@ class DeviceData(_Data):
             raise DataError(f"dataset {self.name}: images are {shape} but the config says channels="
                             f"{self.channels}, image_size={self.image_size}")
         self._check_classes(len(arrays.classes))
+        self.classes = tuple(arrays.classes)
         return arrays
 
     def setup(self, stage: str, device: torch.device | str | None = None) -> None:
@@ -188,6 +190,7 @@ class StreamedData(_Data):
         val.transform = self.eval_tf
         test = datasets.ImageFolder(str(self.root / self.test_dir), transform=self.eval_tf)
         self._check_classes(len(train.classes))
+        self.classes = tuple(train.classes)
         train_idx, val_idx = validation_split(len(train), self.val_size, self.split_seed)
         self.folders = {"train": Subset(train, train_idx.tolist()), "val": Subset(val, val_idx.tolist()),
                         "test": test}

@@ -1,0 +1,85 @@
+"""How many CPU threads a candidate trains with.
+
+torch's default (one intra-op thread per core it sees) assumes the whole machine is free. Under a second busy
+job, or several candidates at once, its spinning OpenMP threads wait for descheduled cores and a tiny network
+trains 5-30x slower than on one thread. So a candidate gets the cores this process may really use (its CPU
+affinity and its cgroup's CPU quota), divided among the candidates running at once, and no more threads than its
+size can use: a network of ``flops_per_thread`` forward FLOPs per image or fewer trains on one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+BUDGET_ENV = "BLOCKQNN_THREADS"  # the threads an executor grants each candidate of one worker
+SIZE_ENV = "BLOCKQNN_FLOPS_PER_THREAD"  # the size rule, from the executor's config
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (containers, Slurm)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    quota = cgroup_quota()
+    return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota in cores (cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_threads(concurrent: int) -> int:
+    """Threads each of ``concurrent`` candidates (0: one, in this process) may use without oversubscribing."""
+    return max(1, usable_cores() // max(concurrent, 1))
+
+
+def candidate_threads(flops: float, flops_per_thread: float | None = None, budget: int | None = None) -> int | None:
+    """Threads for one candidate of ``flops`` forward FLOPs per image: one per ``flops_per_thread`` (0: no size
+    rule), at least one, at most the budget. Both default to the executor's policy (``policy_env``); None when
+    no executor set one (a candidate evaluated directly keeps torch's setting)."""
+    if budget is None:
+        granted = os.environ.get(BUDGET_ENV, "")
+        if not granted.isdigit() or int(granted) < 1:
+            return None
+        budget = int(granted)
+    if flops_per_thread is None:
+        flops_per_thread = float(os.environ.get(SIZE_ENV, 0) or 0)
+    wanted = budget if flops_per_thread <= 0 else math.ceil(flops / flops_per_thread)
+    return max(1, min(budget, wanted))
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for a block of code (one candidate), then restored; None: as is."""
+    import torch
+
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def policy_env(budget: int, flops_per_thread: float) -> dict[str, str]:
+    """What a worker process needs to size its candidates' threads."""
+    return {BUDGET_ENV: str(budget), SIZE_ENV: str(float(flops_per_thread))}

@@ -1,0 +1,66 @@
+"""Sizing a candidate's CPU threads: the cores this process may use, shared among workers, capped by size."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from blockqnn import threads
+from blockqnn.executors import LocalExecutor
+
+
+@pytest.mark.parametrize(("files", "quota"), [
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu.max": "150000 100000\n"}, 1.5),
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_cgroup_quota_v1_and_v2(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert threads.cgroup_quota(tmp_path) == quota
+
+
+def test_usable_cores_respect_affinity_and_quota(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(threads, "cgroup_quota", lambda: 1.5)
+    assert threads.usable_cores() == 2
+    assert threads.cpu_threads(2) == 1 and threads.cpu_threads(0) == 2 and threads.cpu_threads(5) == 1
+    monkeypatch.setattr(threads, "cgroup_quota", lambda: None)
+    assert threads.usable_cores() == 4 and threads.cpu_threads(2) == 2
+
+
+def test_small_candidates_get_one_thread_large_ones_the_budget():
+    assert threads.candidate_threads(3e5, 2e7, budget=4) == 1
+    assert threads.candidate_threads(5e7, 2e7, budget=4) == 3
+    assert threads.candidate_threads(5e9, 2e7, budget=4) == 4
+    assert threads.candidate_threads(3e5, 0, budget=4) == 4  # no size rule
+
+
+def test_the_in_process_executor_sets_the_policy_for_its_candidates_and_restores_it(monkeypatch):
+    monkeypatch.delenv(threads.BUDGET_ENV, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    assert threads.candidate_threads(1e9) is None  # no executor: torch's setting is left alone
+    with LocalExecutor(workers=0, flops_per_thread=2e7):
+        assert threads.candidate_threads(3e5) == 1 and threads.candidate_threads(1e9) == 2
+        before = torch.get_num_threads()
+        with threads.torch_threads(threads.candidate_threads(1e9)):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == before
+    assert threads.BUDGET_ENV not in os.environ
+
+
+def test_worker_processes_receive_their_share(monkeypatch):
+    from blockqnn import executors
+
+    monkeypatch.setattr(executors, "cpu_threads", lambda count: 3)
+    seen = []
+    monkeypatch.setattr(executors, "_Worker", lambda i, env: seen.append(env) or type("W", (), {"stop": lambda s: 0})())
+    with LocalExecutor(workers=2, flops_per_thread=1e6):
+        pass
+    assert [e[threads.BUDGET_ENV] for e in seen] == ["3", "3"] and seen[0]["OMP_NUM_THREADS"] == "3"
+    assert float(seen[0][threads.SIZE_ENV]) == 1e6
