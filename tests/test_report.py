@@ -151,7 +151,7 @@ def test_report_of_an_offline_run_names_every_part_to_sync(tmp_path):
     from blockqnn.nasbench201 import write_synthetic_table
 
     table, run = write_synthetic_table(tmp_path / "t.csv", seed=0), tmp_path / "run"
-    search = ["space=nasbench201", f"space.table={table}", "progress.mode=off", "agent.batch_size=4",
+    search = ["space=nasbench201", f"space.table={table}", "reward=accuracy", "progress.mode=off", "agent.batch_size=4",
               "agent.schedule_scale=0.02", f"hydra.run.dir={run}"]
     offline = {"WANDB_MODE": "offline", "WANDB_SILENT": "false"}
     assert run_cli(*search, env=offline).returncode == 0
@@ -262,7 +262,7 @@ def test_multirun_compares_agents_at_equal_numbers_of_trained_blocks(tmp_path):
     trained blocks any run reached."""
     sweep = tmp_path / "multirun"
     make_run(sweep / "0", agent="q-learning", iterations=2)
-    make_run(sweep / "1", agent="random", iterations=4, epsilons=(1.0,) * 4)
+    make_run(sweep / "1", agent="random", seed=4, iterations=4, epsilons=(1.0,) * 4)  # improves after 12 blocks
     histories = [analysis.load_history(sweep / str(i), 1) for i in range(2)]
     budget = min(len(h.trained()) for h in histories)
     assert analysis.common_budget(histories) == budget < len(histories[1].trained())
