@@ -33,6 +33,8 @@ from blockqnn.errors import UserError
 from blockqnn.threads import cpu_threads, policy_env
 
 Evaluator = Callable[[str, Any], Any]
+# What stops a search (Ctrl-C, docker stop): the search process handles them; its workers never see them.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 Item = tuple[int, str]
 
 
@@ -203,7 +205,13 @@ class _Worker:
         self.process = mp.get_context("spawn").Process(
             target=_serve, args=(child, self.env), name=f"blockqnn-worker-{self.index}", daemon=True
         )
-        self.process.start()
+        # Started with Ctrl-C and SIGTERM blocked, the child inherits the mask from its first instruction: a signal
+        # sent to the process group while it is still starting (importing torch) cannot print its traceback.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         self._job: bytes | None = None
 
@@ -247,7 +255,7 @@ class _Worker:
 def _serve(conn: Connection, env: dict[str, str]) -> None:
     """A worker's life: set its device, then evaluate candidates until told to stop. Ctrl-C (sent to the whole
     process group by a terminal) and SIGTERM are blocked: the search process decides, and stops its workers."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     os.environ.update(env)
     fn = cfg = None
     while (message := conn.recv()) is not None:
