@@ -21,7 +21,7 @@ The schedule's shape (``paper`` stages, ``linear``, ``constant``) is stretched o
 with ``budget`` set, to ``ceil(budget / B)`` iterations sampling exactly ``budget`` blocks (the last iteration
 takes the remainder); without, to the shape's own length times ``schedule_scale``.
 
-Budget accounting (decided by the lead): B counts *sampled* blocks per iteration. A block that was already
+Budget accounting [open]: B counts *sampled* blocks per iteration. A block that was already
 evaluated is not retrained: the search loop reuses its stored reward and marks it cached, and it still updates Q
 and enters the memory like any other sample. Comparisons between agents report evaluated (distinct) blocks too.
 
