@@ -281,24 +281,24 @@ class QLearningAgent(Iterations):
         """Learn from one iteration's scored trajectories, replay the memory, and move to the next iteration."""
         self._check_running(trajectories, rewards)
         entries = [self._entry(actions, reward) for actions, reward in zip(trajectories, rewards)]  # checks all first
-        for text, path, reward in entries:
-            self._remember(text, path, reward)
-            self._learn(path, reward)
-            if self.replay_every == "block":
-                self._replay_with_replacement(self.replay_size)
+        for entry in entries:
+            self._learn_block(*entry)
         if self.replay_every == "iteration":
             self._replay(self.replay_size)
         self.iteration += 1
 
     def incorporate(self, trajectory: Sequence[Action], reward: float) -> None:
         """Learn from one finished block (asynchronous search): its update, then its replay (``replay_every``)."""
-        text, path, reward = self._entry(trajectory, reward)
+        self._learn_block(*self._entry(trajectory, reward))
+        if self.replay_every == "iteration":
+            self._replay(-(-self.replay_size // self.batch_size))
+
+    def _learn_block(self, text: str, path: list[tuple[_Node, int]], reward: float) -> None:
+        """Remember one scored block and learn from it, then replay the memory when replaying after every block."""
         self._remember(text, path, reward)
         self._learn(path, reward)
         if self.replay_every == "block":
             self._replay_with_replacement(self.replay_size)
-        else:
-            self._replay(-(-self.replay_size // self.batch_size))
 
     def _replay_with_replacement(self, size: int) -> None:
         """Replay ``size`` remembered trajectories drawn uniformly with replacement (MetaQNN, after every block)."""
