@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: quickstart test lint bench clean image-folder
+.PHONY: quickstart test test-fast lint bench clean image-folder
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(IMAGE_FOLDER): | $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 --durations=15
+
+# The inner loop: everything not marked slow (no subprocess searches, no Ray); CI runs the whole suite.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -n 2 -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check blockqnn tests experiments

@@ -67,3 +67,24 @@ def config_key(cfg: DictConfig | dict) -> str:
     """A stable text key of a config (resolved, sorted), for caching what it loads or builds."""
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else cfg
     return json.dumps(container, sort_keys=True)
+
+
+# Targets of classes that moved into a package, as histories written before the move store them. ``_target_``s now
+# name packages (``blockqnn.agents.QLearningAgent``), so moves inside a package need no entry here.
+MOVED_TARGETS = {
+    "blockqnn.agent.QLearningAgent": "blockqnn.agents.QLearningAgent",
+    "blockqnn.evolution.RegularizedEvolution": "blockqnn.agents.RegularizedEvolution",
+    "blockqnn.space.NSCSpace": "blockqnn.spaces.NSCSpace",
+    "blockqnn.nasbench201.NASBench201Space": "blockqnn.spaces.NASBench201Space",
+}
+
+
+def current_targets(cfg: DictConfig) -> DictConfig:
+    """``cfg`` (a stored config) with every moved ``_target_`` renamed to where the class lives now, in place."""
+    for key in list(cfg.keys()):
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            current_targets(node)
+        elif key == "_target_" and cfg[key] in MOVED_TARGETS:
+            cfg[key] = MOVED_TARGETS[cfg[key]]
+    return cfg

@@ -21,12 +21,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from blockqnn.codes import Block
 from blockqnn.config import config_key
 from blockqnn.data import datamodule
 from blockqnn.errors import DataError, TemplateMismatch, UserError
 from blockqnn.fit import Classifier, fit, on_gpu, quiet
 from blockqnn.network import network_complexity
-from blockqnn.nsc import Block
 from blockqnn.reward import AccuracyReward
 from blockqnn.threads import candidate_threads, torch_threads
 

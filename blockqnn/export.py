@@ -20,9 +20,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from blockqnn.codes import Block
 from blockqnn.errors import ExportError
 from blockqnn.network import Template
-from blockqnn.nsc import Block
 
 FORMAT = "blockqnn-model"
 VERSION = 1

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from blockqnn.codes import Block, Layer, LayerType
 from blockqnn.errors import TemplateMismatch
-from blockqnn.nsc import Block, Layer, LayerType
 
 
 def pcc(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:

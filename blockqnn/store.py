@@ -32,6 +32,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from blockqnn.config import current_targets
 from blockqnn.errors import StoreError
 
 DB_NAME = "history.sqlite"
@@ -261,7 +262,7 @@ def _parse_config(text: str | None, path: Path) -> DictConfig:
         config = None
     if not isinstance(config, DictConfig):
         raise _corrupt(path, "the stored config is not a YAML mapping")
-    return config
+    return current_targets(config)
 
 
 def _decode_state(text: Any, iteration: int, path: Path) -> dict[str, Any]:

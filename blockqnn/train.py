@@ -26,11 +26,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from blockqnn import export
 from blockqnn.cli import hydra_app
+from blockqnn.codes import Block
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.errors import UserError
 from blockqnn.fit import Classifier, accuracy_on_test_set, build_trainer, on_gpu, quiet, release_process_group
 from blockqnn.network import network_complexity
-from blockqnn.nsc import Block
 from blockqnn.resume import (
     CHECKPOINTS,
     LAST,

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from hydra.utils import instantiate
 
-from blockqnn.analysis import History, load_history
 from blockqnn.config import compose
 from blockqnn.errors import ConfigError, TableError
-from blockqnn.nasbench201 import NASBench201Space, write_synthetic_table
-from blockqnn.plots import save_figure
+from blockqnn.report.analysis import History, load_history
+from blockqnn.report.plots import save_figure
+from blockqnn.spaces.nasbench201 import NASBench201Space, write_synthetic_table
 
 AGENTS = ("qlearning", "random", "evolution")
 LABELS = {"qlearning": "q-learning", "random": "random", "evolution": "evolution"}

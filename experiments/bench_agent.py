@@ -18,8 +18,8 @@ import time
 
 from hydra.utils import instantiate
 
+from blockqnn.codes import Layer, LayerType
 from blockqnn.config import compose
-from blockqnn.nsc import Layer, LayerType
 
 
 def synthetic_reward(layers: list[Layer]) -> float:

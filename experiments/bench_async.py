@@ -57,9 +57,9 @@ def flops_of_random_blocks(n: int, seed: int = 0) -> np.ndarray:
     """Forward FLOPs per image of ``n`` random NSC blocks (epsilon 1) in the cifar template on CIFAR-10."""
     from hydra.utils import instantiate
 
-    from blockqnn.agent import QLearningAgent
+    from blockqnn.agents.qlearning import QLearningAgent
+    from blockqnn.codes import Block
     from blockqnn.network import network_complexity
-    from blockqnn.nsc import Block
 
     cfg = compose("search", ["template=cifar", "dataset=cifar10"])
     space, template = instantiate(cfg.space), instantiate(cfg.template)
@@ -163,7 +163,7 @@ class VirtualCluster(Batches):
 
 
 def bench_staleness(table: Path, seeds: int, workers: int, flops: np.ndarray, scale: float, workdir: Path) -> None:
-    from blockqnn.nasbench201 import NASBench201Space
+    from blockqnn.spaces.nasbench201 import NASBench201Space
 
     durations = sorted((flops / np.median(flops)).tolist())
     top = NASBench201Space(table=str(table)).best()[1]
@@ -219,7 +219,7 @@ def main() -> None:
         if not args.skip_cluster:
             bench_cluster(args.workers, args.iterations, args.median_ms, flops, workdir)
         if not args.skip_staleness:
-            from blockqnn.nasbench201 import write_synthetic_table
+            from blockqnn.spaces.nasbench201 import write_synthetic_table
 
             table = args.table or write_synthetic_table(workdir / "table.csv", seed=0)
             bench_staleness(table, args.seeds, args.staleness_workers, flops, args.schedule_scale, workdir)

@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
+from blockqnn.codes import Block
 from blockqnn.config import compose
 from blockqnn.data import datamodule
 from blockqnn.evaluate import evaluate_candidate
 from blockqnn.fit import Classifier, build_trainer, fit, on_gpu, quiet
 from blockqnn.network import complexity
-from blockqnn.nsc import Block
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import SUBSET, sync  # noqa: E402

@@ -23,7 +23,7 @@ from scipy.stats import kendalltau
 
 from blockqnn.config import compose
 from blockqnn.evaluate import evaluate_candidate
-from blockqnn.plots import save_figure
+from blockqnn.report.plots import save_figure
 from blockqnn.reward import PaperReward
 
 matplotlib.use("Agg")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from blockqnn import analysis, report
 from blockqnn.config import compose
+from blockqnn.report import analysis
+from blockqnn.report import summary as report
 from blockqnn.search import search
 
 # A small budget: the paper's epsilon schedule shrunk to 12 iterations (3 at epsilon 1, then one per stage) of 4

@@ -24,10 +24,10 @@ import matplotlib
 import numpy as np
 from hydra.utils import instantiate
 
-from blockqnn.analysis import block_features
+from blockqnn.codes import Block
 from blockqnn.config import compose
-from blockqnn.nsc import Block
-from blockqnn.plots import save_figure
+from blockqnn.report.analysis import block_features
+from blockqnn.report.plots import save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -6,8 +6,8 @@ import random
 
 import numpy as np
 
-from blockqnn.nsc import BINARY, Block, Layer
-from blockqnn.space import NSCSpace
+from blockqnn.codes import BINARY, Block, Layer
+from blockqnn.spaces import NSCSpace
 
 RESIDUAL = "[(1,4,0,0,0),(2,1,3,1,0),(3,1,3,2,0),(4,5,0,1,3),(5,7,0,0,0)]"
 INCEPTION = (

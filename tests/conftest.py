@@ -39,7 +39,7 @@ def compose():
 @pytest.fixture(scope="session")
 def nb201_table(tmp_path_factory) -> Path:
     """A structured synthetic NAS-Bench-201 table (all 15,625 cells, accuracy in percent)."""
-    from blockqnn.nasbench201 import write_synthetic_table
+    from blockqnn.spaces.nasbench201 import write_synthetic_table
 
     return write_synthetic_table(tmp_path_factory.mktemp("nb201") / "table.csv", seed=0)
 

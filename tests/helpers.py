@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blockqnn.nsc import Block
-from blockqnn.space import NSCSpace
+from blockqnn.codes import Block
+from blockqnn.spaces import NSCSpace
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import random_block
 
@@ -142,9 +142,9 @@ def fake_reward(block: Block, rng: np.random.Generator) -> float:
 
 # The agent sections of the three agents' stored configs, as far as the report reads them.
 AGENT_CONFIGS = {
-    "q-learning": {"_target_": "blockqnn.agent.QLearningAgent", "alpha": 0.1, "epsilon_override": None},
-    "random": {"_target_": "blockqnn.agent.QLearningAgent", "alpha": 0.1, "epsilon_override": 1.0},
-    "evolution": {"_target_": "blockqnn.evolution.RegularizedEvolution", "population_size": 10},
+    "q-learning": {"_target_": "blockqnn.agents.qlearning.QLearningAgent", "alpha": 0.1, "epsilon_override": None},
+    "random": {"_target_": "blockqnn.agents.qlearning.QLearningAgent", "alpha": 0.1, "epsilon_override": 1.0},
+    "evolution": {"_target_": "blockqnn.agents.evolution.RegularizedEvolution", "population_size": 10},
 }
 
 

@@ -15,10 +15,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from blockqnn.agent import PAPER_STAGES, STATE_FORMAT, AgentStateError, QLearningAgent, epsilon_schedule
-from blockqnn.evolution import RegularizedEvolution
-from blockqnn.nsc import LayerType
-from blockqnn.space import NSCSpace
+from blockqnn.agents.evolution import RegularizedEvolution
+from blockqnn.agents.qlearning import PAPER_STAGES, STATE_FORMAT, AgentStateError, QLearningAgent, epsilon_schedule
+from blockqnn.codes import LayerType
+from blockqnn.spaces import NSCSpace
 from blockqnn.store import StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,9 +385,9 @@ def test_a_malformed_saved_state_is_refused_and_changes_nothing(damage, message)
 
 CONTINUE = """
 import json, sys
-from blockqnn.agent import QLearningAgent
-from blockqnn.evolution import RegularizedEvolution
-from blockqnn.space import NSCSpace
+from blockqnn.agents.qlearning import QLearningAgent
+from blockqnn.agents.evolution import RegularizedEvolution
+from blockqnn.spaces import NSCSpace
 agent = {make}
 agent.load_state_dict(json.load(open(sys.argv[1])))
 out = []
@@ -425,7 +425,7 @@ def test_saved_agent_continues_identically_in_a_fresh_process(tmp_path, make):
 
 
 def test_one_block_at_a_time_follows_the_schedule_in_blocks_and_learns_each_result():
-    from blockqnn.agent_protocol import BatchAgent, StreamAgent
+    from blockqnn.agents.base import BatchAgent, StreamAgent
 
     agent = QLearningAgent(ChainSpace(), batch_size=4, alpha=0.5, epsilon_schedule="linear", schedule_iterations=3,
                            epsilon_start=1.0, epsilon_end=0.0, seed=1)

@@ -10,12 +10,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from blockqnn import evaluate
+from blockqnn.codes import Block
 from blockqnn.config import config_key
 from blockqnn.data import DataError
 from blockqnn.errors import UserError
 from blockqnn.evaluate import Result, candidate_seed, evaluate_candidate, try_recipe
 from blockqnn.fit import Classifier
-from blockqnn.nsc import Block
 from tests.blocks import RESIDUAL
 
 

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockqnn.agent import QLearningAgent
+from blockqnn.agents.evolution import RegularizedEvolution
+from blockqnn.agents.qlearning import QLearningAgent
+from blockqnn.codes import Block
 from blockqnn.errors import AgentStateError, StoreError
-from blockqnn.evolution import RegularizedEvolution
-from blockqnn.nasbench201 import NASBench201Space
-from blockqnn.nsc import Block
-from blockqnn.space import NSCSpace, explore
+from blockqnn.spaces import NSCSpace, explore
+from blockqnn.spaces.nasbench201 import NASBench201Space
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_a_malformed_saved_state_is_refused_and_changes_nothing(table, damage, m
 def test_one_architecture_at_a_time_fills_the_population_then_mutates_and_restores(table):
     """Asynchronous search: ``sample_one`` and ``incorporate``, results arriving in any order; a state saved
     midway continues identically."""
-    from blockqnn.agent_protocol import BatchAgent, StreamAgent
+    from blockqnn.agents.base import BatchAgent, StreamAgent
 
     def stream(agent, steps, late):
         out, pending = [], []

@@ -91,7 +91,7 @@ def test_worker_per_gpu_pinned_and_long_lived(monkeypatch):
 @pytest.mark.slow
 def test_cpu_workers_results_order_and_dead_workers(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr("blockqnn.executors.visible_gpus", lambda: [])
+    monkeypatch.setattr("blockqnn.executors.local.visible_gpus", lambda: [])
     with LocalExecutor(workers=2, threads=1) as executor:
         assert sorted(executor.map(echo, ITEMS, {"tag": "w"})) == [(i, (a.upper(), "w")) for i, a in ITEMS]
         envs = dict(executor.map(environment, ITEMS, {}))

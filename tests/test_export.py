@@ -9,8 +9,8 @@ from PIL import Image
 
 import blockqnn
 from blockqnn import export
+from blockqnn.codes import Block
 from blockqnn.network import Template
-from blockqnn.nsc import Block
 from tests.blocks import INCEPTION, RESIDUAL
 from tests.helpers import REPO
 

@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelSummary
 from lightning.pytorch.loggers import CSVLogger
 
+from blockqnn.codes import Block
 from blockqnn.data import datamodule
 from blockqnn.fit import Classifier, NonFiniteLossError, accuracy_on_test_set, build_trainer, fit
-from blockqnn.nsc import Block
 from tests.blocks import RESIDUAL
 
 
@@ -120,7 +120,7 @@ import json, sys, torch
 from hydra.utils import instantiate
 from blockqnn.config import compose
 from blockqnn.data import datamodule
-from blockqnn.nsc import Block
+from blockqnn.codes import Block
 from blockqnn.fit import Classifier, fit
 
 cfg = compose("search", ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.accelerator=cpu",

@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf.errors import MissingMandatoryValue
 
-from blockqnn.agent import QLearningAgent
-from blockqnn.nasbench201 import (
+from blockqnn.agents.qlearning import QLearningAgent
+from blockqnn.spaces.nasbench201 import (
     OPS,
     NASBench201Space,
     TableError,

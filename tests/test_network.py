@@ -4,9 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blockqnn.codes import Block
 from blockqnn.network import Template, complexity
-from blockqnn.nsc import Block
-from blockqnn.space import NSCSpace
+from blockqnn.spaces import NSCSpace
 from tests.blocks import INCEPTION, RESIDUAL, random_block
 
 

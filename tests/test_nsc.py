@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blockqnn.nsc import FIELDS, Block, Layer, NSCError
+from blockqnn.codes import FIELDS, Block, Layer, NSCError
 from blockqnn.nsc.__main__ import main
-from blockqnn.space import NSCSpace
+from blockqnn.spaces import NSCSpace
 from tests.blocks import INCEPTION, RESIDUAL, random_block, renumber
 
 

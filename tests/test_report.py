@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blockqnn import analysis, plots, report
-from blockqnn.drawing import BOX_H, BOX_W, depths, draw_block, layout, polyline
-from blockqnn.nsc import Block
-from blockqnn.space import NSCSpace
+from blockqnn.codes import Block
+from blockqnn.report import analysis, plots
+from blockqnn.report import summary as report
+from blockqnn.report.__main__ import main as report_main
+from blockqnn.report.drawing import BOX_H, BOX_W, depths, draw_block, layout, polyline
+from blockqnn.spaces import NSCSpace
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import INCEPTION, RESIDUAL, random_block
 from tests.helpers import AGENT_CONFIGS, DAMAGED, damage, folder_digest, make_run, read_wandb_run, run_cli
@@ -148,7 +150,7 @@ def test_report_sends_pictures_to_the_tracked_wandb_run_offline(tmp_path, monkey
 def test_report_of_an_offline_run_names_every_part_to_sync(tmp_path):
     """A tracked search's part and the report's share one id; the report says to sync every part, and W&B's
     advice to sync the report's part alone is not printed."""
-    from blockqnn.nasbench201 import write_synthetic_table
+    from blockqnn.spaces.nasbench201 import write_synthetic_table
 
     table, run = write_synthetic_table(tmp_path / "t.csv", seed=0), tmp_path / "run"
     search = ["space=nasbench201", f"space.table={table}", "reward=accuracy", "progress.mode=off", "agent.batch_size=4",
@@ -186,7 +188,7 @@ def test_report_never_writes_to_the_history(tmp_path):
 
 
 def test_report_of_a_table_space_run_has_no_drawings(tmp_path):
-    from blockqnn.nasbench201 import all_archs
+    from blockqnn.spaces.nasbench201 import all_archs
 
     store = Store.create(tmp_path / "run", {"seed": 0, "agent": {"epsilon_override": None}})
     for i, arch in enumerate(all_archs()[:12]):
@@ -203,7 +205,7 @@ def report_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
     """``python -m blockqnn.report ARGS`` in-process: exit status and stderr."""
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        report.main([*args, "--no-wandb"])
+        report_main([*args, "--no-wandb"])
     return exit_info.value.code, capsys.readouterr().err
 
 
@@ -247,7 +249,7 @@ def test_multirun_of_damaged_runs_only_is_one_error_line_naming_one(tmp_path, ca
 
 
 def test_timeline_packs_candidates_into_as_many_rows_as_ran_at_once():
-    from blockqnn.plots import worker_lanes
+    from blockqnn.report.plots import worker_lanes
 
     def trained(start, end, cached=0):
         return dict(started_at=start, finished_at=end, cached=cached, status="ok")
@@ -278,7 +280,7 @@ def test_multirun_compares_agents_at_equal_numbers_of_trained_blocks(tmp_path):
 
 def label_margins(block, title):
     """Pixels between each label and its box's edge, left and right, in the drawing the report makes."""
-    from blockqnn.drawing import block_figure, wrap_code
+    from blockqnn.report.drawing import block_figure, wrap_code
 
     fig, boxes = block_figure(block, f"{title}\n{wrap_code(str(block))}")
     fig.canvas.draw()
@@ -303,7 +305,7 @@ def test_every_label_sits_inside_its_box_with_room():
 
 
 def test_edges_between_the_same_two_nodes_are_drawn_side_by_side():
-    from blockqnn.drawing import edge_lines
+    from blockqnn.report.drawing import edge_lines
 
     block = Block.parse("[(1,1,3,0,0),(2,5,0,1,1),(3,6,0,2,2),(4,7,0,0,0)]")  # add(x, x), concat(y, y)
     pos, routes = layout(block)
@@ -315,7 +317,7 @@ def test_layer_colours_are_told_apart():
     """CIE76 colour difference (Lab) of every two layer types' colours: 20 is clearly different at a glance."""
     from matplotlib.colors import to_rgb
 
-    from blockqnn.drawing import COLOURS
+    from blockqnn.report.drawing import COLOURS
 
     def lab(colour):
         rgb = np.array(to_rgb(colour))

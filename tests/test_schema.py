@@ -68,10 +68,10 @@ def overridden(cfg, override):
 
 def usable(cfg, key):
     """Build what reads ``key`` (no training): raises if the value is one its reader refuses."""
+    from blockqnn.codes import Block
     from blockqnn.data import datamodule
     from blockqnn.fit import Classifier, build_trainer
     from blockqnn.network import Template
-    from blockqnn.nsc import Block
     from blockqnn.tracking import Progress
 
     section = key.split(".")[0]

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blockqnn.agent import QLearningAgent, epsilon_schedule
+from blockqnn.agents.qlearning import QLearningAgent, epsilon_schedule
 from blockqnn.cli import describe, one_line_errors, user_errors
+from blockqnn.codes import Block, NSCError
 from blockqnn.errors import UserError
 from blockqnn.evaluate import evaluate_candidate
-from blockqnn.nasbench201 import NASBench201Space, write_synthetic_table
-from blockqnn.nsc import Block, NSCError
 from blockqnn.report import report
 from blockqnn.resume import check_same_history, overridden_keys
 from blockqnn.search import search
+from blockqnn.spaces.nasbench201 import NASBench201Space, write_synthetic_table
 from blockqnn.store import DB_NAME, Store, StoreError
 from blockqnn.tracking import Progress
 from tests.helpers import REPO, folder_digest, read_wandb_run, run_cli
@@ -516,7 +516,7 @@ def test_a_search_whose_candidates_all_fail_exits_1_with_the_most_common_error(t
 
 
 def test_the_closing_line_counts_iterations_from_1_as_the_progress_line(tmp_path):
-    from blockqnn.search import summary
+    from blockqnn.search.__main__ import summary
 
     text = summary({"arch": "[(1,7,0,0,0)]", "reward": 0.5, "accuracy": 0.6, "iteration": 0, "position": 2}, tmp_path)
     assert "(iteration 1, position 3)" in text

@@ -4,8 +4,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from blockqnn.nsc import BINARY, Block, Layer, LayerType
-from blockqnn.space import NSCSpace, explore
+from blockqnn.codes import BINARY, Block, Layer, LayerType
+from blockqnn.spaces import NSCSpace, explore
 from tests.blocks import random_block
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blockqnn.agent import STATE_FORMAT
+from blockqnn.agents.qlearning import STATE_FORMAT
 from blockqnn.cli import describe, user_errors
 from blockqnn.search import search
 from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, SCHEMA_VERSION, Store, StoreError, check, is_run

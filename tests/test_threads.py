@@ -55,7 +55,7 @@ def test_the_in_process_executor_sets_the_policy_for_its_candidates_and_restores
 
 
 def test_worker_processes_receive_their_share(monkeypatch):
-    from blockqnn import executors
+    from blockqnn.executors import local as executors
 
     monkeypatch.setattr(executors, "cpu_threads", lambda count: 3)
     seen = []

@@ -12,9 +12,9 @@ from PIL import Image
 
 import blockqnn
 from blockqnn import export
+from blockqnn.codes import Block, NSCError
 from blockqnn.config import compose
 from blockqnn.errors import UserError
-from blockqnn.nsc import Block, NSCError
 from blockqnn.resume import adopt_folder_config, check_same_network, check_train_folder, override_keys
 from blockqnn.store import Store, StoreError
 from blockqnn.train import plan_run, resolve_block, train

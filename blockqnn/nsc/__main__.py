@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from blockqnn.nsc import DEFAULT_MAX_INDEX, Block, LayerType, NSCError
+from blockqnn.codes import DEFAULT_MAX_INDEX, Block, LayerType, NSCError
 
 
 def _layer_table(block: Block) -> str:

@@ -11,7 +11,7 @@ trajectories (``sample``), the search loop scores them, and ``update`` learns fr
   every model; ``iteration`` replays ``replay_size`` of them (without replacement, all while the memory is smaller)
   once per iteration. [open] BlockQNN's replay size: MetaQNN's 128 by default.
 
-Asynchronous search (``blockqnn.agent_protocol.StreamAgent``): ``sample_one`` draws one block at the epsilon of
+Asynchronous search (``blockqnn.agents.base.StreamAgent``): ``sample_one`` draws one block at the epsilon of
 the blocks sampled so far (stage of ``i`` iterations = ``i x B`` blocks), ``incorporate`` learns from one finished
 block as it arrives: its backward update, then its replay: ``replay_size`` trajectories with ``replay_every: block``
 (as in a synchronous search), else ``replay_size / B`` (rounded up), so that B results replay as much as one
@@ -45,18 +45,20 @@ from typing import Any
 
 import numpy as np
 
-from blockqnn.agent_state import check_state, checked_rng_state, memory_entries, q_entries
-from blockqnn.errors import AgentStateError
-from blockqnn.space import Action, SearchSpace, State
-
-# The paper's schedule as (epsilon, iterations): 178 iterations, 11,392 blocks at B = 64.
-PAPER_STAGES: tuple[tuple[float, int], ...] = (
-    (1.0, 95), (0.9, 7), (0.8, 7), (0.7, 7), (0.6, 10), (0.5, 10), (0.4, 10), (0.3, 10), (0.2, 10), (0.1, 12),
+from blockqnn.agents.base import (
+    PAPER_ITERATIONS,
+    PAPER_STAGES,
+    STATE_FORMAT,
+    Iterations,
+    checked_reward,
+    iteration_sizes,
 )
-PAPER_ITERATIONS = sum(n for _, n in PAPER_STAGES)
+from blockqnn.agents.state import check_state, checked_rng_state, memory_entries, q_entries
+from blockqnn.errors import AgentStateError
+from blockqnn.spaces import Action, SearchSpace, State
+
 SCHEDULES = ("paper", "linear", "constant")
 REPLAY_EVERY = ("block", "iteration")
-STATE_FORMAT = 2
 _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
 
 
@@ -97,15 +99,6 @@ def _fitted_stages(stages: Sequence[tuple[float, int]], length: int) -> list[flo
     return schedule
 
 
-def iteration_sizes(budget: int | None, batch_size: int, iterations: int) -> list[int]:
-    """Blocks sampled per iteration: ``iterations`` of B, or, with a budget, B each and the remainder last."""
-    if budget is None:
-        return [batch_size] * iterations
-    if budget < 1:
-        raise ValueError(f"agent.budget must be at least 1 block (or null), got {budget}")
-    full, rest = divmod(int(budget), batch_size)
-    return [batch_size] * full + ([rest] if rest else [])
-
 
 _schedule = epsilon_schedule  # the agent's constructor argument of the same name shadows the function
 
@@ -129,48 +122,6 @@ class _Node:
             self._index = {a: i for i, a in enumerate(self.actions)}
         return self._index[action]
 
-
-class Iterations:
-    """What every agent tells the search loop about its plan: iterations of ``sizes`` blocks, ``iteration`` of
-    them done (synchronous), ``sampled`` blocks drawn (either mode)."""
-
-    sizes: list[int]
-    iteration: int
-    sampled: int
-    batch_size: int
-
-    @property
-    def num_iterations(self) -> int:
-        return len(self.sizes)
-
-    @property
-    def total_samples(self) -> int:
-        """Blocks sampled over the whole search (the budget, when one is set)."""
-        return sum(self.sizes)
-
-    @property
-    def done(self) -> bool:
-        return self.iteration >= self.num_iterations
-
-    def _count_one(self) -> None:
-        """One more block sampled (asynchronous search): ``iteration`` is then the one the next block belongs to,
-        past the last once the budget is drawn."""
-        self.sampled += 1
-        self.iteration = self.num_iterations if self.sampled >= self.total_samples else self.sampled // self.batch_size
-
-    def _check_running(self, trajectories: Sequence | None = None, rewards: Sequence | None = None) -> None:
-        """Refuse to act after the last iteration, and scores that do not match the trajectories."""
-        if self.done:
-            raise RuntimeError(f"the search is finished ({self.num_iterations} iterations)")
-        if trajectories is not None and rewards is not None and len(trajectories) != len(rewards):
-            raise ValueError(f"{len(trajectories)} trajectories but {len(rewards)} rewards")
-
-
-def checked_reward(reward: float) -> float:
-    reward = float(reward)
-    if not math.isfinite(reward):
-        raise ValueError(f"reward must be a finite number, got {reward} (give failed candidates a fixed reward)")
-    return reward
 
 
 class QLearningAgent(Iterations):

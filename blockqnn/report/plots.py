@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from blockqnn.analysis import History, best_so_far, by_agent  # noqa: E402
+from blockqnn.report.analysis import History, best_so_far, by_agent  # noqa: E402
 
 
 def _epsilon_stages(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, float]]:

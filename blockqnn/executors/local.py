@@ -1,19 +1,4 @@
-"""Where candidates are evaluated: in this process, in long-lived local worker processes, or on a Ray cluster.
-
-Every executor offers the search loop ``submit(fn, key, arch, cfg)`` (run ``fn(arch, cfg)`` when a worker is
-free), ``next_finished()`` (wait for any submitted candidate; its ``(key, result)``), ``capacity`` (how many
-candidates run at once) and ``pending`` (submitted, not yet returned). The asynchronous loop keeps ``capacity``
-candidates in flight with these; ``map(fn, items, cfg)`` runs a batch of ``(key, arch)`` through them and yields
-``(key, result)`` in finishing order (the synchronous loop). A candidate whose process dies (killed, out of host
-memory) comes back as a failed result instead of stopping the search.
-
-The paper's distributed framework maps onto these: the *master* is the search loop with the agent, the
-*controller* is the executor handing blocks out, the *compute nodes* are the executor's workers (GPUs of this
-machine for ``local``, of a whole cluster for ``ray``).
-
-This module imports neither torch nor ray at load: worker processes set ``CUDA_VISIBLE_DEVICES`` before the
-first ``import torch`` of the evaluator.
-"""
+"""Candidates on this machine: in the search process, or in long-lived worker processes (one per GPU or core)."""
 
 from __future__ import annotations
 
@@ -25,37 +10,11 @@ import shutil
 import signal
 import subprocess
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from blockqnn.errors import UserError
+from blockqnn.executors.base import STOP_SIGNALS, Batches, Evaluator, call, failed_result
 from blockqnn.threads import cpu_threads, policy_env
-
-Evaluator = Callable[[str, Any], Any]
-# What stops a search (Ctrl-C, docker stop): the search process handles them; its workers never see them.
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-Item = tuple[int, str]
-
-
-def failed_result(error: str) -> Any:
-    """A failed ``Result`` for a candidate the executor itself lost (worker died, task could not run)."""
-    from blockqnn.evaluate import Result
-
-    return Result(status="failed", error=error)
-
-
-def call(fn: Evaluator, arch: str, cfg: Any) -> Any:
-    """``fn(arch, cfg)``, with an escaping exception turned into a failed result (evaluators should not raise).
-
-    Bad input (``UserError``, e.g. data missing on this node) is no candidate's fault and would fail every one of
-    them: it is passed on to stop the search with one line."""
-    try:
-        return fn(arch, cfg)
-    except UserError:
-        raise
-    except Exception as e:  # one candidate must never stop the search
-        return failed_result(f"{type(e).__name__}: {e}")
 
 
 def visible_gpus() -> list[str]:
@@ -71,18 +30,6 @@ def visible_gpus() -> list[str]:
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
-
-# ---- local ----------------------------------------------------------------------------------------------------
-class Batches:
-    """``map`` on top of ``submit`` / ``next_finished``: the synchronous loop's batch of candidates."""
-
-    def map(self, fn: Evaluator, items: Iterable[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
-        count = 0
-        for key, arch in items:
-            self.submit(fn, key, arch, cfg)
-            count += 1
-        for _ in range(count):
-            yield self.next_finished()
 
 
 class LocalExecutor(Batches):
@@ -269,83 +216,3 @@ def _serve(conn: Connection, env: dict[str, str]) -> None:
         conn.send((position, result))
 
 
-# ---- ray ------------------------------------------------------------------------------------------------------
-class RayExecutor(Batches):
-    """Each candidate is one Ray task with ``num_gpus`` (fractions share a GPU) and ``num_cpus``.
-
-    ``address``: null starts a local Ray instance (``init`` holds its ``ray.init`` options), ``auto`` joins the
-    cluster this machine belongs to, or a ``ray://`` address. Ray retries a candidate whose worker died
-    ``max_retries`` times; after that it is recorded failed. Ray's worker processes are reused, so evaluators'
-    per-process caches (data on the device) survive between candidates.
-    """
-
-    def __init__(
-        self,
-        address: str | None = None,
-        num_cpus: float = 1,
-        num_gpus: float = 0,
-        max_retries: int = 2,
-        init: dict[str, Any] | None = None,
-    ) -> None:
-        self.address, self.num_cpus, self.num_gpus, self.max_retries = address, num_cpus, num_gpus, max_retries
-        self.init = {k: v for k, v in dict(init or {}).items() if v is not None}
-        self._started = False
-
-    def __enter__(self) -> RayExecutor:
-        import ray
-
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, **self.init)
-            except ConnectionError as e:
-                raise UserError(f"executor.address={self.address}: {e}") from None
-            self._started = True
-        self._task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)(call)
-        self._pending: dict[Any, Any] = {}
-        self._refs: tuple[Any, Any, Any, Any] | None = None
-        return self
-
-    @property
-    def capacity(self) -> int:
-        """Candidates the cluster runs at once: its GPUs (or CPUs) divided by one candidate's share."""
-        import ray
-
-        resources = ray.cluster_resources()
-        share, kind = (self.num_gpus, "GPU") if self.num_gpus else (self.num_cpus, "CPU")
-        return max(1, int(resources.get(kind, 0) / share)) if share else 1
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def submit(self, fn: Evaluator, key: Any, arch: str, cfg: Any) -> None:
-        import ray
-
-        if self._refs is None or self._refs[0] is not fn or self._refs[1] is not cfg:
-            self._refs = (fn, cfg, ray.put(fn), ray.put(cfg))  # shipped to the object store once, not per task
-        self._pending[self._task.remote(self._refs[2], arch, self._refs[3])] = key
-
-    def next_finished(self) -> tuple[Any, Any]:
-        import ray
-        from ray.exceptions import RayError
-
-        (ref,), _ = ray.wait(list(self._pending), num_returns=1)
-        key = self._pending.pop(ref)
-        try:
-            return key, ray.get(ref)
-        except RayError as e:
-            if isinstance(getattr(e, "cause", None), UserError):
-                raise e.cause from None
-            return key, failed_result(f"lost after {self.max_retries} retries: {_first_line(e)}")
-
-    def __exit__(self, *exc: object) -> None:
-        import ray
-
-        if self._started:
-            ray.shutdown()
-            self._started = False
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

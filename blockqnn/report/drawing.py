@@ -19,7 +19,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch  # noqa: E
 from matplotlib.path import Path as MplPath  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from blockqnn.nsc import Block, Layer, LayerType  # noqa: E402
+from blockqnn.codes import Block, Layer, LayerType  # noqa: E402
 
 NAMES = {
     LayerType.CONV: "conv",

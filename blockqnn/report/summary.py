@@ -1,17 +1,7 @@
-"""``python -m blockqnn.report RUN_DIR``: what a search found, as pictures and one markdown page in the run folder.
-
-For one search folder: the search curve (reward per candidate, running mean, epsilon stages shaded), the best
-reward against the number of trained blocks, a drawing of each top-k block and ``summary.md`` (top-k table, run
-settings, and the paper's analysis: how often each layer type, multi-branch structure and shortcuts occur in the
-top-k against all sampled blocks). For a multirun folder (Hydra sweep): each run's report, and the agents'
-best-so-far curves with their spread (Q-learning, random search and regularized evolution at equal numbers of
-trained blocks); a run that cannot be read is left out with a warning.
-The pictures also go to the run's W&B run when it was tracked.
-"""
+"""The report written into a run folder: pictures, block drawings and ``summary.md``; W&B copies."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -20,7 +10,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from blockqnn.analysis import (
+from blockqnn.codes import Block
+from blockqnn.errors import UserError
+from blockqnn.report.analysis import (
     History,
     best_after,
     by_agent,
@@ -30,11 +22,8 @@ from blockqnn.analysis import (
     load_history,
     parse_block,
 )
-from blockqnn.cli import one_line_errors
-from blockqnn.drawing import draw_block, wrap_code
-from blockqnn.errors import UserError
-from blockqnn.nsc import Block
-from blockqnn.plots import plot_agents, plot_best_so_far, plot_rewards, plot_timeline
+from blockqnn.report.drawing import draw_block, wrap_code
+from blockqnn.report.plots import plot_agents, plot_best_so_far, plot_rewards, plot_timeline
 from blockqnn.store import Store, is_run
 from blockqnn.tracking import wandb_mode
 
@@ -211,21 +200,3 @@ def log_to_wandb(history: History, images: Sequence[Path]) -> None:
     except Exception as e:  # the files on disk are the report; W&B is a copy
         print(f"warning: report not sent to W&B ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
               file=sys.stderr)
-
-
-# ---- command line ------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m blockqnn.report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="a search run folder, or a multirun folder holding several")
-    parser.add_argument("--top-k", type=int, default=5, help="blocks to tabulate and draw (default 5)")
-    parser.add_argument("--no-wandb", action="store_true", help="do not send the pictures to the run's W&B run")
-    args = parser.parse_args(argv)
-    with one_line_errors():
-        written = report(args.run_dir, args.top_k, wandb=not args.no_wandb)
-        for path in written:
-            print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

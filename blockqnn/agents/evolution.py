@@ -6,7 +6,7 @@ the population (as NAS-Bench-201's implementation draws them), changed by one mu
 op in the table space, one legal change of one layer in the NSC space); the child joins the population and the
 oldest member dies.
 
-The agent speaks both of the search loop's protocols (``blockqnn.agent_protocol``), like ``QLearningAgent``.
+The agent speaks both of the search loop's protocols (``blockqnn.agents.base``), like ``QLearningAgent``.
 Synchronous: each iteration ``sample`` gives B architectures, the loop scores them (blocks already evaluated are
 looked up, not retrained), ``update`` incorporates them; the children of one iteration all descend from the
 population as it stood when the iteration began. Asynchronous: ``sample_one`` gives the next architecture the
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from blockqnn.agent import PAPER_ITERATIONS, STATE_FORMAT, Iterations, checked_reward, iteration_sizes
-from blockqnn.agent_state import check_state, checked_rng_state, memory_entries
+from blockqnn.agents.base import PAPER_ITERATIONS, STATE_FORMAT, Iterations, checked_reward, iteration_sizes
+from blockqnn.agents.state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
-from blockqnn.space import Action, SearchSpace, explore
+from blockqnn.spaces import Action, SearchSpace, explore
 
 _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "population": list, "rng": dict}
 

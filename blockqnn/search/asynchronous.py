@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from blockqnn.errors import StoreError
-from blockqnn.loop import Search, cached_copy
+from blockqnn.search.loop import Search, cached_copy
 from blockqnn.store import RUNNING
 
 Flight = tuple[dict[str, Any], list]  # a sampled block's row and its trajectory

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from blockqnn.drawing import NAMES, depths
+from blockqnn.codes import Block, LayerType
 from blockqnn.errors import NSCError, StoreError
-from blockqnn.nsc import Block, LayerType
+from blockqnn.report.drawing import NAMES, depths
 from blockqnn.store import Store
 
 

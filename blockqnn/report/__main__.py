@@ -1,0 +1,36 @@
+"""``python -m blockqnn.report RUN_DIR``: what a search found, as pictures and one markdown page in the run folder.
+
+For one search folder: the search curve (reward per candidate, running mean, epsilon stages shaded), the best
+reward against the number of trained blocks, a drawing of each top-k block and ``summary.md`` (top-k table, run
+settings, and the paper's analysis: how often each layer type, multi-branch structure and shortcuts occur in the
+top-k against all sampled blocks). For a multirun folder (Hydra sweep): each run's report, and the agents'
+best-so-far curves with their spread (Q-learning, random search and regularized evolution at equal numbers of
+trained blocks); a run that cannot be read is left out with a warning.
+The pictures also go to the run's W&B run when it was tracked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from blockqnn.cli import one_line_errors
+from blockqnn.report.summary import report
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m blockqnn.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a search run folder, or a multirun folder holding several")
+    parser.add_argument("--top-k", type=int, default=5, help="blocks to tabulate and draw (default 5)")
+    parser.add_argument("--no-wandb", action="store_true", help="do not send the pictures to the run's W&B run")
+    args = parser.parse_args(argv)
+    with one_line_errors():
+        written = report(args.run_dir, args.top_k, wandb=not args.no_wandb)
+        for path in written:
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
