@@ -1,5 +1,5 @@
-"""experiments/make_image_folder.py and the README's image-folder example: the tree holds the dataset image for
-image, and the README's search runs on the tree `make image-folder` writes, from a folder with nothing else."""
+"""experiments/make_image_folder.py and the image-folder example of docs/searching.md: the tree holds the dataset
+image for image, and the page's search runs on the tree `make image-folder` writes, from a folder with nothing else."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def make_tree(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
                           env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=300)
 
 
-def readme_image_folder_search() -> list[str]:
-    """The arguments of the README's `python -m blockqnn.search ... dataset=imagefolder` example."""
-    readme = (REPO / "README.md").read_text().replace("\\\n", " ")
-    [command] = [line for line in readme.splitlines()
+def shown_image_folder_search() -> list[str]:
+    """The arguments of the `python -m blockqnn.search ... dataset=imagefolder` example in docs/searching.md."""
+    page = (REPO / "docs" / "searching.md").read_text().replace("\\\n", " ")
+    [command] = [line for line in page.splitlines()
                  if line.startswith("python -m blockqnn.search") and "dataset=imagefolder" in line]
     return shlex.split(command)[3:]
 
@@ -59,10 +59,10 @@ def test_an_existing_folder_is_refused_and_left_alone(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_readme_image_folder_search_runs_on_the_make_target_tree(tmp_path):
-    """`make image-folder` writes IMAGE_FOLDER; the README's command reads it from the current folder."""
+def test_the_shown_image_folder_search_runs_on_the_make_target_tree(tmp_path):
+    """`make image-folder` writes IMAGE_FOLDER; the page's command reads it from the current folder."""
     folder = re.search(r"^IMAGE_FOLDER \?= (\S+)$", (REPO / "Makefile").read_text(), flags=re.M).group(1)
-    args = readme_image_folder_search()
+    args = shown_image_folder_search()
     assert f"dataset.source.root={folder}" in args
     assert make_tree(folder, cwd=tmp_path).returncode == 0
     small = ["agent.budget=2", "agent.batch_size=2",

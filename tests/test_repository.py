@@ -1,10 +1,15 @@
 """A clone stands on its own: no tracked file outside experiments/ points beside the checkout, and every link,
-section pointer and repository path the documentation names exists."""
+section pointer and repository path the documentation names exists. Every page's shown commands work (Hydra
+commands compose, CLI commands end as the page says, make targets exist), and the README stays a small entry
+whose maps list every docs page and every module."""
 
 from __future__ import annotations
 
 import re
+import runpy
+import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -92,3 +97,177 @@ def test_method_pointers_exist_in_the_configs():
     tagged = [p for p in (REPO / "conf").rglob("*.yaml") if re.search(r"\[(paper|reimpl|open)\b", p.read_text())]
     unpointed = [str(p.relative_to(REPO)) for p in tagged if "docs/method.md" not in p.read_text()]
     assert tagged and not unpointed, f"tagged configs without a pointer to docs/method.md: {unpointed}"
+
+
+# ---- the commands the pages show ----------------------------------------------------------------------------------
+SHOWN_COMMAND = re.compile(r"^(?:\w+=\S* )*(?:\.venv/bin/)?python -m blockqnn\.(\w+)\b(.*)$")
+INLINE_COMMAND = re.compile(r"`((?:\.venv/bin/)?python -m blockqnn\.\w+ [^`]+)`")
+EXPECTED_OUTCOME = re.compile(r"^#\s*(?:(error: .*?)\s+)?(?:ok, )?exit (\d+)$")
+COMPOSED = {"search", "train"}  # Hydra apps: a shown command must compose; the others are argparse CLIs
+
+
+def code_blocks(markdown: str) -> list[str]:
+    """Fenced blocks, their backslash continuations joined."""
+    return [b.replace("\\\n", " ") for b in re.findall(r"^```[\w-]*\n(.*?)^```", markdown, flags=re.S | re.M)]
+
+
+def shown_commands(doc: str) -> list[tuple[str, list[str], str]]:
+    """Every ``python -m blockqnn.X ...`` a page shows: (module, arguments, the outcome its comment promises).
+
+    Fenced lines and inline spans alike; a span that elides arguments (``...``) is not a command to run, and a
+    placeholder in angle brackets (``runs/search/<run>``) is filled in with its name as a user fills it in."""
+    text, found = re.sub(r"<([\w-]+)>", r"\1", (REPO / doc).read_text()), []
+    for block in code_blocks(text):
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            if m := SHOWN_COMMAND.match(line.strip()):
+                code, comment = split_comment(m.group(2))
+                following = lines[i + 1].strip() if i + 1 < len(lines) and lines[i + 1].startswith("#") else ""
+                found.append((m.group(1), shlex.split(code), following or comment))
+    for span in INLINE_COMMAND.findall(without_code_blocks(text)):
+        if "..." not in span and (m := SHOWN_COMMAND.match(span)):
+            found.append((m.group(1), shlex.split(m.group(2)), ""))
+    return found
+
+
+def split_comment(line: str) -> tuple[str, str]:
+    """A shell line's code and its trailing ``# comment`` (a ``#`` inside quotes is code)."""
+    quote = None
+    for i, c in enumerate(line):
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i], line[i:].strip()
+    return line, ""
+
+
+def sweeps(args: list[str]) -> list[list[str]]:
+    """A multirun's jobs, enough to compose every swept value once: ``-m a=x,y b=1,2`` -> (x, 1), (y, 1), (x, 2);
+    ``range(a,b)`` sweeps as Hydra does. A plain run is one job."""
+    if not {"-m", "--multirun"} & set(args):
+        return [args]
+    choices = []
+    for key, _, value in (a.partition("=") for a in args if a not in ("-m", "--multirun")):
+        if span := re.fullmatch(r"range\((\d+),(\d+)(?:,(\d+))?\)", value):
+            values = [str(v) for v in range(*(int(g) for g in span.groups() if g is not None))]
+        else:
+            values = value.split(",") if re.fullmatch(r"[^\[\]()\"',]+(?:,[^\[\]()\"',]+)+", value) else [value]
+        choices.append([f"{key}={v}" for v in values])
+    first = [c[0] for c in choices]
+    return [first] + [first[:i] + [v] + first[i + 1:] for i, c in enumerate(choices) for v in c[1:]]
+
+
+def run_module_in_process(module: str, args: list[str], capsys) -> tuple[int, str, str]:
+    """``python -m blockqnn.<module> ARGS`` in this process: exit status, stdout, stderr."""
+    argv = sys.argv
+    sys.argv = [f"blockqnn.{module}", *args]
+    try:
+        runpy.run_module(f"blockqnn.{module}", run_name="__main__", alter_sys=True)
+        status = 0
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_the_pages_show_commands():
+    """The checks below follow every page; a page set that lost its commands would pass them vacuously."""
+    assert {module for doc in DOCS for module, _, _ in shown_commands(doc)} >= {"search", "train", "report", "nsc"}
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_search_and_train_command_shown_composes(doc):
+    """What a page tells a user to run gets past composition and the schema: no stale key, group or value."""
+    from blockqnn.config import compose
+    from blockqnn.errors import ConfigError
+
+    refused = []
+    for module, args, _ in shown_commands(doc):
+        for job in sweeps(args) if module in COMPOSED else []:
+            try:
+                compose(module, job)
+            except ConfigError as e:
+                refused.append(f"python -m blockqnn.{module} {shlex.join(job)}: {e}")
+    assert not refused, f"{doc}:\n" + "\n".join(refused)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_nsc_and_report_command_shown_does_what_the_page_says(doc, capsys, tmp_path, monkeypatch):
+    """``nsc`` commands run for real and end as their comment says (``# ok, exit 0``, ``# error: ... exit 1``);
+    a ``report`` command names placeholder folders, so it must get past argument parsing to the folder check (run
+    from an empty folder: a shown path that exists in this checkout is someone's run, not to be reported on)."""
+    monkeypatch.chdir(tmp_path)
+    wrong = []
+    for module, args, promise in shown_commands(doc):
+        if module == "nsc":
+            status, out, err = run_module_in_process(module, args, capsys)
+            expected = EXPECTED_OUTCOME.match(promise) if promise else None
+            want_status, want_error = (int(expected.group(2)), expected.group(1)) if expected else (0, None)
+            not_ok = promise.startswith("# ok") and out.strip() != "ok"
+            if status != want_status or (want_error and err.strip() != want_error) or not_ok:
+                wrong.append(f"nsc {shlex.join(args)}: exit {status}, {err.strip()!r}; the page says {promise!r}")
+        elif module == "report":
+            args = [a.strip("[]") for a in args]  # RUN_DIR [--top-k 5]: the optional part given
+            status, _, err = run_module_in_process(module, args, capsys)
+            if status != 1 or not err.startswith("error: ") or "is not a folder" not in err:
+                wrong.append(f"report {shlex.join(args)}: exit {status}, {err.strip()!r}")
+    assert not wrong, f"{doc}:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_make_target_shown_exists(doc):
+    targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), flags=re.M))
+    text = (REPO / doc).read_text()
+    shown = {t for block in code_blocks(text) for t in re.findall(r"^make ([\w-]+)", block, flags=re.M)}
+    shown |= set(re.findall(r"`make ([\w-]+)`", text))
+    assert shown <= targets, f"{doc} shows make targets the Makefile lacks: {sorted(shown - targets)}"
+
+
+def test_every_load_example_is_the_one_the_export_tests_run():
+    """tests/test_export.py runs the README's ``blockqnn.load`` example; a page that shows it shows that one."""
+    def examples(doc):
+        return [b for b in re.findall(r"```python\n(.*?)```", (REPO / doc).read_text(), re.S) if "blockqnn.load(" in b]
+
+    [readme_example] = examples("README.md")
+    others = {doc: e for doc in DOCS for e in examples(doc) if e != readme_example}
+    assert not others, f"load examples the tests do not run: {sorted(others)}"
+
+
+# ---- the README: small, and a map of the docs and of the tree -----------------------------------------------------
+def readme() -> str:
+    return (REPO / "README.md").read_text()
+
+
+def test_the_readme_starts_small():
+    assert len(readme().splitlines()) <= 200, "the README is the entry: move detail to a page under docs/"
+
+
+def test_the_readme_lists_every_docs_page():
+    linked = {target.partition("#")[0] for target in LINK.findall(without_code_blocks(readme()))}
+    pages = {str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")} | {"experiments/README.md"}
+    assert pages <= linked, f"pages the README's documentation map does not list: {sorted(pages - linked)}"
+
+
+def architecture_map() -> list[str]:
+    section = readme().partition("\n## Architecture\n")[2]
+    return re.search(r"^```text\n(.*?)^```", section, flags=re.S | re.M).group(1).splitlines()
+
+
+def test_the_architecture_map_names_every_module_and_no_other():
+    """The map lists each module and subpackage of blockqnn/ (one room each), and the conf/ groups it names exist."""
+    lines = architecture_map()
+    start = lines.index("blockqnn/")
+    mapped = [line.split()[0] for line in lines[start + 1:] if line.startswith("  ") and not line.startswith("   ")]
+    package = REPO / "blockqnn"
+    actual = sorted([p.name for p in package.glob("*.py") if p.name != "__init__.py"]
+                    + [f"{p.name}/" for p in package.iterdir() if p.is_dir() and any(p.glob("*.py"))])
+    assert sorted(mapped) == actual, f"in the map only: {set(mapped) - set(actual)}; in blockqnn/ only: " \
+                                     f"{set(actual) - set(mapped)}"
+    [conf] = [line for line in lines if line.startswith("conf/")]
+    groups = re.findall(r"\b([a-z_]+)/", conf.partition(" ")[2])
+    assert groups and all((REPO / "conf" / g).is_dir() for g in groups), \
+        f"conf groups the map names but conf/ lacks: {[g for g in groups if not (REPO / 'conf' / g).is_dir()]}"
