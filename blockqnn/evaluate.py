@@ -1,11 +1,12 @@
 """Evaluating one candidate, the unit of work of a search: parse the architecture, stack the block into the
 template's network, count its parameters and FLOPs, train it with the recipe (early stop), score it.
 
-``evaluate_candidate`` runs in any process (the local and Ray executors call it): it keeps no state but caches
-(the dataset, the instantiated space and reward), seeds each candidate from the run seed and the architecture, and
-never lets a candidate's failure escape. A NaN loss, running out of memory, an unbuildable block or any other
-exception is returned as a ``failed`` Result with the error text. Only a dataset that cannot be loaded
-(``DataError``) is raised: it is no candidate's fault, and every candidate would fail alike.
+A ``CandidateEvaluator`` is built once per worker from the search's config (the executor sends each worker its
+factory when it starts) and keeps the space, the reward and, through ``blockqnn.data``, the dataset on the device.
+It seeds each candidate from the run seed and the architecture, and never lets a candidate's failure escape. A
+NaN loss, running out of memory, an unbuildable block or any other exception is returned as a ``failed`` Result
+with the error text. Only a dataset that cannot be loaded (``DataError``) is raised: it is no candidate's fault,
+and every candidate would fail alike.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import gc
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -52,45 +55,82 @@ class Result:
     error: str | None = None
 
 
-@cache
-def _instantiated(key: str):
-    """A config's object (by ``config_key``), built once per process: spaces may load tables, rewards are reused."""
-    return instantiate(json.loads(key))
-
-
 def candidate_seed(seed: int, arch_key: str) -> int:
     """The same in every process for the same run seed and architecture (unlike Python's ``hash``)."""
     return int(hashlib.sha256(f"{seed}/{arch_key}".encode()).hexdigest()[:8], 16)
 
 
+class CandidateEvaluator:
+    """``evaluator(arch, cutoffs) -> Result`` under the composed search config (dataset, template, space, trainer,
+    reward, seed). Tabular spaces (NAS-Bench-201) give the table's accuracy without training. ``space``: the
+    search's own, so that a table is read once; ``trial``: first train one batch of the smallest block here
+    (``try_recipe``), so that a recipe, device or dataset that fails where candidates train stops the search."""
+
+    def __init__(self, cfg: DictConfig, space: Any = None, trial: bool = False) -> None:
+        self.cfg = cfg
+        self.space = instantiate(cfg.space) if space is None else space
+        self.reward = instantiate(cfg.reward)
+        if trial:
+            self.try_recipe()
+
+    def __call__(self, arch: str, cutoffs: Mapping[int, float] | None = None) -> Result:
+        start = time.perf_counter()
+        result = Result(status="failed")
+        try:
+            if self.space.tabular:
+                result.accuracy = result.reward = float(self.space.lookup(arch))
+            else:
+                self._train(arch, result)
+            result.status = "ok"
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a candidate's failure of any kind is recorded, never raised
+            result.error = f"{type(e).__name__}: {e}"
+        if result.status == "failed" or torch.cuda.is_available():
+            _release_memory()
+        result.wall_time = time.perf_counter() - start
+        return result
+
+    def _train(self, arch: str, result: Result) -> None:
+        """Fill ``result`` step by step, so that whatever was measured before a failure is kept."""
+        block = self.space.parse(arch)
+        result.density = block.density()
+        _fit_block(block, self.cfg, candidate_seed(self.cfg.seed, self.space.canonical_hash(arch)), result)
+        result.reward = float(self.reward(result.accuracy, result.flops, result.density))
+
+    def try_recipe(self) -> Result:
+        """Train one batch of the smallest block with the search's recipe: what fails there would fail every
+        candidate, so it stops the search as bad input before its history exists."""
+        if self.space.tabular:
+            return Result(status="ok")
+        try:
+            _fit_block(IDENTITY_BLOCK, _one_batch(self.cfg), self.cfg.seed, Result(status="failed"))
+        except DataError:
+            raise
+        except TemplateMismatch as e:
+            raise DataError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - whatever breaks the smallest block would break every candidate
+            raise UserError(f"the search's recipe cannot train even the smallest block: {type(e).__name__}: {e}"
+                            ) from e
+        finally:
+            _release_memory()
+        return Result(status="ok")
+
+
+@cache
+def _evaluator(key: str) -> CandidateEvaluator:
+    return CandidateEvaluator(OmegaConf.create(json.loads(key)))
+
+
+def evaluator_for(cfg: DictConfig) -> CandidateEvaluator:
+    """This process's evaluator for ``cfg`` (by ``config_key``), for calls outside a search (tests, notebooks)."""
+    return _evaluator(config_key(cfg))
+
+
 def evaluate_candidate(arch: str, cfg: DictConfig) -> Result:
-    """Train and score one architecture under the composed search config (dataset, template, space, trainer,
-    reward, seed). Tabular spaces (NAS-Bench-201) give the table's accuracy without training."""
-    start = time.perf_counter()
-    result = Result(status="failed")
-    try:
-        space = _instantiated(config_key(cfg.space))
-        if space.tabular:
-            result.accuracy = result.reward = float(space.lookup(arch))
-        else:
-            _train(arch, cfg, space, result)
-        result.status = "ok"
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a candidate's failure of any kind is recorded, never raised
-        result.error = f"{type(e).__name__}: {e}"
-    if result.status == "failed" or torch.cuda.is_available():
-        _release_memory()
-    result.wall_time = time.perf_counter() - start
-    return result
-
-
-def _train(arch: str, cfg: DictConfig, space, result: Result) -> None:
-    """Fill ``result`` step by step, so that whatever was measured before a failure is kept."""
-    block = space.parse(arch)
-    result.density = block.density()
-    _fit_block(block, cfg, candidate_seed(cfg.seed, space.canonical_hash(arch)), result)
-    result.reward = float(_instantiated(config_key(cfg.reward))(result.accuracy, result.flops, result.density))
+    """Train and score one architecture under ``cfg``, outside a search (a search's workers keep their own
+    ``CandidateEvaluator``)."""
+    return evaluator_for(cfg)(arch)
 
 
 def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result) -> None:
@@ -128,11 +168,11 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def prepare(cfg: DictConfig) -> None:
-    """Build the space and the reward once (a table must cover the space, and be scored by accuracy): a bad config
+def prepare(cfg: DictConfig, space: Any = None) -> None:
+    """Check that the space can be scored (a table must cover the space, and be scored by accuracy): a bad config
     stops the search with one message before anything is stored, instead of failing every candidate alike."""
-    space = _instantiated(config_key(cfg.space))
-    reward = _instantiated(config_key(cfg.reward))
+    space = instantiate(cfg.space) if space is None else space
+    reward = instantiate(cfg.reward)
     if space.tabular:
         if not isinstance(reward, AccuracyReward):
             raise UserError(f"a table space rewards the table's accuracy alone (it has no FLOPs or density), but "
@@ -141,22 +181,8 @@ def prepare(cfg: DictConfig) -> None:
 
 
 def try_recipe(arch: str, cfg: DictConfig) -> Result:
-    """Train one batch of the smallest block with the search's recipe, where candidates train (an executor runs
-    it like a candidate; ``arch`` is unused): a recipe, device or dataset that fails there would fail every
-    candidate, so it stops the search as bad input before its history exists."""
-    if _instantiated(config_key(cfg.space)).tabular:
-        return Result(status="ok")
-    try:
-        _fit_block(IDENTITY_BLOCK, _one_batch(cfg), cfg.seed, Result(status="failed"))
-    except DataError:
-        raise
-    except TemplateMismatch as e:
-        raise DataError(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - whatever breaks the smallest block would break every candidate
-        raise UserError(f"the search's recipe cannot train even the smallest block: {type(e).__name__}: {e}") from e
-    finally:
-        _release_memory()
-    return Result(status="ok")
+    """``CandidateEvaluator.try_recipe`` for ``cfg``, outside a search (``arch`` is unused)."""
+    return evaluator_for(cfg).try_recipe()
 
 
 def _one_batch(cfg: DictConfig) -> DictConfig:

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,6 +35,18 @@ TABLE_COLUMNS = (
 BEST_SUMMARY = ("reward", "accuracy", "arch", "flops", "params")
 # Numbers logged per candidate (history), besides the counters.
 LOGGED = ("iteration", "position", "reward", "accuracy", "flops", "params", "density", "epsilon", "cached")
+
+
+class Tracker(Protocol):
+    """What the search loops tell a tracker; it is opened and always closed by ``tracking(...)``."""
+
+    def tracking(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None
+                 ) -> contextlib.AbstractContextManager[None]: ...
+
+    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None,
+                      utilization: float | None = None) -> None: ...
+
+    def end_iteration(self, iteration: int, store: Store) -> None: ...
 
 
 class NoTracker:

@@ -146,15 +146,18 @@ class VirtualCluster(Batches):
     def pending(self) -> int:
         return len(self._queue) + len(self._running)
 
-    def submit(self, fn, key, arch, cfg) -> None:
-        self._queue.append((fn, key, arch, cfg))
+    def serve(self, factory) -> None:
+        self._evaluator = factory()
+
+    def submit(self, key, arch, cutoffs=None) -> None:
+        self._queue.append((key, arch, cutoffs))
         self._start()
 
     def _start(self) -> None:
         while self._queue and len(self._running) < self.capacity:
-            fn, key, arch, cfg = self._queue.pop(0)
+            key, arch, cutoffs = self._queue.pop(0)
             end = self.clock + duration(arch, self.durations)
-            heapq.heappush(self._running, (end, id(key), key, call(fn, arch, cfg)))
+            heapq.heappush(self._running, (end, id(key), key, call(self._evaluator, arch, cutoffs)))
 
     def next_finished(self):
         self.clock, _, key, result = heapq.heappop(self._running)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blockqnn.config import compose  # noqa: E402
 from blockqnn.evaluate import Result  # noqa: E402
 from blockqnn.executors import LocalExecutor, RayExecutor  # noqa: E402
+from blockqnn.executors.base import bound  # noqa: E402
 from blockqnn.search import search  # noqa: E402
 from blockqnn.spaces.nasbench201 import write_synthetic_table  # noqa: E402
 from blockqnn.store import Store  # noqa: E402
@@ -56,9 +57,10 @@ def overhead(executor, n: int) -> float:
     """Milliseconds per candidate through ``executor.map`` with the trivial evaluator, after one warm-up batch."""
     items = [(i, f"arch{i}") for i in range(n)]
     with executor:
-        list(executor.map(trivial, items[:8], None))
+        executor.serve(bound(trivial, None))
+        list(executor.map(items[:8]))
         start = time.perf_counter()
-        results = list(executor.map(trivial, items, None))
+        results = list(executor.map(items))
         seconds = time.perf_counter() - start
     assert sorted(p for p, _ in results) == list(range(n)) and all(r.status == "ok" for _, r in results)
     return 1000 * seconds / n

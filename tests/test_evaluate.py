@@ -11,7 +11,6 @@ from omegaconf import OmegaConf
 
 from blockqnn import evaluate
 from blockqnn.codes import Block
-from blockqnn.config import config_key
 from blockqnn.data import DataError
 from blockqnn.errors import UserError
 from blockqnn.evaluate import Result, candidate_seed, evaluate_candidate, try_recipe
@@ -174,7 +173,7 @@ def test_trying_the_recipe_accepts_any_validation_schedule(smoke):
 def test_table_space_is_looked_up_not_trained(compose, nb201_table, monkeypatch):
     monkeypatch.setattr(evaluate, "fit", lambda *a, **k: pytest.fail("a table space must not train"))
     cfg = compose("space=nasbench201", f"space.table={nb201_table}")
-    space = evaluate._instantiated(config_key(cfg.space))
+    space = evaluate.evaluator_for(cfg).space
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
     result = evaluate_candidate(arch, cfg)
     assert result.status == "ok" and result.accuracy == result.reward == space.lookup(arch)

@@ -12,6 +12,7 @@ import pytest
 
 from blockqnn.errors import UserError
 from blockqnn.executors import LocalExecutor, RayExecutor
+from blockqnn.executors.base import bound
 
 ITEMS = [(i, f"arch-{i}") for i in range(6)]
 
@@ -53,8 +54,14 @@ def waits_for_go(arch: str, cfg: dict) -> str:
     return arch
 
 
+def run(executor, fn, items, cfg):
+    """Serve ``fn`` bound to ``cfg``, then run ``items`` through it: what a search does with its evaluator."""
+    executor.serve(bound(fn, cfg))
+    return executor.map(items)
+
+
 def assert_finishing_order(executor, folder: Path) -> None:
-    results = executor.map(waits_for_go, [(0, "first"), (1, "second")], {"dir": str(folder)})
+    results = run(executor, waits_for_go, [(0, "first"), (1, "second")], {"dir": str(folder)})
     assert next(results) == (1, "second")
     (folder / "go").touch()
     assert next(results) == (0, "first")
@@ -63,8 +70,8 @@ def assert_finishing_order(executor, folder: Path) -> None:
 # ---- local ----------------------------------------------------------------------------------------------------
 def test_in_process_runs_each_candidate_and_contains_failures():
     with LocalExecutor(workers=0) as executor:
-        assert list(executor.map(echo, ITEMS, {"tag": "t"})) == [(i, (a.upper(), "t")) for i, a in ITEMS]
-        [(position, result)] = executor.map(broken, [(7, "x")], {})
+        assert list(run(executor, echo, ITEMS, {"tag": "t"})) == [(i, (a.upper(), "t")) for i, a in ITEMS]
+        [(position, result)] = run(executor, broken, [(7, "x")], {})
     assert position == 7 and result.status == "failed" and result.error == "ValueError: cannot build x"
 
 
@@ -72,15 +79,15 @@ def test_auto_is_in_process_without_several_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     with LocalExecutor() as executor:
         assert executor._pool == []
-        assert {pid for _, (_, _, pid) in executor.map(environment, ITEMS, {})} == {os.getpid()}
+        assert {pid for _, (_, _, pid) in run(executor, environment, ITEMS, {})} == {os.getpid()}
 
 
 @pytest.mark.slow
 def test_worker_per_gpu_pinned_and_long_lived(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # two GPUs as far as the executor can tell
     with LocalExecutor() as executor:
-        first = dict(executor.map(environment, ITEMS, {}))
-        second = dict(executor.map(environment, ITEMS, {}))
+        first = dict(run(executor, environment, ITEMS, {}))
+        second = dict(run(executor, environment, ITEMS, {}))
     assert sorted(first) == [i for i, _ in ITEMS]
     assert {gpu for gpu, _, _ in first.values()} == {"3", "5"}
     pids = {pid for _, _, pid in first.values()}
@@ -93,17 +100,17 @@ def test_cpu_workers_results_order_and_dead_workers(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr("blockqnn.executors.local.visible_gpus", lambda: [])
     with LocalExecutor(workers=2, threads=1) as executor:
-        assert sorted(executor.map(echo, ITEMS, {"tag": "w"})) == [(i, (a.upper(), "w")) for i, a in ITEMS]
-        envs = dict(executor.map(environment, ITEMS, {}))
+        assert sorted(run(executor, echo, ITEMS, {"tag": "w"})) == [(i, (a.upper(), "w")) for i, a in ITEMS]
+        envs = dict(run(executor, environment, ITEMS, {}))
         assert {(gpu, threads) for gpu, threads, _ in envs.values()} == {("", "1")}
 
         assert_finishing_order(executor, tmp_path)
 
-        results = dict(executor.map(dies_on, ITEMS, {"die": "arch-2"}))
+        results = dict(run(executor, dies_on, ITEMS, {"die": "arch-2"}))
         assert sorted(results) == [i for i, _ in ITEMS]
         assert results[2].status == "failed" and "worker process died (exit code 3)" in results[2].error
         assert all(results[i] == a for i, a in ITEMS if i != 2)
-        assert sorted(executor.map(echo, ITEMS, {"tag": "after"})) == [(i, (a.upper(), "after")) for i, a in ITEMS]
+        assert sorted(run(executor, echo, ITEMS, {"tag": "after"})) == [(i, (a.upper(), "after")) for i, a in ITEMS]
 
 
 def test_bad_worker_count():
@@ -137,7 +144,7 @@ def ray_instance():
 @pytest.mark.slow
 def test_ray_results_as_they_finish(ray_instance, tmp_path):
     with RayExecutor(num_cpus=1) as executor:
-        assert sorted(executor.map(echo, ITEMS, {"tag": "r"})) == [(i, (a.upper(), "r")) for i, a in ITEMS]
+        assert sorted(run(executor, echo, ITEMS, {"tag": "r"})) == [(i, (a.upper(), "r")) for i, a in ITEMS]
         assert_finishing_order(executor, tmp_path)
     assert ray_instance.is_initialized()  # an executor leaves a Ray instance it did not start running
 
@@ -145,8 +152,8 @@ def test_ray_results_as_they_finish(ray_instance, tmp_path):
 @pytest.mark.slow
 def test_ray_retries_lost_workers_then_records_failed(ray_instance, tmp_path):
     with RayExecutor(num_cpus=1, max_retries=1) as executor:
-        assert dict(executor.map(dies_once, [(0, "a"), (1, "b")], {"dir": str(tmp_path)})) == {0: "a", 1: "b"}
-        [(position, result)] = executor.map(dies_on, [(4, "x")], {"die": "x"})
+        assert dict(run(executor, dies_once, [(0, "a"), (1, "b")], {"dir": str(tmp_path)})) == {0: "a", 1: "b"}
+        [(position, result)] = run(executor, dies_on, [(4, "x")], {"die": "x"})
     assert position == 4 and result.status == "failed" and result.error.startswith("lost after 1 retries")
 
 
@@ -161,4 +168,4 @@ def test_bad_input_in_an_evaluator_stops_the_search_instead_of_failing_each_cand
     from blockqnn.errors import UserError
 
     with LocalExecutor(workers=workers, threads=1) as executor, pytest.raises(UserError, match="dataset not found"):
-        list(executor.map(missing_data, ITEMS, {"dir": str(tmp_path)}))
+        list(run(executor, missing_data, ITEMS, {"dir": str(tmp_path)}))

@@ -1,32 +1,90 @@
-"""Where candidates are evaluated: in this process, in long-lived local worker processes, or on a Ray cluster.
+"""What the search loops ask of an executor, and what every executor shares.
 
-Every executor offers the search loop ``submit(fn, key, arch, cfg)`` (run ``fn(arch, cfg)`` when a worker is
-free), ``next_finished()`` (wait for any submitted candidate; its ``(key, result)``), ``capacity`` (how many
-candidates run at once) and ``pending`` (submitted, not yet returned). The asynchronous loop keeps ``capacity``
-candidates in flight with these; ``map(fn, items, cfg)`` runs a batch of ``(key, arch)`` through them and yields
-``(key, result)`` in finishing order (the synchronous loop). A candidate whose process dies (killed, out of host
-memory) comes back as a failed result instead of stopping the search.
+An executor is told once what to run (``serve(factory)``: a picklable ``factory()`` that builds the evaluator; each
+worker builds it once, when it starts, and keeps it, with its data on the device, for every candidate), then offers
+``submit(key, arch, cutoffs)`` (evaluate ``arch`` when a worker is free), ``next_finished()`` (wait for any
+submitted candidate; its ``(key, result)``), ``capacity`` (how many candidates run at once) and ``pending``
+(submitted, not yet returned). The asynchronous loop keeps ``capacity`` candidates in flight with these;
+``map(items)`` runs a batch of ``(key, arch)`` through them and yields ``(key, result)`` in finishing order (the
+synchronous loop). A candidate whose process dies (killed, out of host memory) comes back as a failed result
+instead of stopping the search.
 
 The paper's distributed framework maps onto these: the *master* is the search loop with the agent, the
 *controller* is the executor handing blocks out, the *compute nodes* are the executor's workers (GPUs of this
 machine for ``local``, of a whole cluster for ``ray``).
 
-This module imports neither torch nor ray at load: worker processes set ``CUDA_VISIBLE_DEVICES`` before the
+This package imports neither torch nor ray at load: worker processes set ``CUDA_VISIBLE_DEVICES`` before the
 first ``import torch`` of the evaluator.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 from blockqnn.errors import UserError
 
-Evaluator = Callable[[str, Any], Any]
+Cutoffs = Mapping[int, float] | None  # epoch -> the accuracy a candidate must reach there to go on (stopping=asha)
+Evaluator = Callable[[str, Cutoffs], Any]  # evaluator(arch, cutoffs) -> blockqnn.evaluate.Result
+EvaluatorFactory = Callable[[], Evaluator]  # picklable: sent to each worker once
 # What stops a search (Ctrl-C, docker stop): the search process handles them; its workers never see them.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-Item = tuple[int, str]
+Item = tuple[Any, str]
+
+
+class Executor(Protocol):
+    """Where candidates are evaluated (the module docstring); a context manager that owns its workers."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def serve(self, factory: EvaluatorFactory) -> None:
+        """Build the evaluator where candidates run (bad input there, ``UserError``, is raised here)."""
+
+    def submit(self, key: Any, arch: str, cutoffs: Cutoffs = None) -> None: ...
+
+    def next_finished(self) -> tuple[Any, Any]: ...
+
+    def map(self, items: Iterable[Item]) -> Iterator[tuple[Any, Any]]: ...
+
+
+class Bound:
+    """An evaluator function of ``(arch, cfg)`` with its config: stand-ins in tests and benchmarks, and the plain
+    functions of ``blockqnn.evaluate``, served like the candidate evaluator (``serve(bound(fn, cfg))``)."""
+
+    def __init__(self, fn: Callable[[str, Any], Any], cfg: Any) -> None:
+        self.fn, self.cfg = fn, cfg
+
+    def __call__(self, arch: str, cutoffs: Cutoffs = None) -> Any:
+        return self.fn(arch, self.cfg)
+
+
+def bound(fn: Callable[[str, Any], Any], cfg: Any) -> EvaluatorFactory:
+    """A factory for ``Bound(fn, cfg)``; picklable when ``fn`` is a module-level function."""
+    return _Factory(Bound, fn, cfg)
+
+
+class _Factory:
+    """``cls(*args)`` on call: a picklable factory without lambdas."""
+
+    def __init__(self, cls: Callable[..., Evaluator], *args: Any) -> None:
+        self.cls, self.args = cls, args
+
+    def __call__(self) -> Evaluator:
+        return self.cls(*self.args)
+
+
+def factory(cls: Callable[..., Evaluator], *args: Any) -> EvaluatorFactory:
+    """A picklable factory that builds ``cls(*args)`` in the worker."""
+    return _Factory(cls, *args)
 
 
 def failed_result(error: str) -> Any:
@@ -36,35 +94,30 @@ def failed_result(error: str) -> Any:
     return Result(status="failed", error=error)
 
 
-def call(fn: Evaluator, arch: str, cfg: Any) -> Any:
-    """``fn(arch, cfg)``, with an escaping exception turned into a failed result (evaluators should not raise).
-
-    Bad input (``UserError``, e.g. data missing on this node) is no candidate's fault and would fail every one of
-    them: it is passed on to stop the search with one line."""
+def call(evaluator: Evaluator, arch: str, cutoffs: Cutoffs = None) -> Any:
+    """``evaluator(arch, cutoffs)``, with an escaping exception turned into a failed result (evaluators should not
+    raise). Bad input (``UserError``, e.g. data missing on this node) is no candidate's fault and would fail every
+    one of them: it is passed on to stop the search with one line."""
     try:
-        return fn(arch, cfg)
+        return evaluator(arch, cutoffs)
     except UserError:
         raise
     except Exception as e:  # one candidate must never stop the search
         return failed_result(f"{type(e).__name__}: {e}")
 
 
-
-
 class Batches:
     """``map`` on top of ``submit`` / ``next_finished``: the synchronous loop's batch of candidates."""
 
-    def map(self, fn: Evaluator, items: Iterable[Item], cfg: Any) -> Iterator[tuple[int, Any]]:
+    def map(self, items: Iterable[Item]) -> Iterator[tuple[Any, Any]]:
         count = 0
         for key, arch in items:
-            self.submit(fn, key, arch, cfg)
+            self.submit(key, arch)
             count += 1
         for _ in range(count):
             yield self.next_finished()
 
 
-
-
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

@@ -13,7 +13,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from blockqnn.executors.base import STOP_SIGNALS, Batches, Evaluator, call, failed_result
+from blockqnn.executors.base import STOP_SIGNALS, Batches, Cutoffs, Evaluator, EvaluatorFactory, call, failed_result
 from blockqnn.threads import cpu_threads, policy_env
 
 
@@ -53,10 +53,10 @@ class LocalExecutor(Batches):
         self.flops_per_thread = float(flops_per_thread)
         self._environ: dict[str, str | None] = {}
         self._pool: list[_Worker] = []
-        self._queue: deque[tuple[Any, str, bytes | tuple]] = deque()  # (key, arch, job) waiting for a worker
+        self._queue: deque[tuple[Any, str, Cutoffs]] = deque()  # (key, arch, cutoffs) waiting for a worker
         self._busy: dict[_Worker, Any] = {}
         self._finished: deque[tuple[Any, Any]] = deque()
-        self._job: tuple[Any, Any, bytes] | None = None
+        self._evaluator: Evaluator | None = None  # in-process
 
     def __enter__(self) -> LocalExecutor:
         gpus = visible_gpus()
@@ -95,35 +95,38 @@ class LocalExecutor(Batches):
     def pending(self) -> int:
         return len(self._queue) + len(self._busy) + len(self._finished)
 
-    def submit(self, fn: Evaluator, key: Any, arch: str, cfg: Any) -> None:
+    def serve(self, factory: EvaluatorFactory) -> None:
+        """Every worker builds its evaluator now, side by side (imports, data, the recipe's trial); in-process, this
+        process does. A worker that cannot (bad input) stops the search here."""
         if not self._pool:
-            self._queue.append((key, arch, (fn, cfg)))
+            self._evaluator = factory()
             return
-        self._queue.append((key, arch, self._pickled(fn, cfg)))
+        job = pickle.dumps(factory)
+        for worker in self._pool:
+            worker.send_factory(job)
+        for worker in self._pool:
+            worker.ready()
+
+    def submit(self, key: Any, arch: str, cutoffs: Cutoffs = None) -> None:
+        self._queue.append((key, arch, cutoffs))
         self._feed()
 
     def next_finished(self) -> tuple[Any, Any]:
         if not self._pool:
-            key, arch, (fn, cfg) = self._queue.popleft()
-            return key, call(fn, arch, cfg)
+            key, arch, cutoffs = self._queue.popleft()
+            return key, call(self._evaluator, arch, cutoffs)
         while not self._finished:
             self._collect()
         return self._finished.popleft()
-
-    def _pickled(self, fn: Evaluator, cfg: Any) -> bytes:
-        """The job sent to workers, pickled once per (evaluator, config) rather than once per candidate."""
-        if self._job is None or self._job[0] is not fn or self._job[1] is not cfg:
-            self._job = (fn, cfg, pickle.dumps((fn, cfg)))
-        return self._job[2]
 
     def _feed(self) -> None:
         for worker in self._pool:
             if not self._queue:
                 return
             if worker not in self._busy:
-                key, arch, job = self._queue.popleft()
+                key, arch, cutoffs = self._queue.popleft()
                 self._busy[worker] = key
-                worker.submit(key, arch, job)
+                worker.submit(key, arch, cutoffs)
 
     def _collect(self) -> None:
         busy = list(self._busy)
@@ -141,7 +144,7 @@ def _worker_env(index: int, gpus: list[str], threads: int) -> dict[str, str]:
 
 
 class _Worker:
-    """One spawned process serving candidates over a pipe; it keeps the last (fn, cfg) it was sent."""
+    """One spawned process serving candidates over a pipe with the evaluator it built from its factory."""
 
     def __init__(self, index: int, env: dict[str, str]) -> None:
         self.index, self.env = index, env
@@ -160,13 +163,25 @@ class _Worker:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
-        self._job: bytes | None = None
 
-    def submit(self, position: int, arch: str, job: bytes) -> None:
+    def send_factory(self, job: bytes) -> None:
+        self._factory = job
+        self.conn.send(job)
+
+    def ready(self) -> None:
+        """Wait until the evaluator is built; what stopped it (bad input, a dead process) is raised here."""
+        try:
+            error = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join()
+            raise RuntimeError(f"worker process died while starting (exit code {self.process.exitcode})") from None
+        if error is not None:
+            raise error
+
+    def submit(self, position: int, arch: str, cutoffs: Cutoffs) -> None:
         if not self.process.is_alive():
             self._restart()
-        self.conn.send((position, arch, None if job is self._job else job))
-        self._job = job
+        self.conn.send((position, arch, cutoffs))
 
     def receive(self, position: int) -> tuple[int, Any]:
         """The result for ``position``, or a failed one when the process died before sending it."""
@@ -182,9 +197,13 @@ class _Worker:
         return position, result
 
     def _restart(self) -> None:
+        """A new process in place of a dead one, with its evaluator built again."""
         self.conn.close()
         self.process.join()
         self._start()
+        if getattr(self, "_factory", None) is not None:
+            self.send_factory(self._factory)
+            self.ready()
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -200,17 +219,23 @@ class _Worker:
 
 
 def _serve(conn: Connection, env: dict[str, str]) -> None:
-    """A worker's life: set its device, then evaluate candidates until told to stop. Ctrl-C (sent to the whole
-    process group by a terminal) and SIGTERM are blocked: the search process decides, and stops its workers."""
+    """A worker's life: set its device, build the evaluator from the factory it is sent, then evaluate candidates
+    until told to stop. Ctrl-C (sent to the whole process group by a terminal) and SIGTERM are blocked: the search
+    process decides, and stops its workers."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     os.environ.update(env)
-    fn = cfg = None
+    evaluator = None
     while (message := conn.recv()) is not None:
-        position, arch, job = message
-        if job is not None:
-            fn, cfg = pickle.loads(job)
+        if isinstance(message, bytes):  # a factory: build the evaluator, then say ready (or why not)
+            try:
+                evaluator = pickle.loads(message)()
+                conn.send(None)
+            except Exception as e:  # bad input, raised again in the search process
+                conn.send(e)
+            continue
+        position, arch, cutoffs = message
         try:
-            result = call(fn, arch, cfg)
+            result = call(evaluator, arch, cutoffs)
         except Exception as e:  # bad input, raised again in the search process
             result = e
         conn.send((position, result))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from blockqnn.errors import UserError
-from blockqnn.executors.base import Batches, Evaluator, _first_line, call, failed_result
+from blockqnn.executors.base import Batches, Cutoffs, Evaluator, EvaluatorFactory, call, failed_result, first_line
 
 
 class RayExecutor(Batches):
@@ -38,9 +38,11 @@ class RayExecutor(Batches):
             except ConnectionError as e:
                 raise UserError(f"executor.address={self.address}: {e}") from None
             self._started = True
-        self._task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)(call)
+        options = dict(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)
+        self._task = ray.remote(**options)(_evaluate)
+        self._probe = ray.remote(**options)(_built)
         self._pending: dict[Any, Any] = {}
-        self._refs: tuple[Any, Any, Any, Any] | None = None
+        self._factory: Any = None
         return self
 
     @property
@@ -56,12 +58,16 @@ class RayExecutor(Batches):
     def pending(self) -> int:
         return len(self._pending)
 
-    def submit(self, fn: Evaluator, key: Any, arch: str, cfg: Any) -> None:
+    def serve(self, factory: EvaluatorFactory) -> None:
+        """The factory goes to the object store once; each Ray worker process builds its evaluator at its first
+        candidate and keeps it. One worker builds it now, so that bad input there stops the search at once."""
         import ray
 
-        if self._refs is None or self._refs[0] is not fn or self._refs[1] is not cfg:
-            self._refs = (fn, cfg, ray.put(fn), ray.put(cfg))  # shipped to the object store once, not per task
-        self._pending[self._task.remote(self._refs[2], arch, self._refs[3])] = key
+        self._factory = ray.put(_Tagged(factory))
+        self._get(self._probe.remote(self._factory))
+
+    def submit(self, key: Any, arch: str, cutoffs: Cutoffs = None) -> None:
+        self._pending[self._task.remote(self._factory, arch, cutoffs)] = key
 
     def next_finished(self) -> tuple[Any, Any]:
         import ray
@@ -70,11 +76,22 @@ class RayExecutor(Batches):
         (ref,), _ = ray.wait(list(self._pending), num_returns=1)
         key = self._pending.pop(ref)
         try:
-            return key, ray.get(ref)
+            return key, self._get(ref)
+        except RayError as e:
+            return key, failed_result(f"lost after {self.max_retries} retries: {first_line(e)}")
+
+    @staticmethod
+    def _get(ref: Any) -> Any:
+        """``ray.get``, with bad input raised in a task (``UserError``) raised as itself."""
+        import ray
+        from ray.exceptions import RayError
+
+        try:
+            return ray.get(ref)
         except RayError as e:
             if isinstance(getattr(e, "cause", None), UserError):
                 raise e.cause from None
-            return key, failed_result(f"lost after {self.max_retries} retries: {_first_line(e)}")
+            raise
 
     def __exit__(self, *exc: object) -> None:
         import ray
@@ -84,3 +101,28 @@ class RayExecutor(Batches):
             self._started = False
 
 
+class _Tagged:
+    """A factory with an identity that survives pickling: a Ray worker process keeps one evaluator per search."""
+
+    def __init__(self, factory: EvaluatorFactory) -> None:
+        import uuid
+
+        self.factory, self.tag = factory, uuid.uuid4().hex
+
+
+_EVALUATORS: dict[str, Evaluator] = {}  # per Ray worker process: tag -> its evaluator
+
+
+def _evaluator(tagged: _Tagged) -> Evaluator:
+    if tagged.tag not in _EVALUATORS:
+        _EVALUATORS.clear()  # a process serves one search at a time
+        _EVALUATORS[tagged.tag] = tagged.factory()
+    return _EVALUATORS[tagged.tag]
+
+
+def _built(tagged: _Tagged) -> None:
+    _evaluator(tagged)
+
+
+def _evaluate(tagged: _Tagged, arch: str, cutoffs: Cutoffs) -> Any:
+    return call(_evaluator(tagged), arch, cutoffs)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from blockqnn.agents.base import StreamAgent
 from blockqnn.errors import UserError
+from blockqnn.executors.base import EvaluatorFactory, bound, factory
 from blockqnn.resume import check_same_table, open_search_run
 from blockqnn.search.asynchronous import AsyncSearch
 from blockqnn.search.sync import SyncSearch
@@ -54,12 +55,9 @@ def search(
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
         tracker, progress = instantiate(cfg.logger), _progress(cfg)
         executor = executor or instantiate(cfg.executor)
-        trial = evaluate is None
-        evaluate = evaluate or prepared_evaluator(cfg)
         with executor:
             mode = loop_mode(cfg, store.get("mode") if resuming else None, executor, agent)
-            if trial:
-                try_recipe_on(executor, cfg)
+            executor.serve(evaluator_factory(cfg, space, evaluate))
             if not resuming:  # only once every part of the config has proved usable
                 store = Store.create(run_dir, cfg)
                 store.set("mode", mode)
@@ -68,11 +66,12 @@ def search(
                 agent.load_state_dict(restored[1])
             log.info("%s %s search in %s", "resuming" if resuming else "starting", mode, run_dir)
             with tracker.tracking(cfg, run_dir, store, group):
-                parts = (cfg, agent, space, store, executor, tracker, progress, evaluate)
+                parts = dict(agent=agent, space=space, store=store, executor=executor, tracker=tracker,
+                             progress=progress, failed_reward=cfg.failed_reward)
                 if mode == "sync":
-                    SyncSearch(*parts).run()
+                    SyncSearch(**parts).run()
                 else:
-                    AsyncSearch(*parts, prefetch=cfg.search.prefetch).run()
+                    AsyncSearch(**parts, prefetch=cfg.search.prefetch).run()
         best = store.best(1)
         return best[0] if best else None
     finally:
@@ -103,22 +102,17 @@ def _progress(cfg: DictConfig) -> Progress:
         raise UserError(str(e)) from None
 
 
-def prepared_evaluator(cfg: DictConfig) -> Callable[[str, DictConfig], Any]:
-    """``evaluate_candidate``, after building the space and reward once: a bad config stops the search with one
-    line before anything is stored. Imports torch, so only once the config is good."""
-    from blockqnn.evaluate import evaluate_candidate, prepare
+def evaluator_factory(cfg: DictConfig, space: Any, evaluate: Callable[[str, DictConfig], Any] | None
+                      ) -> EvaluatorFactory:
+    """What each worker builds once: the candidate evaluator over the search's own space, after checking here that
+    the space can be scored (a bad config stops the search with one line before anything is stored), trying the
+    recipe where candidates train; or ``evaluate(arch, cfg)``, a stand-in (tests, benchmarks), as given."""
+    if evaluate is not None:
+        return bound(evaluate, cfg)
+    from blockqnn.evaluate import CandidateEvaluator, prepare  # imports torch: only once the config is good
 
-    prepare(cfg)
-    return evaluate_candidate
-
-
-def try_recipe_on(executor: Any, cfg: DictConfig) -> None:
-    """One batch of the smallest block, trained by the executor where candidates train (a Ray worker's GPU, a
-    local worker): a recipe or data that fails there stops the search before its history exists."""
-    from blockqnn.evaluate import try_recipe
-
-    for _ in executor.map(try_recipe, [(0, "")], cfg):
-        pass
+    prepare(cfg, space)
+    return factory(CandidateEvaluator, cfg, space, True)
 
 
 def check_one_device(cfg: DictConfig) -> None:

@@ -36,7 +36,7 @@ from blockqnn.store import RUNNING
 Flight = tuple[dict[str, Any], list]  # a sampled block's row and its trajectory
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class AsyncSearch(Search):
     """See the module docstring."""
 
@@ -81,7 +81,7 @@ class AsyncSearch(Search):
         else:
             self.flying[h], self.waiting[h] = (row, trajectory), []
             self._commit([row])
-            self.executor.submit(self.evaluate, h, row["arch"], self.cfg)
+            self.executor.submit(h, row["arch"])
 
     def _finish(self, h: str, result: Any) -> None:
         """A result: its row and every repeat waiting for it, each incorporated, in one write."""

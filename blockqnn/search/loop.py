@@ -11,28 +11,28 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig
-
+from blockqnn.agents import BatchAgent, StreamAgent
+from blockqnn.executors.base import Executor
+from blockqnn.spaces import SearchSpace
 from blockqnn.store import Store
-from blockqnn.tracking import Progress
+from blockqnn.tracking import Progress, Tracker
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Search:
-    """The state of one running search, shared by both modes: recording, counting, progress. ``run`` is the loop."""
+    """The state of one running search, shared by both modes: recording, counting, progress. ``run`` is the loop.
+    The executor already serves the candidate evaluator; the loop hands it blocks."""
 
-    cfg: DictConfig
-    agent: Any
-    space: Any
+    agent: StreamAgent | BatchAgent
+    space: SearchSpace
     store: Store
-    executor: Any
-    tracker: Any
+    executor: Executor
+    tracker: Tracker
     progress: Progress
-    evaluate: Callable[[str, DictConfig], Any]  # blockqnn.evaluate.evaluate_candidate, or a stand-in in tests
+    failed_reward: float  # what the agent learns from a failed candidate
     seen: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # hash -> first evaluation
     counts: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
     best: dict[str, Any] | None = None
@@ -78,7 +78,7 @@ class Search:
             self.best = row
 
     def _reward(self, row: dict[str, Any]) -> float:
-        return row["reward"] if row["status"] == "ok" else float(self.cfg.failed_reward)
+        return row["reward"] if row["status"] == "ok" else float(self.failed_reward)
 
     @property
     def utilization(self) -> float:

@@ -58,6 +58,14 @@ class NSCSpace:
         self.start: Layer = Layer(0, 0, 0, 0, 0)
         self._actions = cache(self._layers_at)
 
+    def __getstate__(self) -> dict:
+        """Sent to worker processes without its cache of legal layers (rebuilt there on first use)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_actions"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._actions = cache(self._layers_at)
+
     def actions(self, state: Layer) -> tuple[Layer, ...]:
         return self._actions(state.index + 1)[0]
 
