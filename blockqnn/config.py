@@ -79,6 +79,19 @@ MOVED_TARGETS = {
 }
 
 
+# Sections added since, as a history written before them ran: a resume adopts these instead of today's defaults.
+ADDED_SECTIONS = {"stopping": {"_target_": "blockqnn.stopping.NoStopping"}}
+
+
+def current_config(cfg: DictConfig) -> DictConfig:
+    """A stored config in today's terms, in place: moved targets renamed, sections added since filled in as the
+    run had them."""
+    for key, value in ADDED_SECTIONS.items():
+        if key not in cfg:
+            cfg[key] = value
+    return current_targets(cfg)
+
+
 def current_targets(cfg: DictConfig) -> DictConfig:
     """``cfg`` (a stored config) with every moved ``_target_`` renamed to where the class lives now, in place."""
     for key in list(cfg.keys()):

@@ -28,9 +28,10 @@ from blockqnn.codes import Block
 from blockqnn.config import config_key
 from blockqnn.data import datamodule
 from blockqnn.errors import DataError, TemplateMismatch, UserError
-from blockqnn.fit import Classifier, fit, on_gpu, quiet
+from blockqnn.fit import Classifier, RungStop, fit, on_gpu, quiet
 from blockqnn.network import network_complexity
 from blockqnn.reward import AccuracyReward
+from blockqnn.stopping import STOPPED
 from blockqnn.threads import candidate_threads, torch_threads
 
 IDENTITY_BLOCK = Block.parse("(1,4,0,0,0),(2,7,0,0,0)")
@@ -40,11 +41,12 @@ IDENTITY_BLOCK = Block.parse("(1,4,0,0,0),(2,7,0,0,0)")
 class Result:
     """What a candidate earned; plain data (``dataclasses.asdict``) for the store, the agent and the logs.
 
-    accuracy is the validation accuracy (a fraction) after the last epoch; flops are forward FLOPs per image;
-    epochs counts the epochs completed; fields not reached before a failure stay None.
+    accuracy is the validation accuracy (a fraction) after the last epoch trained; flops are forward FLOPs per
+    image; epochs counts the epochs completed and curve holds the validation accuracy after each of them (None
+    where the recipe did not validate); fields not reached before a failure stay None.
     """
 
-    status: str  # "ok" | "failed"
+    status: str  # "ok" | "stopped" (at a rung, blockqnn.stopping) | "failed"
     accuracy: float | None = None
     reward: float | None = None
     flops: float | None = None
@@ -53,6 +55,7 @@ class Result:
     epochs: int = 0
     wall_time: float = 0.0
     error: str | None = None
+    curve: list[float | None] | None = None
 
 
 def candidate_seed(seed: int, arch_key: str) -> int:
@@ -79,9 +82,9 @@ class CandidateEvaluator:
         try:
             if self.space.tabular:
                 result.accuracy = result.reward = float(self.space.lookup(arch))
+                result.status = "ok"
             else:
-                self._train(arch, result)
-            result.status = "ok"
+                self._train(arch, result, cutoffs)
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - a candidate's failure of any kind is recorded, never raised
@@ -91,12 +94,14 @@ class CandidateEvaluator:
         result.wall_time = time.perf_counter() - start
         return result
 
-    def _train(self, arch: str, result: Result) -> None:
+    def _train(self, arch: str, result: Result, cutoffs: Mapping[int, float] | None) -> None:
         """Fill ``result`` step by step, so that whatever was measured before a failure is kept."""
         block = self.space.parse(arch)
         result.density = block.density()
-        _fit_block(block, self.cfg, candidate_seed(self.cfg.seed, self.space.canonical_hash(arch)), result)
+        seed = candidate_seed(self.cfg.seed, self.space.canonical_hash(arch))
+        stopped = _fit_block(block, self.cfg, seed, result, cutoffs)
         result.reward = float(self.reward(result.accuracy, result.flops, result.density))
+        result.status = STOPPED if stopped else "ok"
 
     def try_recipe(self) -> Result:
         """Train one batch of the smallest block with the search's recipe: what fails there would fail every
@@ -133,9 +138,10 @@ def evaluate_candidate(arch: str, cfg: DictConfig) -> Result:
     return evaluator_for(cfg)(arch)
 
 
-def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result) -> None:
-    """Size and train ``block``'s network into ``result``. The global RNG is seeded for the candidate and
-    restored afterwards: the caller's random state is not touched."""
+def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result,
+               cutoffs: Mapping[int, float] | None = None) -> bool:
+    """Size and train ``block``'s network into ``result``; whether it was stopped at a rung (``cutoffs``). The
+    global RNG is seeded for the candidate and restored afterwards: the caller's random state is not touched."""
     recipe = cfg.trainer
     gpu = on_gpu(recipe)
     with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if gpu else []):
@@ -148,15 +154,18 @@ def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result) -> None
         )
         module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,
                                         recipe, gpu)
+        rungs = RungStop(cutoffs or {})
         try:
             with quiet(), torch_threads(candidate_threads(result.flops)):
-                fit(module, data, recipe)
+                fit(module, data, recipe, callbacks=[rungs] if cutoffs else ())
         finally:
             result.epochs = len(module.history)
+            result.curve = [epoch.get("val_acc") for epoch in module.history]
     if not module.history or module.history[-1].get("val_acc") is None:
         raise ValueError("no validation accuracy: the recipe validated nothing (dataset.val_size or "
                          "trainer.limit_val_batches is 0)")
     result.accuracy = module.history[-1]["val_acc"]
+    return rungs.stopped_at is not None
 
 
 def _release_memory() -> None:

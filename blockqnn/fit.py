@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -103,6 +103,11 @@ class Classifier(L.LightningModule):
         x, y = batch
         self.val_acc.update(self(x), y)
 
+    @property
+    def epoch_val_acc(self) -> float | None:
+        """This epoch's validation accuracy once validated (callbacks' ``on_train_epoch_end`` runs after it)."""
+        return self._val
+
     def on_validation_epoch_end(self) -> None:
         self._val = self.val_acc.compute().item()
         self.val_acc.reset()
@@ -115,6 +120,21 @@ class Classifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log("test_acc", self.test_acc.compute().item())
         self.test_acc.reset()
+
+
+class RungStop(Callback):
+    """Stops ``fit`` at the end of a rung epoch whose validation accuracy is below the rung's cutoff."""
+
+    def __init__(self, cutoffs: Mapping[int, float]) -> None:
+        self.cutoffs = {int(epoch): float(acc) for epoch, acc in cutoffs.items()}
+        self.stopped_at: int | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        accuracy = getattr(pl_module, "epoch_val_acc", None)
+        if epoch in self.cutoffs and accuracy is not None and accuracy < self.cutoffs[epoch]:
+            self.stopped_at = epoch
+            trainer.should_stop = True
 
 
 def on_gpu(cfg: DictConfig) -> bool:

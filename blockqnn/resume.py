@@ -33,7 +33,7 @@ LOCATION_KEYS = ("root", "download", "table", "accelerator", "cudnn_benchmark", 
 PATH_KEYS = ("root", "table")
 
 # Config sections that give a search's stored candidates their meaning: a resumed search must agree on all of them.
-HISTORY_KEYS = ("seed", "space", "dataset", "template", "trainer", "reward", "agent", "failed_reward")
+HISTORY_KEYS = ("seed", "space", "dataset", "template", "trainer", "reward", "agent", "failed_reward", "stopping")
 
 # A train folder: its config file, checkpoints, and the checkpoint a resume continues from.
 CONFIG_FILE, CHECKPOINTS, LAST = "config.yaml", "checkpoints", "last.ckpt"

@@ -82,6 +82,7 @@ class SearchConfig(RunConfig):
     agent: Any = MISSING
     reward: Any = MISSING
     executor: Any = MISSING
+    stopping: Any = MISSING
     failed_reward: float = 0.0
     search: LoopConfig = field(default_factory=LoopConfig)
     progress: ProgressConfig = field(default_factory=ProgressConfig)
@@ -277,6 +278,32 @@ class AccuracyReward:
     pass
 
 
+@member
+class ASHA:
+    eta: int = setting(ge=2)
+    min_epoch: int = setting(**POSITIVE)
+    max_epochs: int = setting(**POSITIVE)
+    rungs: list[int] | None = setting()  # null: min_epoch * eta**k below max_epochs
+
+    @staticmethod
+    def rule(values: Mapping[str, Any]) -> str | None:
+        last = values.get("max_epochs", 1)
+        rungs = values.get("rungs")
+        if rungs:
+            bad = [r for r in rungs if not 1 <= r < last]
+            if bad:
+                return f"rungs={list(rungs)}: expected epochs from 1 to below trainer.max_epochs ({last})"
+        elif values.get("min_epoch", 1) >= last:
+            return (f"min_epoch={values['min_epoch']}: no rung below trainer.max_epochs ({last}); lower it, or use "
+                    "stopping=none")
+        return None
+
+
+@member
+class NoStopping:
+    pass
+
+
 AUTO, DEVICES, WARN = "auto", r"auto|\d+(,\d+)*,?", "warn"  # patterns of the strings a setting takes
 PATTERN_WORDS = {AUTO: "auto", DEVICES: "auto or device indices such as 0,1", WARN: "warn"}
 
@@ -417,6 +444,8 @@ TARGETS: dict[str, type] = {
     "blockqnn.executors.RayExecutor": RayExecutor,
     "blockqnn.tracking.WandbTracker": WandbTracker,
     "blockqnn.tracking.NoTracker": NoTracker,
+    "blockqnn.stopping.ASHA": ASHA,
+    "blockqnn.stopping.NoStopping": NoStopping,
     "torch.optim.Adam": Adam,
     "torch.optim.SGD": SGD,
     "torch.optim.lr_scheduler.StepLR": StepLR,

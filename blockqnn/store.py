@@ -12,8 +12,10 @@ Tables (``blockqnn.report`` reads them by these names):
 * ``candidates``: one row per sampled block, keyed by ``(iteration, position)`` in the agent's batch (in
   asynchronous mode, the block's sampling order ``iteration * B + position``); ``cached = 1`` marks a block whose
   canonical hash was already evaluated in this run (metrics copied, not trained). Status ``running``: dispatched
-  (asynchronous mode), with its epsilon and ``dispatched_at``, not finished yet; ``sampled_event`` and
-  ``incorporated_event`` number the agent's asynchronous events (see ``blockqnn.search``);
+  (asynchronous mode), with its epsilon and ``dispatched_at``, not finished yet; status ``stopped``: stopped at a
+  rung (``blockqnn.stopping``), a finished outcome; ``curve`` is the validation accuracy after each epoch trained
+  (JSON, a list in the rows read); ``sampled_event`` and ``incorporated_event`` number the agent's asynchronous
+  events (see ``blockqnn.search.asynchronous``);
 * ``agent_checkpoints(iteration, state)``: the agent's JSON state after ``iteration`` finished (asynchronous mode:
   after event number ``iteration``). Writing it is what marks the iteration done; only the latest one is kept
   (states grow with the replay memory).
@@ -32,20 +34,22 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from blockqnn.config import current_targets
+from blockqnn.config import current_config
 from blockqnn.errors import StoreError
 
 DB_NAME = "history.sqlite"
 # 2: the event log of asynchronous search (running candidates, numbered events). 3: exact canonical hashes, and the
 # NSC space's add/concat take two different inputs in order, so an older history gives the same block other hashes
-# and its agent state names actions the space no longer has.
-SCHEMA_VERSION = "3"
+# and its agent state names actions the space no longer has. 4: learning curves (curve) and the status stopped; a
+# version-3 history is upgraded in place when a search opens it for writing (the column added, nothing rewritten).
+SCHEMA_VERSION = "4"
+UPGRADABLE = {"3": ("curve",)}  # version -> the candidate columns it lacks
 RUNNING = "running"
 
 CANDIDATE_COLUMNS = (
     "iteration", "position", "arch", "hash", "status", "accuracy", "reward", "flops", "params", "density",
     "epsilon", "epochs", "wall_time", "error", "cached", "started_at", "finished_at", "dispatched_at",
-    "sampled_event", "incorporated_event",
+    "sampled_event", "incorporated_event", "curve",
 )
 _SCHEMA = """
 CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT);
@@ -53,7 +57,7 @@ CREATE TABLE candidates (
     iteration INTEGER, position INTEGER, arch TEXT, hash TEXT, status TEXT, accuracy REAL, reward REAL,
     flops REAL, params INTEGER, density REAL, epsilon REAL, epochs INTEGER, wall_time REAL, error TEXT,
     cached INTEGER, started_at REAL, finished_at REAL, dispatched_at REAL, sampled_event INTEGER,
-    incorporated_event INTEGER, PRIMARY KEY (iteration, position));
+    incorporated_event INTEGER, curve TEXT, PRIMARY KEY (iteration, position));
 CREATE INDEX candidates_hash ON candidates (hash);
 CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
 """
@@ -117,7 +121,18 @@ class Store:
         if readonly:
             return cls(conn, path)
         conn.close()
-        return cls(_connect(path), path)
+        store = cls(_connect(path), path)
+        store._upgrade()
+        return store
+
+    def _upgrade(self) -> None:
+        """An older history this blockqnn can continue gets the columns it lacks, in one transaction."""
+        version = self.get("schema_version")
+        with self.conn:
+            for column in UPGRADABLE.get(version, ()):
+                self.conn.execute(f"ALTER TABLE candidates ADD COLUMN {column}")
+            if version != SCHEMA_VERSION:
+                self.conn.execute("UPDATE run SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self.conn.close()
@@ -145,14 +160,14 @@ class Store:
     def record(self, row: Mapping[str, Any]) -> None:
         """Store one finished (or cached) candidate; columns missing from ``row`` are NULL."""
         with self.conn:
-            self.conn.execute(_INSERT, [row.get(c) for c in CANDIDATE_COLUMNS])
+            self.conn.execute(_INSERT, _values(row))
 
     def write(self, rows: Sequence[Mapping[str, Any]], checkpoint: tuple[int, Mapping[str, Any]] | None = None
               ) -> None:
         """Store (or replace: a ``running`` row by its result) ``rows`` and, when given, the agent checkpoint
         ``(key, state)``, in one transaction: the asynchronous loop's unit of progress."""
         with self.conn:
-            self.conn.executemany(_UPSERT, [[row.get(c) for c in CANDIDATE_COLUMNS] for row in rows])
+            self.conn.executemany(_UPSERT, [_values(row) for row in rows])
             if checkpoint is not None:
                 self._checkpoint(*checkpoint)
 
@@ -175,7 +190,11 @@ class Store:
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         cursor = self.conn.execute(sql, args)
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor]
+        rows = [dict(zip(names, row)) for row in cursor]
+        for row in rows:
+            if isinstance(row.get("curve"), str):
+                row["curve"] = json.loads(row["curve"])
+        return rows
 
     # ---- agent checkpoints --------------------------------------------------------------------------------------
     def checkpoint(self, iteration: int, state: Mapping[str, Any]) -> None:
@@ -192,6 +211,15 @@ class Store:
         """``(iteration, state)`` of the last finished iteration, or None before the first one finished."""
         row = self.conn.execute("SELECT iteration, state FROM agent_checkpoints ORDER BY iteration DESC").fetchone()
         return None if row is None else (row[0], _decode_state(row[1], row[0], self.path))
+
+
+def _values(row: Mapping[str, Any]) -> list[Any]:
+    """A row's column values; its curve as JSON text."""
+    values = [row.get(c) for c in CANDIDATE_COLUMNS]
+    curve = CANDIDATE_COLUMNS.index("curve")
+    if isinstance(values[curve], list):
+        values[curve] = json.dumps(values[curve])
+    return values
 
 
 _INSERT = f"INSERT INTO candidates ({', '.join(CANDIDATE_COLUMNS)}) VALUES ({', '.join('?' * len(CANDIDATE_COLUMNS))})"
@@ -234,15 +262,17 @@ def _check_version(conn: sqlite3.Connection, path: Path) -> None:
         return  # not a history at all: reported by the table check
     row = conn.execute("SELECT value FROM run WHERE key = 'schema_version'").fetchone()
     version = None if row is None else row[0]
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION and version not in UPGRADABLE:
         raise StoreError(f"{path} has history schema version {version}, this blockqnn reads version {SCHEMA_VERSION}"
                          ": continue it with the blockqnn that wrote it, or start a new search")
 
 
 def _missing(conn: sqlite3.Connection) -> str:
-    """The tables the file lacks, else the columns (as ``table.column``); empty when it has all ``_COLUMNS``."""
+    """The tables the file lacks, else the columns (as ``table.column``); empty when it has all ``_COLUMNS`` (or
+    lacks only what an upgrade adds)."""
     found = set(conn.execute("SELECT m.name, p.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p "
                              "WHERE m.type = 'table'"))
+    found |= {("candidates", c) for added in UPGRADABLE.values() for c in added}
     tables = [t for t in _COLUMNS if t not in {table for table, _ in found}]
     if tables:
         return f"tables: {', '.join(tables)}"
@@ -262,7 +292,7 @@ def _parse_config(text: str | None, path: Path) -> DictConfig:
         config = None
     if not isinstance(config, DictConfig):
         raise _corrupt(path, "the stored config is not a YAML mapping")
-    return current_targets(config)
+    return current_config(config)
 
 
 def _decode_state(text: Any, iteration: int, path: Path) -> dict[str, Any]:

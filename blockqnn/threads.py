@@ -49,6 +49,11 @@ def cpu_threads(concurrent: int) -> int:
     return max(1, usable_cores() // max(concurrent, 1))
 
 
+def cpu_workers(threads: int) -> int:
+    """Candidates of ``threads`` threads each that the usable cores hold at once (at least one)."""
+    return max(1, usable_cores() // max(threads, 1))
+
+
 def candidate_threads(flops: float, flops_per_thread: float | None = None, budget: int | None = None) -> int | None:
     """Threads for one candidate of ``flops`` forward FLOPs per image: one per ``flops_per_thread`` (0: no size
     rule), at least one, at most the budget. Both default to the executor's policy (``policy_env``); None when

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
+from blockqnn.stopping import STOPPED
 from blockqnn.store import Store
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class WandbTracker(NoTracker):
     def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None,
                       utilization: float | None = None) -> None:
         metrics = {k: row[k] for k in LOGGED if row.get(k) is not None}
-        metrics.update(candidate=count, failed=int(row["status"] != "ok"))
+        metrics.update(candidate=count, failed=int(row["status"] == "failed"), stopped=int(row["status"] == STOPPED))
         if utilization is not None:
             metrics["utilization"] = utilization
         if best is not None:
@@ -186,8 +187,9 @@ class Progress:
 
     def update(self, *, iteration: int, iterations: int, epsilon: float, done: int, total: int, cached: int,
                failed: int, best: float | None, new: int = 0, final: bool = False, in_flight: int = 0,
-               utilization: float | None = None) -> None:
-        """Refresh after ``new`` more candidates of this session (``done`` of ``total`` in the whole search)."""
+               utilization: float | None = None, stopped: tuple[int, int] | None = None) -> None:
+        """Refresh after ``new`` more candidates of this session (``done`` of ``total`` in the whole search);
+        ``stopped``: candidates stopped at a rung and the candidate-epochs that saved (when stopping is on)."""
         self._session_done += new
         now = time.monotonic()
         elapsed = now - self._started
@@ -195,9 +197,10 @@ class Progress:
         eta = (total - done) / rate if rate > 0 else math.nan
         best_text = "-" if best is None else f"{best:.4f}"
         busy = "" if utilization is None else f"workers busy {utilization:.0%}  "
+        stops = "" if stopped is None else f"stopped {stopped[0]} (-{stopped[1]} epochs), "
         self.text = (
             f"iteration {min(iteration + 1, iterations)}/{iterations}  epsilon {epsilon:.2f}  "
-            f"candidates {done}/{total} (cached {cached}, failed {failed}, in flight {in_flight})  "
+            f"candidates {done}/{total} (cached {cached}, failed {failed}, {stops}in flight {in_flight})  "
             f"best reward {best_text}  {busy}elapsed {_clock(elapsed)}  remaining {_clock(eta)}"
         )
         if self.mode == "line":

@@ -46,8 +46,9 @@ def nb201_table(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def table_search(nb201_table):
-    """Overrides for a fast, deterministic search on the table space (no training, no tracking, silent)."""
+    """Overrides for a fast, deterministic search on the table space (no training, no tracking, silent), in the
+    test's process (so its stand-in evaluators need not be picklable) unless a test names its workers."""
     return [
         "space=nasbench201", f"space.table={nb201_table}", "reward=accuracy", "logger=none", "progress.mode=off",
-        "agent.batch_size=8", "agent.schedule_scale=0.05", "agent.alpha=0.2",
+        "agent.batch_size=8", "agent.schedule_scale=0.05", "agent.alpha=0.2", "executor.workers=0",
     ]

@@ -124,7 +124,7 @@ def test_any_exception_fails_the_candidate(smoke, monkeypatch):
     monkeypatch.setattr(evaluate, "fit", boom)
     result = evaluate_candidate(RESIDUAL, smoke())
     assert result == Result(status="failed", flops=result.flops, params=result.params, density=result.density,
-                            wall_time=result.wall_time, error="ValueError: boom at step 3")
+                            wall_time=result.wall_time, error="ValueError: boom at step 3", curve=[])
 
 
 def test_missing_dataset_is_raised_not_recorded(compose):

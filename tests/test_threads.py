@@ -64,3 +64,19 @@ def test_worker_processes_receive_their_share(monkeypatch):
         pass
     assert [e[threads.BUDGET_ENV] for e in seen] == ["3", "3"] and seen[0]["OMP_NUM_THREADS"] == "3"
     assert float(seen[0][threads.SIZE_ENV]) == 1e6
+
+
+def test_auto_workers_fill_a_machine_without_gpus(monkeypatch):
+    """One single-thread worker per usable core (affinity, capped by a cgroup quota); threads=N packs N per worker;
+    one core left means in-process; GPUs keep one worker per GPU (times workers_per_gpu)."""
+    monkeypatch.setattr(threads, "cgroup_quota", lambda: None)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert LocalExecutor()._auto_workers([]) == 8
+    assert LocalExecutor(threads=2)._auto_workers([]) == 4
+    assert LocalExecutor(threads=8)._auto_workers([]) == 0
+    monkeypatch.setattr(threads, "cgroup_quota", lambda: 3.0)  # a container's quota below its affinity
+    assert LocalExecutor()._auto_workers([]) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert LocalExecutor()._auto_workers([]) == 0
+    assert LocalExecutor()._auto_workers(["0"]) == 0 and LocalExecutor()._auto_workers(["0", "1"]) == 2
+    assert LocalExecutor(workers_per_gpu=3)._auto_workers(["0"]) == 3

@@ -2,7 +2,8 @@
 architecture, so the same block always takes the same time), logs each evaluation it starts to the file named by
 ``BLOCKQNN_TEST_EVALUATIONS`` (one line per evaluation, appended atomically, from any worker process), then scores
 the block from the table space. It imports no torch (a worker process starts in a second, not twenty, on a busy
-machine). ``python -m tests.timed RUN_DIR OVERRIDES...`` runs a search with it."""
+machine). ``python -m tests.timed RUN_DIR OVERRIDES...`` runs a search with it; ``python -m tests.timed --curves
+RUN_DIR OVERRIDES...`` one with ``CurveEvaluator`` (learning curves, stopping at rungs)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ class TableResult:
     wall_time: float
 
 
+@dataclass
+class CurveResult(TableResult):
+    epochs: int
+    curve: list[float]
+
+
 @cache
 def _space(key: str):
     return instantiate(json.loads(key))
@@ -53,13 +60,45 @@ def timed_evaluate(arch: str, cfg) -> TableResult:
     return TableResult("ok", accuracy, accuracy, seconds(arch))
 
 
+class CurveEvaluator:
+    """A stand-in that trains by the table: ``epochs`` epochs whose validation accuracy rises to the block's table
+    accuracy (a per-block shape drawn from the architecture), stopped at a rung below its cutoff as
+    ``blockqnn.fit.RungStop`` would. What the loop's stopping needs, in milliseconds and without torch."""
+
+    def __init__(self, cfg) -> None:
+        self.space, self.epochs = instantiate(cfg.space), int(cfg.trainer.max_epochs)
+
+    def curve(self, arch: str) -> list[float]:
+        final = float(self.space.lookup(arch))
+        speed = 0.5 + int(hashlib.sha256(arch.encode()).hexdigest()[8:16], 16) / 0xFFFFFFFF
+        rising = [round(final * (1 - 0.5 ** (speed * e)) / (1 - 0.5 ** (speed * self.epochs)), 6)
+                  for e in range(1, self.epochs)]
+        return [*rising, final]  # the table's own accuracy at the full budget
+
+    def __call__(self, arch: str, cutoffs=None) -> CurveResult:
+        curve = self.curve(arch)
+        for epoch, cutoff in sorted((cutoffs or {}).items()):
+            if curve[epoch - 1] < cutoff:
+                curve = curve[:epoch]
+                break
+        stopped = len(curve) < self.epochs
+        return CurveResult("stopped" if stopped else "ok", curve[-1], curve[-1], 0.001 * len(curve), len(curve),
+                           curve)
+
+
 def evaluations(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
 if __name__ == "__main__":
     from blockqnn.config import compose
+    from blockqnn.executors.base import factory
     from blockqnn.search import search
 
-    run_dir, *overrides = sys.argv[1:]
-    search(compose("search", overrides), Path(run_dir), evaluate=timed_evaluate)
+    if sys.argv[1] == "--curves":  # the CurveEvaluator
+        run_dir, *overrides = sys.argv[2:]
+        cfg = compose("search", overrides)
+        search(cfg, Path(run_dir), evaluator=factory(CurveEvaluator, cfg))
+    else:
+        run_dir, *overrides = sys.argv[1:]
+        search(compose("search", overrides), Path(run_dir), evaluate=timed_evaluate)

@@ -5,16 +5,16 @@ worker builds it once, when it starts, and keeps it, with its data on the device
 ``submit(key, arch, cutoffs)`` (evaluate ``arch`` when a worker is free), ``next_finished()`` (wait for any
 submitted candidate; its ``(key, result)``), ``capacity`` (how many candidates run at once) and ``pending``
 (submitted, not yet returned). The asynchronous loop keeps ``capacity`` candidates in flight with these;
-``map(items)`` runs a batch of ``(key, arch)`` through them and yields ``(key, result)`` in finishing order (the
-synchronous loop). A candidate whose process dies (killed, out of host memory) comes back as a failed result
+``map(items, cutoffs)`` runs a batch of ``(key, arch)`` through them and yields ``(key, result)`` in finishing order
+(the synchronous loop). A candidate whose process dies (killed, out of host memory) comes back as a failed result
 instead of stopping the search.
 
-The paper's distributed framework maps onto these: the *master* is the search loop with the agent, the
-*controller* is the executor handing blocks out, the *compute nodes* are the executor's workers (GPUs of this
-machine for ``local``, of a whole cluster for ``ray``).
+The paper's distributed framework maps onto these: the *master* is the search loop with the agent, the *controller*
+is the executor handing blocks out, the *compute nodes* are the executor's workers (GPUs of this machine for
+``local``, of a whole cluster for ``ray``).
 
-This package imports neither torch nor ray at load: worker processes set ``CUDA_VISIBLE_DEVICES`` before the
-first ``import torch`` of the evaluator.
+This package imports neither torch nor ray at load: worker processes set ``CUDA_VISIBLE_DEVICES`` before the first
+``import torch`` of the evaluator.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Executor(Protocol):
 
     def next_finished(self) -> tuple[Any, Any]: ...
 
-    def map(self, items: Iterable[Item]) -> Iterator[tuple[Any, Any]]: ...
+    def map(self, items: Iterable[Item], cutoffs: Cutoffs = None) -> Iterator[tuple[Any, Any]]: ...
 
 
 class Bound:
@@ -109,10 +109,10 @@ def call(evaluator: Evaluator, arch: str, cutoffs: Cutoffs = None) -> Any:
 class Batches:
     """``map`` on top of ``submit`` / ``next_finished``: the synchronous loop's batch of candidates."""
 
-    def map(self, items: Iterable[Item]) -> Iterator[tuple[Any, Any]]:
+    def map(self, items: Iterable[Item], cutoffs: Cutoffs = None) -> Iterator[tuple[Any, Any]]:
         count = 0
         for key, arch in items:
-            self.submit(key, arch)
+            self.submit(key, arch, cutoffs)
             count += 1
         for _ in range(count):
             yield self.next_finished()

@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from blockqnn.executors.base import STOP_SIGNALS, Batches, Cutoffs, Evaluator, EvaluatorFactory, call, failed_result
-from blockqnn.threads import cpu_threads, policy_env
+from blockqnn.threads import cpu_threads, cpu_workers, policy_env
 
 
 def visible_gpus() -> list[str]:
@@ -35,11 +35,13 @@ def visible_gpus() -> list[str]:
 class LocalExecutor(Batches):
     """Candidates on this machine: one at a time in this process, or long-lived worker processes.
 
-    ``workers``: ``auto`` is ``workers_per_gpu`` workers per visible GPU when that makes more than one, else
-    in-process (0); a number forces that many workers (GPU i % count each, or CPU workers). Several workers per GPU
-    pack small candidates onto a big GPU. ``threads``: the torch threads a worker's candidates may use (``auto``: the
-    cores this process may use divided among the workers, ``blockqnn.threads``); ``flops_per_thread``: a candidate
-    gets one thread per that many forward FLOPs per image, within that budget (0: always the whole budget).
+    ``workers``: ``auto`` is ``workers_per_gpu`` workers per visible GPU when that makes more than one; on a machine
+    without GPUs, as many CPU workers as the usable cores hold at ``threads`` each (``auto``: one thread, what a
+    small candidate trains fastest on); in-process (0) when that is one. A number forces that many workers (GPU
+    i % count each, or CPU workers). Several workers per GPU pack small candidates onto a big GPU. ``threads``: the
+    torch threads a worker's candidates may use (``auto``: the cores this process may use divided among the
+    workers, ``blockqnn.threads``); ``flops_per_thread``: a candidate gets one thread per that many forward FLOPs
+    per image, within that budget (0: always the whole budget).
     Workers pay imports, CUDA start-up and data loading once, then serve candidates until the search ends.
     """
 
@@ -60,8 +62,7 @@ class LocalExecutor(Batches):
 
     def __enter__(self) -> LocalExecutor:
         gpus = visible_gpus()
-        slots = len(gpus) * self.workers_per_gpu
-        count = (slots if slots > 1 else 0) if self.workers == "auto" else self.workers
+        count = self._auto_workers(gpus) if self.workers == "auto" else self.workers
         threads = cpu_threads(count) if self.threads == "auto" else int(self.threads)
         policy = policy_env(threads, self.flops_per_thread)
         self._pool = [_Worker(i, _worker_env(i, gpus, threads) | policy) for i in range(count)]
@@ -69,6 +70,13 @@ class LocalExecutor(Batches):
             self._environ = {k: os.environ.get(k) for k in policy}
             os.environ.update(policy)
         return self
+
+    def _auto_workers(self, gpus: list[str]) -> int:
+        """``workers=auto``: see the class docstring. The search process itself needs a few percent of one core
+        (experiments/bench_search.py), so it is given none of its own."""
+        per_worker = 1 if self.threads == "auto" else int(self.threads)
+        slots = len(gpus) * self.workers_per_gpu if gpus else cpu_workers(per_worker)
+        return slots if slots > 1 else 0
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
         """Workers finish their candidate and stop; when the search stops on an error or a signal, at once (what

@@ -40,10 +40,12 @@ def search(
     evaluate: Callable[[str, DictConfig], Any] | None = None,
     overridden: set[str] | None = None,
     executor: Any = None,
+    evaluator: EvaluatorFactory | None = None,
 ) -> dict[str, Any] | None:
     """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
-    ``cfg.resume`` is set); returns the best candidate row. ``evaluate`` replaces candidate evaluation (tests),
-    ``executor`` the configured executor (benchmarks: a simulated cluster).
+    ``cfg.resume`` is set); returns the best candidate row. ``evaluate(arch, cfg)`` replaces candidate evaluation
+    (tests), or ``evaluator``, a factory of ``evaluator(arch, cutoffs)``; ``executor`` the configured executor
+    (benchmarks: a simulated cluster).
     ``overridden``: the config keys the command line set; on resume the rest comes from the history."""
     cfg, store = open_search_run(cfg, run_dir, overridden)
     resuming = store is not None
@@ -54,10 +56,10 @@ def search(
             check_same_table(space, store)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
         tracker, progress = instantiate(cfg.logger), _progress(cfg)
-        executor = executor or instantiate(cfg.executor)
+        executor = executor or build_executor(cfg, space)
         with executor:
             mode = loop_mode(cfg, store.get("mode") if resuming else None, executor, agent)
-            executor.serve(evaluator_factory(cfg, space, evaluate))
+            executor.serve(evaluator or evaluator_factory(cfg, space, evaluate))
             if not resuming:  # only once every part of the config has proved usable
                 store = Store.create(run_dir, cfg)
                 store.set("mode", mode)
@@ -67,7 +69,7 @@ def search(
             log.info("%s %s search in %s", "resuming" if resuming else "starting", mode, run_dir)
             with tracker.tracking(cfg, run_dir, store, group):
                 parts = dict(agent=agent, space=space, store=store, executor=executor, tracker=tracker,
-                             progress=progress, failed_reward=cfg.failed_reward)
+                             progress=progress, failed_reward=cfg.failed_reward, stopping=instantiate(cfg.stopping))
                 if mode == "sync":
                     SyncSearch(**parts).run()
                 else:
@@ -79,10 +81,18 @@ def search(
             store.close()
 
 
+def build_executor(cfg: DictConfig, space: Any) -> Any:
+    """The configured executor; with ``workers=auto``, a table space's candidates are looked up in this process (a
+    lookup costs microseconds: worker processes would only add their pipes)."""
+    if space.tabular and cfg.executor.get("workers") == "auto":
+        return instantiate(cfg.executor, workers=0)
+    return instantiate(cfg.executor)
+
+
 def loop_mode(cfg: DictConfig, stored: str | None, executor: Any, agent: Any) -> str:
     """``sync`` or ``async``: the run's own mode on resume (its history is written the one way), else
     ``search.mode``, where ``auto`` is async whenever the executor runs more than one candidate at once and the
-    agent can take one block at a time (``agent_protocol.StreamAgent``). ``stored``: the resumed run's mode."""
+    agent can take one block at a time (``blockqnn.agents.StreamAgent``). ``stored``: the resumed run's mode."""
     asked = cfg.search.mode
     if stored is not None:
         if asked not in ("auto", stored):

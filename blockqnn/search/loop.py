@@ -1,9 +1,9 @@
 """What both search loops share (``Search``): the parts, recording a candidate, counting, the progress line.
 
-Each sampled block is looked up in the history first: a block already evaluated in this run (same canonical hash)
-is recorded as a *cached* copy instead of being trained again. B counts sampled blocks, cached ones included;
-failed candidates are rewarded ``failed_reward``. The two loops, ``sync`` and ``asynchronous``, differ in when
-blocks are sampled and when the agent learns.
+Each sampled block is looked up in the history first: a block already evaluated in this run (same canonical hash) is
+recorded as a *cached* copy instead of being trained again. B counts sampled blocks, cached ones included; failed
+candidates are rewarded ``failed_reward``; candidates stopped at a rung (``stopping``) their rung reward. The two
+loops, ``sync`` and ``asynchronous``, differ in when blocks are sampled and when the agent learns.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from blockqnn.agents import BatchAgent, StreamAgent
 from blockqnn.executors.base import Executor
 from blockqnn.spaces import SearchSpace
+from blockqnn.stopping import STOPPED, Cutoffs, NoStopping, Rungs
 from blockqnn.store import Store
 from blockqnn.tracking import Progress, Tracker
 
@@ -33,12 +34,20 @@ class Search:
     tracker: Tracker
     progress: Progress
     failed_reward: float  # what the agent learns from a failed candidate
+    stopping: Any = dataclasses.field(default_factory=NoStopping)  # blockqnn.stopping: the cutoffs at rungs
     seen: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # hash -> first evaluation
     counts: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
     best: dict[str, Any] | None = None
     busy: float = 0.0  # seconds of training this session: the workers' busy time
     started: float = dataclasses.field(default_factory=time.monotonic)
     capacity: int = 1  # candidates the executor runs at once, read when the loop starts
+
+    def __post_init__(self) -> None:
+        self.rungs = Rungs(self.stopping.rungs)
+
+    def cutoffs(self, iteration: int | None = None) -> Cutoffs | None:
+        """The rung cutoffs from this run's candidates (of the iterations before ``iteration`` when given)."""
+        return self.stopping.cutoffs(self.rungs.before(iteration))
 
     def run(self) -> None:
         for row in self.store.candidates():
@@ -71,14 +80,18 @@ class Search:
     def _count(self, row: dict[str, Any]) -> None:
         self.counts["done"] += 1
         self.counts["cached"] += row["cached"]
-        self.counts["failed"] += row["status"] != "ok"
-        if not row["cached"] and row["status"] == "ok":  # a failure may be transient (OOM, lost worker): retry it
+        self.counts["failed"] += row["status"] == "failed"
+        if not row["cached"] and row["status"] != "failed":  # a failure may be transient (OOM, lost worker): retry
             self.seen.setdefault(row["hash"], row)
+        if not row["cached"] and row["status"] == STOPPED:
+            self.counts["stopped"] += 1
+            self.counts["epochs_saved"] += max(0, self.stopping.max_epochs - row["epochs"])
+        self.rungs.observe(row)
         if row["status"] == "ok" and (self.best is None or row["reward"] > self.best["reward"]):
             self.best = row
 
     def _reward(self, row: dict[str, Any]) -> float:
-        return row["reward"] if row["status"] == "ok" else float(self.failed_reward)
+        return float(self.failed_reward) if row["status"] == "failed" else row["reward"]
 
     @property
     def utilization(self) -> float:
@@ -92,6 +105,7 @@ class Search:
             done=self.counts["done"], total=self.agent.total_samples, cached=self.counts["cached"],
             failed=self.counts["failed"], best=None if self.best is None else self.best["reward"], new=new,
             final=final, in_flight=self.executor.pending, utilization=self.utilization,
+            stopped=(self.counts["stopped"], self.counts["epochs_saved"]) if self.stopping.rungs else None,
         )
 
 

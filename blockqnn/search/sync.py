@@ -32,7 +32,7 @@ class SyncSearch(Search):
         hashes = [self.space.canonical_hash(a) for a in archs]
         rows = self._stored(it, archs)
         todo, repeats = self._new_blocks(it, epsilon, archs, hashes, rows)
-        for pos, result in self.executor.map(todo):
+        for pos, result in self.executor.map(todo, self.cutoffs(it)):
             row = dict(iteration=it, position=pos, arch=archs[pos], hash=hashes[pos], epsilon=epsilon, cached=0)
             rows[pos] = self._record(row | dataclasses.asdict(result))
             for other in repeats.pop(hashes[pos]):
