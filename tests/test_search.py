@@ -235,10 +235,10 @@ def test_one_line_errors_for_bad_input(capsys):
 def test_ray_search_matches_the_local_one_and_runs_async(compose, table_search, tmp_path):
     local, ray = tmp_path / "local", tmp_path / "ray"
     search(compose(*table_search), local)
-    ray_cfg = compose(*table_search, "executor=ray", "executor.init.num_cpus=2")
-    search(ray_cfg, tmp_path / "async")  # two CPUs: two candidates at once, so asynchronous (ray.wait)
+    on_ray = [*(o for o in table_search if not o.startswith("executor.")), "executor=ray", "executor.init.num_cpus=2"]
+    search(compose(*on_ray), tmp_path / "async")  # two CPUs: two candidates at once, so asynchronous (ray.wait)
     check_async_history(tmp_path / "async")
-    search(compose(*table_search, "executor=ray", "executor.init.num_cpus=2", "search.mode=sync"), ray)
+    search(compose(*on_ray, "search.mode=sync"), ray)
     assert history(ray) == history(local)
 
 
