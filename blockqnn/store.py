@@ -13,7 +13,7 @@ Tables (``blockqnn.report`` reads them by these names):
   asynchronous mode, the block's sampling order ``iteration * B + position``); ``cached = 1`` marks a block whose
   canonical hash was already evaluated in this run (metrics copied, not trained). Status ``running``: dispatched
   (asynchronous mode), with its epsilon and ``dispatched_at``, not finished yet; ``sampled_event`` and
-  ``incorporated_event`` number the agent's asynchronous events (see ``blockqnn.search``);
+  ``incorporated_event`` number the agent's asynchronous events (see ``blockqnn.search.asynchronous``);
 * ``agent_checkpoints(iteration, state)``: the agent's JSON state after ``iteration`` finished (asynchronous mode:
   after event number ``iteration``). Writing it is what marks the iteration done; only the latest one is kept
   (states grow with the replay memory).
