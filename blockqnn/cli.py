@@ -37,8 +37,9 @@ from blockqnn.schema import check_config
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
-# Errors that describe bad input. Constructors that validate their config (ValueError, TypeError for an unknown
-# argument) count only when raised through ``hydra.utils.instantiate``; elsewhere they are bugs.
+# Errors that describe bad input. A value outside its declaration is a ConfigError wherever it is given
+# (blockqnn.schema); other constructor errors (ValueError, TypeError for an unknown argument) count only when raised
+# through ``hydra.utils.instantiate``; elsewhere they are bugs.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, HydraException, OmegaConfBaseException)
 
 

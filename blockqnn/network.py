@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from blockqnn.codes import Block, Layer, LayerType
 from blockqnn.errors import TemplateMismatch
+from blockqnn.schema import POSITIVE, declared, member, setting
 
 
 def pcc(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
@@ -69,8 +70,7 @@ STEMS = ("conv", "imagenet")
 
 
 def _stem(kind: str, in_channels: int, filters: int) -> nn.Sequential:
-    if kind == "conv":
-        return nn.Sequential(nn.Conv2d(in_channels, filters, 3, padding=1, bias=False), nn.BatchNorm2d(filters))
+    """One of ``STEMS`` (the template's settings admit no other)."""
     if kind == "imagenet":
         return nn.Sequential(
             nn.Conv2d(in_channels, filters, 7, stride=2, padding=3, bias=False),
@@ -78,19 +78,26 @@ def _stem(kind: str, in_channels: int, filters: int) -> nn.Sequential:
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
-    raise ValueError(f"template.stem must be one of {STEMS}, got {kind!r}")
+    return nn.Sequential(nn.Conv2d(in_channels, filters, 3, padding=1, bias=False), nn.BatchNorm2d(filters))
 
 
+@member
+class TemplateSettings:
+    """``template=*`` (conf/template/*.yaml), and ``Template``'s arguments."""
+
+    stem: str = setting(choices=STEMS)
+    stages: int = setting(**POSITIVE)
+    N: int = setting(**POSITIVE)  # noqa: N815 (the paper's name)
+    F: int = setting(**POSITIVE)  # noqa: N815
+
+
+@declared("template", TemplateSettings)
 class Template:
     """A stacking template: stem, ``stages`` stages of ``N`` blocks with 2x2 max pooling between them,
     widths doubling at each pooling (F, 2F, 4F, ...), then ReLU, global average pooling and a linear classifier.
     """
 
     def __init__(self, stem: str = "conv", stages: int = 3, N: int = 2, F: int = 32) -> None:  # noqa: N803 (paper)
-        if stages < 1 or N < 1 or F < 1:
-            raise ValueError(f"template needs stages, N, F >= 1 (got {stages}, {N}, {F})")
-        if stem not in STEMS:
-            raise ValueError(f"template.stem must be one of {STEMS}, got {stem!r}")
         self.stem, self.stages, self.N, self.F = stem, stages, N, F
 
     def build(self, block: Block, in_channels: int, num_classes: int) -> nn.Sequential:

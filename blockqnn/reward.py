@@ -9,7 +9,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from blockqnn.schema import declared, member, setting
 
+
+@member
+class PaperRewardSettings:
+    """``reward=paper`` (conf/reward/paper.yaml), and ``PaperReward``'s arguments."""
+
+    mu: float = setting(ge=0)
+    rho: float = setting(ge=0)
+    flops_unit: float = setting(gt=0)
+
+
+@member
+class AccuracyRewardSettings:
+    """``reward=accuracy``: nothing to set."""
+
+
+@declared("reward", PaperRewardSettings)
 @dataclass(frozen=True)
 class PaperReward:
     """The paper's corrected reward: early-stop accuracy ranks blocks imperfectly, and its errors correlate with
@@ -19,16 +36,13 @@ class PaperReward:
     rho: float
     flops_unit: float = 1.0
 
-    def __post_init__(self) -> None:
-        if self.flops_unit <= 0:
-            raise ValueError(f"reward.flops_unit must be positive, got {self.flops_unit}")
-
     def __call__(self, accuracy: float, flops: float, density: float) -> float:
         if flops <= 0 or density <= 0:
             raise ValueError(f"reward needs positive flops and density, got flops={flops}, density={density}")
         return accuracy - self.mu * math.log(flops / self.flops_unit) - self.rho * math.log(density)
 
 
+@declared("reward", AccuracyRewardSettings)
 @dataclass(frozen=True)
 class AccuracyReward:
     """The plain validation accuracy."""

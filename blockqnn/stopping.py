@@ -18,10 +18,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from blockqnn.schema import POSITIVE, declared, member, setting
+
 STOPPED = "stopped"
 Cutoffs = Mapping[int, float]  # epoch -> the accuracy a candidate must reach there to go on
 
 
+@member
+class NoStoppingSettings:
+    """``stopping=none``: nothing to set."""
+
+
+@declared("stopping", NoStoppingSettings)
 class NoStopping:
     """The paper's behaviour: every candidate trains the whole early-stop budget."""
 
@@ -32,6 +40,29 @@ class NoStopping:
         return None
 
 
+@member
+class ASHASettings:
+    """``stopping=asha`` (conf/stopping/asha.yaml), and ``ASHA``'s arguments."""
+
+    eta: int = setting(ge=2)
+    min_epoch: int = setting(**POSITIVE)
+    max_epochs: int = setting(**POSITIVE)
+    rungs: list[int] | None = setting()  # null: min_epoch * eta**k below max_epochs
+
+    @staticmethod
+    def rule(values: Mapping[str, Any]) -> str | None:
+        last, rungs = values.get("max_epochs", 1), values.get("rungs")
+        if rungs:
+            bad = [r for r in rungs if not 1 <= r < last]
+            if bad:
+                return f"rungs={list(rungs)}: expected epochs from 1 to below trainer.max_epochs ({last})"
+        elif values.get("min_epoch", 1) >= last:
+            return (f"min_epoch={values['min_epoch']}: no rung below trainer.max_epochs ({last}); lower it, or use "
+                    "stopping=none")
+        return None
+
+
+@declared("stopping", ASHASettings)
 class ASHA:
     """At each rung a candidate goes on only if its accuracy there is in the top ``1/eta`` of what this run's
     candidates reached at that rung so far (fewer than ``eta`` seen: it goes on). Rungs: ``rungs`` as given, else

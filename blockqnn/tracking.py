@@ -22,6 +22,7 @@ from typing import Any, Protocol, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
+from blockqnn.schema import COUNT, ProgressConfig, declared, member, setting
 from blockqnn.stopping import STOPPED
 from blockqnn.store import Store
 
@@ -50,6 +51,25 @@ class Tracker(Protocol):
     def end_iteration(self, iteration: int, store: Store) -> None: ...
 
 
+@member
+class WandbSettings:
+    """``logger=wandb`` (conf/logger/wandb.yaml), and ``WandbTracker``'s arguments."""
+
+    project: str = setting()
+    entity: str | None = setting()
+    mode: str | None = setting(choices=("online", "offline", "disabled", "shared"))
+    group: str | None = setting()
+    tags: list[str] = setting()
+    table_every: int = setting(**COUNT)  # 0: only at the end
+    console: str = setting(choices=("off", "auto", "wrap", "redirect", "wrap_raw", "wrap_emu"))
+
+
+@member
+class NoTrackerSettings:
+    """``logger=none``: nothing to set."""
+
+
+@declared("logger", NoTrackerSettings)
 class NoTracker:
     """``logger=none``: tracking off. Every tracker is used through ``tracking``."""
 
@@ -79,6 +99,7 @@ class NoTracker:
         pass
 
 
+@declared("logger", WandbSettings)
 class WandbTracker(NoTracker):
     """``logger=wandb``: see the module docstring. ``mode`` null means: the environment's, else offline."""
 
@@ -165,6 +186,7 @@ def wandb_mode(mode: str | None) -> str:
 
 
 # ---- progress -------------------------------------------------------------------------------------------------
+@declared("progress", ProgressConfig)
 class Progress:
     """One search-level status line: iteration, epsilon, candidates done / cached / failed, best, candidates in
     flight and the workers' utilization so far, time.
@@ -178,8 +200,6 @@ class Progress:
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "line" if self.stream.isatty() else "log"
-        if mode not in ("line", "log", "off"):
-            raise ValueError(f"progress.mode must be auto, line, log or off, got {mode!r}")
         self.mode, self.every_s = mode, every_s
         self._started = self._last = time.monotonic()
         self._session_done = 0

@@ -33,7 +33,7 @@ from hydra.utils import instantiate
 from blockqnn.config import compose
 from blockqnn.errors import ConfigError, TableError
 from blockqnn.report.analysis import History, load_history
-from blockqnn.report.plots import save_figure
+from blockqnn.report.plots import figure, save_figure
 from blockqnn.spaces.nasbench201 import NASBench201Space, write_synthetic_table
 
 AGENTS = ("qlearning", "random", "evolution")
@@ -174,13 +174,8 @@ def report(column: str, runs: list[Runs], budgets: list[int], optimum: float) ->
 def plot(runs_by_column: dict[str, list[Runs]], budgets: list[int], path: Path) -> Path:
     """Best-so-far against queries for the searches of the largest budget, one panel per metric column; Q-learning's
     searches of smaller budgets as points at their end."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colours = {"qlearning": "#3182bd", "random": "#e6550d", "evolution": "#31a354"}
-    fig, axes = plt.subplots(1, len(runs_by_column), figsize=(6.5 * len(runs_by_column), 4.5), squeeze=False)
+    fig, axes = figure(1, len(runs_by_column), figsize=(6.5 * len(runs_by_column), 4.5), squeeze=False)
     for ax, (column, runs) in zip(axes[0], runs_by_column.items()):
         for r in runs:
             mean, std = 100 * r.best.mean(0), 100 * r.best.std(0)

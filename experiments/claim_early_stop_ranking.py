@@ -16,18 +16,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import matplotlib
 import numpy as np
 from hydra.utils import instantiate
 from scipy.stats import kendalltau
 
 from blockqnn.config import compose
 from blockqnn.evaluate import evaluate_candidate
-from blockqnn.report.plots import save_figure
+from blockqnn.report.plots import figure, save_figure
 from blockqnn.reward import PaperReward
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 MUS, RHOS = (0.0, 0.005, 0.02, 0.05), (0.0, 0.02, 0.1)
 
@@ -97,7 +93,7 @@ def main() -> None:
                            target).statistic for rho in RHOS]
         print(f"  {mu:>6}" + "".join(f"{t:>+9.3f}" for t in taus))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    fig, axes = figure(1, 2, figsize=(10, 4.2), sharey=True)
     panels = ((axes[0], acc, "early-stop accuracy", tau_acc), (axes[1], reward, "corrected reward", tau_reward))
     for ax, x, name, tau in panels:
         ax.scatter(x, target, c=np.log(flops), cmap="viridis", s=28)

@@ -20,17 +20,13 @@ from __future__ import annotations
 import argparse
 import time
 
-import matplotlib
 import numpy as np
 from hydra.utils import instantiate
 
 from blockqnn.codes import Block
 from blockqnn.config import compose
 from blockqnn.report.analysis import block_features
-from blockqnn.report.plots import save_figure
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from blockqnn.report.plots import figure, save_figure
 
 
 def synthetic_accuracy(block: Block, offset: float = 0.0) -> float:
@@ -105,7 +101,7 @@ def main() -> None:
         print(f"{'shaped' if s else 'unshaped':>9}: last 10% of iterations mean reward {finals.mean():.3f} "
               f"± {finals.std():.3f} (over seeds), mean layers {results[s][1][:, last].mean():.1f}")
 
-    fig, (ax, ax_len) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax_len) = figure(1, 2, figsize=(11, 4))
     x = np.arange(1, len(epsilons) + 1)
     for s, colour in ((True, "#3182bd"), (False, "#e6550d")):
         for axis, values in ((ax, results[s][0]), (ax_len, results[s][1])):

@@ -7,7 +7,7 @@ import random
 import numpy as np
 
 from blockqnn.codes import BINARY, Block, Layer
-from blockqnn.spaces import NSCSpace
+from blockqnn.spaces import NSCSpace, explore
 
 RESIDUAL = "[(1,4,0,0,0),(2,1,3,1,0),(3,1,3,2,0),(4,5,0,1,3),(5,7,0,0,0)]"
 INCEPTION = (
@@ -18,12 +18,7 @@ INCEPTION = (
 
 def random_block(space: NSCSpace, rng: np.random.Generator) -> Block:
     """A block drawn with the space's exploration distribution (what epsilon = 1 samples)."""
-    state, layers = space.start, []
-    while not layers or not space.is_final(layers[-1]):
-        actions = space.actions(state)
-        state = actions[rng.choice(len(actions), p=space.exploration_probs(state))]
-        layers.append(state)
-    return Block.of(layers, space.max_index)
+    return Block.of(explore(space, rng), space.max_index)
 
 
 def renumber(block: Block, rng: random.Random) -> Block:

@@ -99,6 +99,51 @@ def folder_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if not ignored(p)}
 
 
+# ---- searches -------------------------------------------------------------------------------------------------------
+TIMES = ("wall_time", "started_at", "finished_at")
+
+
+def history(run_dir: Path) -> tuple[list[dict], dict]:
+    """Candidates without their timings, and the last agent checkpoint."""
+    with Store.open(run_dir, readonly=True) as store:
+        rows = [{k: v for k, v in row.items() if k not in TIMES} for row in store.candidates()]
+        return rows, store.latest_agent_state()
+
+
+def stored_count(run_dir: Path) -> int:
+    """Candidates a (possibly running) search has stored so far; 0 before its history exists."""
+    try:
+        with Store.open(run_dir, readonly=True) as store:
+            return store.conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+    except Exception:  # not created yet
+        return 0
+
+
+def finished_count(run_dir: Path) -> int:
+    """Candidates a (possibly running) search has finished so far (dispatched ones not counted)."""
+    try:
+        with Store.open(run_dir, readonly=True) as store:
+            return len(store.candidates())
+    except Exception:  # not created yet
+        return 0
+
+
+def dying_after(n: int):
+    """An evaluator that is interrupted (as by Ctrl-C) when asked for its (n+1)-th candidate."""
+    from blockqnn.evaluate import evaluate_candidate
+
+    calls = []
+
+    def evaluate(arch, cfg):
+        calls.append(arch)
+        if len(calls) > n:
+            raise KeyboardInterrupt
+        return evaluate_candidate(arch, cfg)
+
+    return evaluate
+
+
+# ---- histories written by hand ------------------------------------------------------------------------------------
 def row(iteration: int, position: int, reward: float | None, **extra) -> dict:
     base = dict(iteration=iteration, position=position, arch=f"a{iteration}.{position}", hash=f"h{position}",
                 status="ok" if reward is not None else "failed", reward=reward, accuracy=reward, cached=0)

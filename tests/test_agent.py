@@ -152,11 +152,11 @@ def test_a_budget_sizes_any_schedule(name, first, last, budget, batch):
 
 
 def test_a_bad_budget_is_a_clear_error():
-    with pytest.raises(ValueError, match="agent.budget must be at least 1"):
+    with pytest.raises(ValueError, match=r"^agent\.budget=0: expected an integer >= 1 or null$"):
         QLearningAgent(ChainSpace(), budget=0)
-    with pytest.raises(ValueError, match="agent.budget sizes the schedule; agent.schedule_scale"):
+    with pytest.raises(ValueError, match=r"^agent\.schedule_scale=0\.5: agent\.budget sizes the schedule; "):
         QLearningAgent(ChainSpace(), budget=100, schedule_scale=0.5)
-    with pytest.raises(ValueError, match="agent.replay_every must be one of block, iteration"):
+    with pytest.raises(ValueError, match=r"^agent\.replay_every=model: expected one of block, iteration$"):
         QLearningAgent(ChainSpace(), replay_every="model")
 
 

@@ -108,10 +108,12 @@ def test_random_until_the_population_is_full_then_children_of_tournament_winners
 
 
 def test_a_bad_configuration_is_a_clear_error(table):
-    with pytest.raises(ValueError, match="tournament_size in 1..population_size"):
+    with pytest.raises(ValueError, match=r"^agent\.tournament_size=4: expected at most population_size \(3\)$"):
         RegularizedEvolution(table, population_size=3, tournament_size=4)
-    with pytest.raises(ValueError, match="agent.budget must be at least 1"):
+    with pytest.raises(ValueError, match=r"^agent\.budget=-5: expected an integer >= 1 or null$"):
         RegularizedEvolution(table, budget=-5)
+    with pytest.raises(ValueError, match=r"^agent\.tournament_size=3: expected at most population_size \(2\)$"):
+        RegularizedEvolution(table, population_size=2)  # against the default tournament
 
 
 # A saved state damaged one way, and what the refusal says.

@@ -12,7 +12,7 @@ from blockqnn.config import MOVED_TARGETS
 from blockqnn.report import report
 from blockqnn.search import search
 from blockqnn.store import DB_NAME, Store
-from tests.test_search import dying_after, history
+from tests.helpers import dying_after, history
 
 
 def written_before_the_move(run_dir) -> None:

@@ -16,7 +16,7 @@ from blockqnn.report.drawing import BOX_H, BOX_W, depths, draw_block, layout, po
 from blockqnn.spaces import NSCSpace
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import INCEPTION, RESIDUAL, random_block
-from tests.helpers import AGENT_CONFIGS, DAMAGED, damage, folder_digest, make_run, read_wandb_run, run_cli
+from tests.helpers import AGENT_CONFIGS, DAMAGED, REPO, damage, folder_digest, make_run, read_wandb_run, run_cli
 
 
 def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path):
@@ -177,6 +177,20 @@ def test_cli_bad_input_is_one_line(tmp_path):
         assert proc.returncode == 1
         assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert (corrupt / "history.sqlite").read_bytes() == b"not a database at all" * 100
+
+
+def test_the_report_leaves_the_users_matplotlib_backend_and_figures_alone(tmp_path):
+    """A notebook that imports the report's modules and draws with them keeps its own backend, and pyplot gets no
+    figures from them (a fresh interpreter: this one has imported them already)."""
+    code = (f"import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+            f"from blockqnn.codes import Block\n"
+            f"from blockqnn.report import drawing, plots, summary\n"
+            f"drawing.draw_block(Block.parse({RESIDUAL!r}), {str(tmp_path / 'block.png')!r})\n"
+            f"print(matplotlib.get_backend(), len(plt.get_fignums()))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["svg", "0"] and Image.open(tmp_path / "block.png").size[0] > 100
 
 
 def test_report_never_writes_to_the_history(tmp_path):

@@ -151,6 +151,43 @@ def test_composing_refuses_what_the_walk_refuses(config, override):
             assert compose(config, [override]) == expected
 
 
+def calls():
+    """A refused setting as a command line gives it, and the same setting given to its constructor from Python."""
+    from blockqnn.agents import QLearningAgent, RegularizedEvolution
+    from blockqnn.data import digits
+    from blockqnn.executors import LocalExecutor
+    from blockqnn.network import Template
+    from blockqnn.reward import PaperReward
+    from blockqnn.spaces import NSCSpace
+    from blockqnn.tracking import Progress
+
+    return [
+        (["agent.alpha=2"], lambda: QLearningAgent(NSCSpace(), alpha=2)),
+        (["agent.budget=100", "agent.schedule_scale=0.5"],
+         lambda: QLearningAgent(NSCSpace(), budget=100, schedule_scale=0.5)),
+        (["agent=evolution", "agent.population_size=4", "agent.tournament_size=5"],
+         lambda: RegularizedEvolution(NSCSpace(), population_size=4, tournament_size=5)),
+        (["space.kernels.conv=[3,7]"], lambda: NSCSpace(kernels={"conv": [3, 7]})),
+        (["space.types=[1,2]"], lambda: NSCSpace(types=(1, 2))),
+        (["template.stem=resnet"], lambda: Template("resnet")),
+        (["executor.workers=-1"], lambda: LocalExecutor(workers=-1)),
+        (["reward.flops_unit=0"], lambda: PaperReward(mu=0.01, rho=0.01, flops_unit=0)),
+        (["progress.mode=fancy"], lambda: Progress(mode="fancy")),
+        (["dataset=digits", "dataset.source.test_size=1797"], lambda: digits(test_size=1797)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(calls())))
+def test_a_constructor_refuses_what_composing_refuses_in_the_same_line(case):
+    """One declaration: a value given from Python meets the check (and the line) a config gets."""
+    overrides, call = calls()[case]
+    with pytest.raises(ConfigError) as composed:
+        compose("search", overrides)
+    with pytest.raises(ConfigError) as called:
+        call()
+    assert str(called.value) == str(composed.value) and str(composed.value).startswith(overrides[-1].split("=")[0])
+
+
 def run(module, *args, folder):
     return subprocess.Popen([sys.executable, "-m", f"blockqnn.{module}", *args, f"hydra.run.dir={folder}"],
                             cwd=folder.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -190,7 +227,7 @@ def undeclared(node, path, schema):
     if schema is None:
         target = node.get("_target_")
         if target is not None:
-            yield f"{path}: {target} has no schema in blockqnn/schema.py"
+            yield f"{path}: {target} declares no settings (blockqnn.schema.declared)"
     hints = declarations(schema)[0] if schema else {}
     for key in node:
         if key == "defaults" or str(key).startswith("_"):

@@ -36,10 +36,10 @@ def test_space_config_restricts_types_and_kernels():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"types": [7]}, "at least one layer type"),
-        ({"types": [1, 9, 7]}, r"\[9\] are not NSC layer types"),
-        ({"terminal_weight": 0}, "terminal_weight must be > 0"),
-        ({"max_index": 1}, "max_index must be at least 2"),
+        ({"types": [7]}, r"^space\.types=\[7\]: expected 7 \(Terminal\) and at least one layer type$"),
+        ({"types": [1, 9, 7]}, r"^space\.types=\[1, 9, 7\]: expected a list of integers each >= 1 and <= 7$"),
+        ({"terminal_weight": 0}, r"^space\.terminal_weight=0: expected a number > 0$"),
+        ({"max_index": 1}, r"^space\.max_index=1: expected an integer >= 2$"),
     ],
 )
 def test_unusable_space_configs_are_refused(kwargs, message):

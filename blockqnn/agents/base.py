@@ -7,7 +7,7 @@ counts the blocks it has sampled, so the epsilon schedule (stages of ``i`` itera
 budget mean the same in both modes.
 
 Both modes resume from ``state_dict``: the synchronous loop after each iteration; the asynchronous loop from its
-last checkpoint plus the events recorded since (``blockqnn.search``), which requires ``sample_one`` and
+last checkpoint plus the events recorded since (``blockqnn.search.asynchronous``), which requires ``sample_one`` and
 ``incorporate`` to be deterministic given the state (all randomness from the agent's own generator).
 """
 
@@ -79,8 +79,6 @@ def iteration_sizes(budget: int | None, batch_size: int, iterations: int) -> lis
     """Blocks sampled per iteration: ``iterations`` of B, or, with a budget, B each and the remainder last."""
     if budget is None:
         return [batch_size] * iterations
-    if budget < 1:
-        raise ValueError(f"agent.budget must be at least 1 block (or null), got {budget}")
     full, rest = divmod(int(budget), batch_size)
     return [batch_size] * full + ([rest] if rest else [])
 

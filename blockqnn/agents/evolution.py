@@ -27,11 +27,30 @@ import numpy as np
 from blockqnn.agents.base import PAPER_ITERATIONS, STATE_FORMAT, Iterations, checked_reward, iteration_sizes
 from blockqnn.agents.state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
+from blockqnn.schema import POSITIVE, declared, member, setting
 from blockqnn.spaces import Action, SearchSpace, explore
 
 _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "population": list, "rng": dict}
 
 
+@member
+class EvolutionSettings:
+    """``agent=evolution`` (conf/agent/evolution.yaml), and ``RegularizedEvolution``'s arguments."""
+
+    population_size: int = setting(**POSITIVE)
+    tournament_size: int = setting(**POSITIVE)
+    batch_size: int = setting(**POSITIVE)
+    budget: int | None = setting(**POSITIVE)
+
+    @staticmethod
+    def rule(values: Mapping[str, Any]) -> str | None:
+        if values.get("tournament_size", 1) > values.get("population_size", 1):
+            return (f"tournament_size={values['tournament_size']}: expected at most population_size "
+                    f"({values['population_size']})")
+        return None
+
+
+@declared("agent", EvolutionSettings)
 class RegularizedEvolution(Iterations):
     """Aging evolution over a ``SearchSpace`` (see the module docstring)."""
 
@@ -45,11 +64,6 @@ class RegularizedEvolution(Iterations):
         budget: int | None = None,
         seed: int = 0,
     ) -> None:
-        if population_size < 1 or not 1 <= tournament_size <= population_size:
-            raise ValueError(f"agent.population_size must be >= 1 and agent.tournament_size in 1..population_size, "
-                             f"got {population_size} and {tournament_size}")
-        if batch_size < 1:
-            raise ValueError(f"agent.batch_size must be >= 1, got {batch_size}")
         self.space = space
         self.population_size, self.tournament_size, self.batch_size = population_size, tournament_size, batch_size
         self.sizes = iteration_sizes(budget, batch_size, PAPER_ITERATIONS)
@@ -103,8 +117,8 @@ class RegularizedEvolution(Iterations):
         """Add the scored architectures to the population (the oldest die) and move to the next iteration."""
         self._check_running(trajectories, rewards)
         members = [self._member(actions, reward) for actions, reward in zip(trajectories, rewards)]  # checks all
-        for member in members:
-            self._join(member)
+        for child in members:
+            self._join(child)
         self.iteration += 1
 
     def incorporate(self, trajectory: Sequence[Action], reward: float) -> None:

@@ -26,7 +26,7 @@ evaluated is not retrained: the search loop reuses its stored reward and marks i
 and enters the memory like any other sample. Comparisons between agents report evaluated (distinct) blocks too.
 
 Random search (``conf/agent/random.yaml``) is this same class with ``epsilon_override: 1.0``: the same sampler
-and schedule length, so both agents spend the same budget. Regularized evolution (``blockqnn/evolution.py``) speaks
+and schedule length, so both agents spend the same budget. Regularized evolution (``blockqnn.agents.evolution``) speaks
 the same protocol (``Iterations``, ``sample``, ``update``, ``state_dict``).
 
 Q-values live per state in a list aligned with ``space.actions(state)``, created lazily with ``q_init``, beside
@@ -55,11 +55,43 @@ from blockqnn.agents.base import (
 )
 from blockqnn.agents.state import check_state, checked_rng_state, memory_entries, q_entries
 from blockqnn.errors import AgentStateError
+from blockqnn.schema import COUNT, FRACTION, POSITIVE, check, declared, member, setting
 from blockqnn.spaces import Action, SearchSpace, State
 
 SCHEDULES = ("paper", "linear", "constant")
 REPLAY_EVERY = ("block", "iteration")
 _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
+
+
+@member
+class QLearningSettings:
+    """``agent=qlearning`` and ``agent=random`` (conf/agent/*.yaml), and ``QLearningAgent``'s arguments."""
+
+    alpha: float = setting(gt=0, le=1)
+    gamma: float = setting(**FRACTION)
+    q_init: float = setting()
+    batch_size: int = setting(**POSITIVE)
+    budget: int | None = setting(**POSITIVE)
+    replay: bool = setting()
+    replay_size: int = setting(**COUNT)
+    replay_every: str = setting(choices=REPLAY_EVERY)
+    shaping: bool = setting()
+    epsilon_schedule: str = setting(choices=SCHEDULES)
+    schedule_scale: float = setting(gt=0)
+    schedule_iterations: int = setting(**POSITIVE)
+    epsilon_start: float = setting(**FRACTION)
+    epsilon_end: float = setting(**FRACTION)
+    epsilon_override: float | None = setting(**FRACTION)
+
+    @staticmethod
+    def rule(values: Mapping[str, Any]) -> str | None:
+        if values.get("budget") is None:
+            return None
+        for key, default in (("schedule_scale", 1.0), ("schedule_iterations", PAPER_ITERATIONS)):
+            if values.get(key, default) != default:
+                return (f"{key}={values[key]}: agent.budget sizes the schedule; {key} applies only without one "
+                        "(agent.budget=null)")
+        return None
 
 
 def _scaled(iterations: int, scale: float) -> int:
@@ -75,20 +107,16 @@ def epsilon_schedule(
     ``iterations``; ``constant``: ``end`` throughout. ``scale`` shrinks iteration counts (each stage >= 1);
     ``length`` instead fits the shape to exactly that many iterations (paper stages keep their proportions, so
     a stage shorter than one iteration may vanish)."""
-    if scale <= 0:
-        raise ValueError(f"agent.schedule_scale must be positive, got {scale}")
+    check(QLearningSettings, "agent", {"epsilon_schedule": name, "schedule_scale": scale,
+                                       "schedule_iterations": iterations, "epsilon_start": start, "epsilon_end": end})
     if name == "paper":
         if length is not None:
             return _fitted_stages(PAPER_STAGES, length)
         return [eps for eps, n in PAPER_STAGES for _ in range(_scaled(n, scale))]
-    if iterations < 1:
-        raise ValueError(f"agent.schedule_iterations must be at least 1, got {iterations}")
     count = _scaled(iterations, scale) if length is None else length
     if name == "linear":
         return [float(e) for e in np.linspace(start, end, count)]
-    if name == "constant":
-        return [float(end)] * count
-    raise ValueError(f"unknown agent.epsilon_schedule {name!r} (choose one of {', '.join(SCHEDULES)})")
+    return [float(end)] * count  # constant
 
 
 def _fitted_stages(stages: Sequence[tuple[float, int]], length: int) -> list[float]:
@@ -124,6 +152,7 @@ class _Node:
 
 
 
+@declared("agent", QLearningSettings)
 class QLearningAgent(Iterations):
     """Epsilon-greedy tabular Q-learning over a ``SearchSpace`` (see the module docstring)."""
 
@@ -148,15 +177,6 @@ class QLearningAgent(Iterations):
         budget: int | None = None,
         seed: int = 0,
     ) -> None:
-        if not 0 < alpha <= 1:
-            raise ValueError(f"agent.alpha must be in (0, 1], got {alpha}")
-        if batch_size < 1 or replay_size < 0:
-            raise ValueError(f"agent.batch_size must be >= 1, agent.replay_size >= 0: got {batch_size}, {replay_size}")
-        if budget is not None and (schedule_scale != 1.0 or schedule_iterations != PAPER_ITERATIONS):
-            raise ValueError("agent.budget sizes the schedule; agent.schedule_scale and agent.schedule_iterations "
-                             "apply only without one (agent.budget=null)")
-        if replay_every not in REPLAY_EVERY:
-            raise ValueError(f"agent.replay_every must be one of {', '.join(REPLAY_EVERY)}, got {replay_every!r}")
         self.space = space
         self.alpha, self.gamma, self.q_init = float(alpha), float(gamma), float(q_init)
         self.batch_size, self.replay_size, self.replay_every = int(batch_size), int(replay_size), replay_every
@@ -166,8 +186,6 @@ class QLearningAgent(Iterations):
                                   start=epsilon_start, end=epsilon_end, length=length)
         self.sizes = iteration_sizes(budget, self.batch_size, len(self.schedule))
         if epsilon_override is not None:
-            if not 0.0 <= epsilon_override <= 1.0:
-                raise ValueError(f"agent.epsilon_override must be in [0, 1] or null, got {epsilon_override}")
             self.schedule = [float(epsilon_override)] * len(self.schedule)
         self.iteration = 0
         self.sampled = 0

@@ -14,7 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from blockqnn.schema import COUNT, declared, member, setting
 
+
+@member
+class AugmentSettings:
+    """``dataset.augment``, and ``Augment``'s arguments."""
+
+    crop_padding: int = setting(**COUNT)
+    flip: bool = setting()
+    cutout: int = setting(**COUNT)  # the side of the square; 0: off
+
+
+@declared("dataset.augment", AugmentSettings)
 @dataclass(frozen=True)
 class Augment:
     crop_padding: int = 0

@@ -24,9 +24,10 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from blockqnn.config import config_key
-from blockqnn.data.augment import Augment, Crops, DeviceLoader
+from blockqnn.data.augment import Augment, AugmentSettings, Crops, DeviceLoader
 from blockqnn.data.sources import Arrays, data_errors_unwrapped, load_source, validation_split
 from blockqnn.errors import DataError
+from blockqnn.schema import COUNT, POSITIVE, SEEDS, declared, member, setting
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,24 @@ class _Data(L.LightningDataModule):
         return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
 
 
+@member
+class DeviceDataSettings:
+    """A dataset held on the training device (conf/dataset/*.yaml but imagenet), and ``DeviceData``'s arguments;
+    its ``source`` has its target's settings."""
+
+    name: str = setting()
+    source: dict = setting()
+    channels: int = setting(**POSITIVE)
+    image_size: int = setting(**POSITIVE)
+    num_classes: int | None = setting(ge=2)  # null: from the data
+    mean: list[float] | None = setting()  # null: measured on the training split
+    std: list[float] | None = setting(gt=0)
+    augment: AugmentSettings | None = setting()
+    val_size: int = setting(**POSITIVE)
+    split_seed: int = setting(**SEEDS)
+
+
+@declared("dataset", DeviceDataSettings)
 class DeviceData(_Data):
     """The fast path: a dataset held on the training device; see ``DeviceLoader``."""
 
@@ -154,6 +173,28 @@ class DeviceData(_Data):
         return self._loader(self.splits.test_images, self.splits.test_labels)
 
 
+@member
+class StreamedDataSettings:
+    """An ImageNet-style tree streamed from disk (conf/dataset/imagenet.yaml), and ``StreamedData``'s arguments."""
+
+    name: str = setting()
+    root: str | Path = setting()
+    train_dir: str = setting()
+    test_dir: str = setting()
+    channels: int = setting(**POSITIVE)
+    image_size: int = setting(**POSITIVE)
+    num_classes: int | None = setting(ge=2)
+    mean: list[float] = setting()
+    std: list[float] = setting(gt=0)
+    crop_scale: list[float] = setting(gt=0, le=1)
+    flip: bool = setting()
+    eval_crop_fraction: float = setting(gt=0, le=1)
+    num_workers: int = setting(**COUNT)
+    val_size: int = setting(**POSITIVE)
+    split_seed: int = setting(**SEEDS)
+
+
+@declared("dataset", StreamedDataSettings)
 class StreamedData(_Data):
     """ImageNet-style ``root/{train,val}/<class>/*`` trees read from disk through DataLoaders with worker
     processes: random-resized crops and flips for training, resize and centre crop for evaluation."""

@@ -24,6 +24,9 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from blockqnn.errors import DataError
+from blockqnn.schema import POSITIVE, SEEDS, declared, member, setting
+
+DIGITS = 1797  # the images of scikit-learn's digits
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,16 @@ def _labels(labels) -> Tensor:
     return torch.as_tensor(np.asarray(labels), dtype=torch.int64)
 
 
+@member
+class CifarSettings:
+    """``dataset.source`` of cifar10/cifar100, and ``cifar``'s arguments."""
+
+    root: str | Path = setting()
+    classes: int = setting(choices=(10, 100))
+    download: bool = setting()
+
+
+@declared("dataset.source", CifarSettings)
 def cifar(root: str, classes: int = 10, download: bool = True) -> Arrays:
     """CIFAR-10/100 from the official python archives under ``root``, downloaded there when absent."""
     kind = {10: datasets.CIFAR10, 100: datasets.CIFAR100}[classes]
@@ -72,6 +85,18 @@ def _cifar_missing(kind: type, folder: Path, why: str) -> str:
     )
 
 
+@member
+class ImageFolderSettings:
+    """``dataset.source`` of imagefolder, and ``image_folder``'s arguments."""
+
+    root: str | Path = setting()
+    image_size: int = setting(**POSITIVE)
+    channels: int = setting(choices=(1, 3))  # grey or RGB
+    train_dir: str = setting()
+    test_dir: str = setting()
+
+
+@declared("dataset.source", ImageFolderSettings)
 def image_folder(
     root: str, image_size: int, channels: int = 3, train_dir: str = "train", test_dir: str = "test"
 ) -> Arrays:
@@ -105,6 +130,15 @@ def image_folder(
     return Arrays(train_images, train_labels, test_images, test_labels, tuple(classes))
 
 
+@member
+class DigitsSettings:
+    """``dataset.source`` of digits, and ``digits``'s arguments."""
+
+    test_size: int = setting(ge=1, lt=DIGITS)
+    seed: int = setting(**SEEDS)
+
+
+@declared("dataset.source", DigitsSettings)
 def digits(test_size: int, seed: int = 0) -> Arrays:
     """scikit-learn's 8x8 handwritten digits (ships with it, no download); the test set is a seeded hold-out."""
     from sklearn.datasets import load_digits
@@ -117,6 +151,21 @@ def digits(test_size: int, seed: int = 0) -> Arrays:
     return Arrays(images[train], labels[train], images[test], labels[test], tuple(map(str, raw.target_names)))
 
 
+@member
+class SyntheticSettings:
+    """``dataset.source`` of synthetic, and ``synthetic``'s arguments."""
+
+    train_size: int = setting(**POSITIVE)
+    test_size: int = setting(**POSITIVE)
+    num_classes: int = setting(ge=2)
+    channels: int = setting(**POSITIVE)
+    image_size: int = setting(**POSITIVE)
+    grid: int = setting(**POSITIVE)
+    noise: float = setting(ge=0)
+    seed: int = setting(**SEEDS)
+
+
+@declared("dataset.source", SyntheticSettings)
 def synthetic(
     train_size: int, test_size: int, num_classes: int, channels: int, image_size: int, grid: int, noise: float,
     seed: int = 0,

@@ -14,6 +14,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from blockqnn.executors.base import STOP_SIGNALS, Batches, Cutoffs, Evaluator, EvaluatorFactory, call, failed_result
+from blockqnn.schema import AUTO, declared, member, setting
 from blockqnn.threads import cpu_threads, cpu_workers, policy_env
 
 
@@ -32,6 +33,17 @@ def visible_gpus() -> list[str]:
 
 
 
+@member
+class LocalSettings:
+    """``executor=local`` (conf/executor/local.yaml), and ``LocalExecutor``'s arguments."""
+
+    workers: int | str = setting(ge=0, pattern=AUTO)  # 0: in the search process
+    threads: int | str = setting(ge=1, pattern=AUTO)
+    flops_per_thread: float = setting(ge=0)
+    workers_per_gpu: int = setting(ge=1)
+
+
+@declared("executor", LocalSettings)
 class LocalExecutor(Batches):
     """Candidates on this machine: one at a time in this process, or long-lived worker processes.
 
@@ -47,10 +59,6 @@ class LocalExecutor(Batches):
 
     def __init__(self, workers: int | str = "auto", threads: int | str = "auto", workers_per_gpu: int = 1,
                  flops_per_thread: float = 0.0) -> None:
-        if workers != "auto" and (not isinstance(workers, int) or workers < 0):
-            raise ValueError(f"executor.workers must be auto or a number >= 0, got {workers!r}")
-        if not isinstance(workers_per_gpu, int) or workers_per_gpu < 1:
-            raise ValueError(f"executor.workers_per_gpu must be a number >= 1, got {workers_per_gpu!r}")
         self.workers, self.threads, self.workers_per_gpu = workers, threads, workers_per_gpu
         self.flops_per_thread = float(flops_per_thread)
         self._environ: dict[str, str | None] = {}

@@ -6,8 +6,31 @@ from typing import Any
 
 from blockqnn.errors import UserError
 from blockqnn.executors.base import Batches, Cutoffs, Evaluator, EvaluatorFactory, call, failed_result, first_line
+from blockqnn.schema import COUNT, declared, member, setting
 
 
+@member
+class RayInitSettings:
+    """``ray.init``'s options for a Ray instance the search starts (``address: null``)."""
+
+    num_cpus: int | None = setting(**COUNT)
+    num_gpus: int | None = setting(**COUNT)
+    include_dashboard: bool = setting()
+    log_to_driver: bool = setting()
+
+
+@member
+class RaySettings:
+    """``executor=ray`` (conf/executor/ray.yaml), and ``RayExecutor``'s arguments."""
+
+    address: str | None = setting()
+    num_gpus: float = setting(ge=0)
+    num_cpus: float = setting(ge=0)
+    max_retries: int = setting(**COUNT)
+    init: RayInitSettings | None = setting()
+
+
+@declared("executor", RaySettings)
 class RayExecutor(Batches):
     """Each candidate is one Ray task with ``num_gpus`` (fractions share a GPU) and ``num_cpus``.
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+from matplotlib.path import Path as MplPath
+from matplotlib.text import Text
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch  # noqa: E402
-from matplotlib.path import Path as MplPath  # noqa: E402
-from matplotlib.text import Text  # noqa: E402
-
-from blockqnn.codes import Block, Layer, LayerType  # noqa: E402
+from blockqnn.codes import Block, Layer, LayerType
 
 NAMES = {
     LayerType.CONV: "conv",
@@ -145,14 +145,22 @@ def edge_lines(routes: list[list[Node]], pos: dict[Node, tuple[float, float]]) -
     return lines
 
 
-def block_figure(block: Block, title: str | None = None) -> tuple[plt.Figure, list[tuple[FancyBboxPatch, Text]]]:
+def figure(rows: int = 1, cols: int = 1, **subplots: Any) -> tuple[Figure, Any]:
+    """A figure and its axes, as ``plt.subplots`` gives them, drawn by a canvas of its own (Agg) outside pyplot: the
+    report neither sets the backend nor adds to the figures of a notebook or script that uses it."""
+    fig = Figure(figsize=subplots.pop("figsize", None))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, **subplots)
+
+
+def block_figure(block: Block, title: str | None = None) -> tuple[Figure, list[tuple[FancyBboxPatch, Text]]]:
     """The drawing of ``block`` and its boxes with their labels (a label too long for its box at the drawing's
     scale is set smaller)."""
     pos, routes = layout(block)
     xs = [x for x, _ in pos.values()]
     left, right = min(xs) - 0.5, max(xs) + 0.5
     bottom = min(y for _, y in pos.values()) - BOX_H
-    fig, ax = plt.subplots(figsize=(max(3.4, 1.5 * (right - left) + 1.4), 1.6 * -bottom / ROW_GAP * 0.5 + 1.2))
+    fig, ax = figure(figsize=(max(3.4, 1.5 * (right - left) + 1.4), 1.6 * -bottom / ROW_GAP * 0.5 + 1.2))
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, BOX_H)
     ax.set_aspect("equal")
@@ -186,7 +194,7 @@ def block_figure(block: Block, title: str | None = None) -> tuple[plt.Figure, li
     return fig, boxes
 
 
-def _width(fig: plt.Figure, ax: plt.Axes, text: Text) -> float:
+def _width(fig: Figure, ax: Axes, text: Text) -> float:
     """A text's width in data units, as drawn."""
     extent = text.get_window_extent(fig.canvas.get_renderer())
     (x0, _), (x1, _) = ax.transData.inverted().transform([(extent.x0, 0), (extent.x1, 0)])
@@ -197,5 +205,4 @@ def draw_block(block: Block, path: str | Path, title: str | None = None) -> Path
     """Write a PNG of ``block`` to ``path`` and return the path."""
     fig, _ = block_figure(block, title)
     fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
     return Path(path)

@@ -1,5 +1,6 @@
 """The report's pictures, drawn with matplotlib: the paper's search curve, best reward against trained blocks,
-the workers' timeline, and agents compared across runs. ``save_figure`` is the PNG style of every report and experiment.
+the workers' timeline, and agents compared across runs. ``figure`` and ``save_figure`` are the figures of every report
+and experiment: drawn outside pyplot, so that importing or calling them leaves the backend of a notebook as it was.
 """
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from blockqnn.report.analysis import History, best_so_far, by_agent  # noqa: E402
+from blockqnn.report.analysis import History, best_so_far, by_agent
+from blockqnn.report.drawing import figure
 
 
 def _epsilon_stages(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, float]]:
@@ -51,7 +50,7 @@ def plot_rewards(history: History, path: Path) -> Path:
     cached = np.array([bool(r["cached"]) for r in rows])
     failed = np.array([r["status"] != "ok" for r in rows])
     window = max(Counter(r["iteration"] for r in rows).values(), default=1)
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = figure(figsize=(9, 4.2))
     shades = ("#f0f0f0", "#dcdcdc")
     for n, (first, last, eps) in enumerate(_epsilon_stages(rows)):
         ax.axvspan(first - 0.5, last + 0.5, color=shades[n % 2], zorder=0, linewidth=0)
@@ -77,7 +76,7 @@ def plot_best_so_far(history: History, path: Path) -> Path:
     """Best reward against trained candidates: what a budget of n trainings buys."""
     best = best_so_far(history)
     cached = len(history.rows) - len(history.trained())
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = figure(figsize=(6.5, 4))
     ax.step(np.arange(1, len(best) + 1), np.where(np.isfinite(best), best, np.nan), where="post", color="#3182bd")
     ax.set_xlabel(f"trained candidates ({cached} cached repeats not counted)")
     ax.set_ylabel("best reward so far")
@@ -89,7 +88,7 @@ def plot_best_so_far(history: History, path: Path) -> Path:
 def plot_agents(histories: Sequence[History], path: Path) -> Path:
     """Best-so-far curves of every agent across runs (seeds): mean line, min-max band, each run thin; the y-axis
     starts where the lowest mean stands a tenth of the way in (the first few candidates would flatten the rest)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = figure(figsize=(7, 4.2))
     colours = {"q-learning": "#3182bd", "random": "#e6550d", "evolution": "#31a354"}
     lows = []
     for agent, runs in sorted(by_agent(histories).items()):
@@ -117,13 +116,12 @@ def plot_agents(histories: Sequence[History], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    """Lay out, write (creating the folder) and close a figure; the PNG style of every report and experiment."""
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Lay out and write a figure (creating the folder); the PNG style of every report and experiment."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -147,7 +145,7 @@ def worker_lanes(rows: Sequence[dict[str, Any]]) -> list[list[tuple[float, float
 def plot_timeline(history: History, path: Path) -> Path:
     """One row per worker, a bar per trained candidate (failed in red): idle time at a glance."""
     lanes = worker_lanes(history.rows)
-    fig, ax = plt.subplots(figsize=(9, max(2.5, 0.6 + 0.28 * len(lanes))))
+    fig, ax = figure(figsize=(9, max(2.5, 0.6 + 0.28 * len(lanes))))
     if lanes:
         t0 = min(lane[0][0] for lane in lanes)
         span = max(bar[1] for lane in lanes for bar in lane) - t0

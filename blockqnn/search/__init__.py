@@ -92,7 +92,7 @@ def build_executor(cfg: DictConfig, space: Any) -> Any:
 def loop_mode(cfg: DictConfig, stored: str | None, executor: Any, agent: Any) -> str:
     """``sync`` or ``async``: the run's own mode on resume (its history is written the one way), else
     ``search.mode``, where ``auto`` is async whenever the executor runs more than one candidate at once and the
-    agent can take one block at a time (``blockqnn.agents.StreamAgent``). ``stored``: the resumed run's mode."""
+    agent can take one block at a time (``blockqnn.agents.base.StreamAgent``). ``stored``: the resumed run's mode."""
     asked = cfg.search.mode
     if stored is not None:
         if asked not in ("auto", stored):

@@ -17,12 +17,14 @@ import itertools
 import math
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from blockqnn.errors import TableError, TableNotFoundError
+from blockqnn.schema import declared, member, setting
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # The source node of each of the 6 edges, in string order; nodes 1, 2, 3 take 1, 2, 3 edges.
@@ -52,6 +54,22 @@ def all_archs(ops: Sequence[str] = OPS) -> list[str]:
     return [format_arch(combo) for combo in itertools.product(ops, repeat=len(EDGE_SOURCES))]
 
 
+@member
+class NASBench201Settings:
+    """``space=nasbench201`` (conf/space/nasbench201.yaml), and ``NASBench201Space``'s arguments."""
+
+    table: str | Path = setting()
+    arch_column: str = setting()
+    metric_column: str = setting()
+    metric_unit: str = setting(choices=METRIC_UNITS)
+    ops: list[str] = setting(choices=OPS)
+
+    @staticmethod
+    def rule(values: Mapping[str, Any]) -> str | None:
+        return "ops=[]: expected at least one op" if "ops" in values and not values["ops"] else None
+
+
+@declared("space", NASBench201Settings)
 class NASBench201Space:
     """The NAS-Bench-201 cell with a metric table as its evaluator (``lookup``): a ``TabularSpace``."""
 
@@ -65,11 +83,6 @@ class NASBench201Space:
         ops: Sequence[str] = OPS,
         metric_unit: str = "auto",
     ) -> None:
-        unknown = set(ops) - set(OPS)
-        if unknown or not ops:
-            raise ValueError(f"space.ops: {sorted(unknown) or 'empty'} not NAS-Bench-201 ops (allowed: {OPS})")
-        if metric_unit not in METRIC_UNITS:
-            raise ValueError(f"space.metric_unit must be one of {METRIC_UNITS}, got {metric_unit!r}")
         self.ops = tuple(ops)
         self.table = Path(table)
         self.metrics = _load_table(self.table, arch_column, metric_column, metric_unit)

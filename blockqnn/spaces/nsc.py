@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
+from typing import Any
 
 import numpy as np
 
 from blockqnn.codes import BINARY, DEFAULT_MAX_INDEX, KERNELS, Block, Layer, LayerType
+from blockqnn.schema import declared, member, setting
 
 
+@member
+class NSCKernelSettings:
+    """The kernels each kind of layer may take: a subset of the NSC's own."""
+
+    conv: list[int] = setting(choices=KERNELS[LayerType.CONV])
+    max_pool: list[int] = setting(choices=KERNELS[LayerType.MAX_POOL])
+    avg_pool: list[int] = setting(choices=KERNELS[LayerType.AVG_POOL])
+
+
+@member
+class NSCSettings:
+    """``space=nsc`` (conf/space/nsc.yaml), and ``NSCSpace``'s arguments."""
+
+    max_index: int = setting(ge=2)  # one layer and the Terminal
+    types: list[int] = setting(ge=int(min(LayerType)), le=int(max(LayerType)))
+    kernels: NSCKernelSettings | None = setting()  # null: every kernel the NSC allows
+    terminal_weight: float = setting(gt=0)  # the weight of stopping
+
+    @staticmethod
+    def rule(values: Mapping[str, Any]) -> str | None:
+        types = values.get("types", [LayerType.TERMINAL, LayerType.CONV])
+        if LayerType.TERMINAL not in types or len(set(types)) < 2:
+            return f"types={list(types)}: expected 7 (Terminal) and at least one layer type"
+        return None
+
+
+@declared("space", NSCSettings)
 class NSCSpace:
     """BlockQNN's block space: each action is the NSC tuple of the next layer.
 
@@ -36,24 +65,11 @@ class NSCSpace:
         kernels: dict[str, Sequence[int]] | None = None,
         terminal_weight: float = 1.0,
     ) -> None:
-        if max_index < 2:
-            raise ValueError(f"space.max_index must be at least 2 (one layer and the Terminal), got {max_index}")
         self.max_index = max_index
-        unknown = set(types) - set(LayerType)
-        if unknown:
-            raise ValueError(f"space.types: {sorted(unknown)} are not NSC layer types (1-7)")
         self.types = tuple(LayerType(t) for t in types)
-        if LayerType.TERMINAL not in self.types or len(set(self.types)) < 2:
-            raise ValueError(f"space.types must include 7 (Terminal) and at least one layer type, got {list(types)}")
-        if not terminal_weight > 0:
-            raise ValueError(f"space.terminal_weight must be > 0 (the weight of stopping), got {terminal_weight}")
         self.kernels = {t: tuple(KERNELS[t]) for t in self.types}
         for name, allowed in (kernels or {}).items():
-            kind = LayerType[name.upper()]
-            bad = set(allowed) - set(KERNELS[kind])
-            if bad:
-                raise ValueError(f"space.kernels.{name}: {sorted(bad)} not allowed (NSC allows {KERNELS[kind]})")
-            self.kernels[kind] = tuple(allowed)
+            self.kernels[LayerType[name.upper()]] = tuple(allowed)
         self.terminal_weight = terminal_weight
         self.start: Layer = Layer(0, 0, 0, 0, 0)
         self._actions = cache(self._layers_at)

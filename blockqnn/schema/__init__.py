@@ -1,0 +1,28 @@
+"""Every setting's type and legal values, declared once and checked when a config is composed and when a
+constructor is called from Python.
+
+A schema is a dataclass: each field declares one setting, its type by the annotation and its legal values by
+``setting(ge=, gt=, le=, lt=, choices=, pattern=)`` (``fields``). Where the schemas live:
+
+- a group member's beside the class or function its ``_target_`` builds, which ``@declared(group, schema)`` ties to
+  it (``blockqnn.agents.qlearning``: ``QLearningSettings`` and ``QLearningAgent``), so a member's settings use the
+  word lists of the module that owns them; members of one group may differ (``space=nsc``, ``space=nasbench201``);
+- what no room below owns here (``entry``): the entry points' top level (``SearchConfig``, ``TrainConfig``,
+  registered with Hydra), the trainer recipe (a section without a ``_target_``) and torch's optimizers.
+
+``check_config`` (``check``) walks a composed config and refuses the first value outside its declaration with one
+line that names the key (``trainer.max_epochs=-1: expected an integer >= 1``); ``blockqnn.config.compose`` and every
+entry point run it before anything else. A target without a schema is not checked, and neither are keys a schema
+leaves undeclared (extra optimizer arguments go to torch as given); ``tests/test_schema.py`` keeps every key of
+``conf/`` declared and every target of ``conf/`` known.
+"""
+
+from blockqnn.schema.check import check, check_config, declarations, declared, describe, schema_of, target_schema
+from blockqnn.schema.entry import PRECISIONS, PROGRESS_MODES, SEARCH_MODES, ProgressConfig, register_schemas
+from blockqnn.schema.fields import AUTO, COUNT, FRACTION, POSITIVE, SEEDS, member, setting
+
+__all__ = [
+    "AUTO", "COUNT", "FRACTION", "POSITIVE", "PRECISIONS", "PROGRESS_MODES", "SEARCH_MODES", "SEEDS",
+    "ProgressConfig", "check", "check_config", "declarations", "declared", "describe", "member", "register_schemas",
+    "schema_of", "setting", "target_schema",
+]

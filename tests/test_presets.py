@@ -1,0 +1,42 @@
+"""The presets (``experiment=quickstart|paper_cifar100|nasbench201``, conf/experiment/ and conf/agent_preset/):
+what each promises, and one budget for every agent under each."""
+
+from __future__ import annotations
+
+import pytest
+
+from blockqnn.agents.qlearning import epsilon_schedule
+
+
+def test_presets_compose_to_what_they_promise(compose, nb201_table):
+    from hydra.utils import instantiate
+
+    def agent_of(cfg):
+        return instantiate(cfg.agent, space=instantiate(cfg.space), seed=0)
+
+    quick = compose("experiment=quickstart")
+    assert (quick.dataset.name, quick.template.F, quick.executor.workers) == ("digits", 8, "auto")
+    assert agent_of(quick).total_samples <= 200  # a few minutes on a laptop CPU
+    paper = compose("experiment=paper_cifar100")
+    assert (paper.dataset.name, paper.template.stages, paper.trainer.max_epochs) == ("cifar100", 3, 12)
+    assert (agent_of(paper).num_iterations, agent_of(paper).total_samples) == (178, 11392)
+    assert agent_of(paper).schedule == epsilon_schedule("paper") and agent_of(paper).alpha == 0.01
+    table = compose("experiment=nasbench201", f"space.table={nb201_table}")
+    space = instantiate(table.space)
+    assert 0 < space.lookup(space.decode(agent_of(table).sample(1)[0])) < 1
+    for preset in (quick, table):  # the small-budget settings measured on the real table
+        agent = agent_of(preset)
+        assert (agent.alpha, agent.schedule[0], agent.schedule[-1]) == (0.3, 1.0, pytest.approx(0.1))
+        assert agent.schedule == sorted(agent.schedule, reverse=True) and len(set(agent.schedule)) > 10
+
+
+@pytest.mark.parametrize("preset", ["quickstart", "nasbench201", "paper_cifar100"])
+def test_every_agent_runs_under_every_preset_with_one_budget(compose, nb201_table, preset):
+    from hydra.utils import instantiate
+
+    budgets = set()
+    for agent in ("qlearning", "random", "evolution"):
+        cfg = compose(f"experiment={preset}", f"agent={agent}", f"space.table={nb201_table}" if preset == "nasbench201"
+                      else "space=nsc")
+        budgets.add(instantiate(cfg.agent, space=instantiate(cfg.space), seed=0).total_samples)
+    assert len(budgets) == 1
