@@ -1,4 +1,5 @@
-"""The command-line face shared by ``blockqnn.search``, ``blockqnn.train`` and ``blockqnn.report``.
+"""The command-line face shared by ``blockqnn.search``, ``blockqnn.train`` and ``blockqnn.report``, each also a
+console script (``blockqnn-search``, ``blockqnn-train``, ``blockqnn-report``, ``blockqnn-nsc``: the same ``main``).
 
 Bad input (an unknown config option, a malformed NSC code, a missing data file, a broken run folder) must end in
 one clear line on stderr and exit status 1, not in a traceback. Hydra prints several lines and a stack for these,
@@ -103,6 +104,13 @@ def one_line(exc: BaseException) -> str:
             text += "; " + line
             listing = False
     return text or type(exc).__name__
+
+
+def prog(module: str) -> str:
+    """The command's name for usage lines: the console script's (``blockqnn-report``, from ``pyproject.toml``) when
+    that is what runs, else ``python -m <module>``."""
+    name = Path(sys.argv[0]).name
+    return name if name.startswith("blockqnn-") else f"python -m {module}"
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -6,13 +6,20 @@ The file is a ``torch.save`` of a dict holding only tensors and a JSON string, r
 cannot name a callable to run either. ``blockqnn.load(path)`` gives the network in eval mode, ready to call on
 images as they come: the dataset's normalisation is part of the loaded module (``ImageClassifier``), which takes
 a batch ``(N, C, H, W)`` of images at the training size, float in [0, 1] or uint8 in 0..255.
+
+The loaded model also goes to other runtimes: ``save_program`` (a ``torch.export`` program) and ``save_onnx``
+(ONNX, with the ``onnx`` extra), each taking float images with any batch size and checked after writing: the file
+read back must give the PyTorch model's logits on a batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import inspect
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,12 @@ VERSION = 1
 TEMPLATE_TARGET = "blockqnn.network.Template"
 TEMPLATE_FIELDS = tuple(inspect.signature(Template).parameters)
 DATASET_FIELDS = ("channels", "image_size", "num_classes")
+# How close an exported file's logits must come to PyTorch's (float32 on CPU; kernels differ in summation order).
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+INPUT, OUTPUT = "images", "logits"  # ImageClassifier.forward's argument; the names inside an ONNX file
+ONNX_LOGGERS = ("onnx_ir", "onnxscript")  # an info line per optimisation pass of torch.onnx.export
+
+log = logging.getLogger(__name__)
 
 
 def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -134,3 +147,65 @@ def example_input(meta: Mapping[str, Any], batch: int = 1) -> torch.Tensor:
     """A random batch of images in [0, 1] of the shape the network was trained on (for ``torch.export``)."""
     dataset = meta["dataset"]
     return torch.rand(batch, dataset["channels"], dataset["image_size"], dataset["image_size"])
+
+
+# ---- other runtimes -----------------------------------------------------------------------------------------------
+def _any_batch() -> dict[str, dict[int, Any]]:
+    """The exports' dynamic shapes: the batch dimension is free, the rest as trained."""
+    return {INPUT: {0: torch.export.Dim("batch", min=1)}}
+
+
+def save_program(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
+    """``model`` as a ``torch.export`` program file (``torch.export.load(path).module()``), any batch size, checked
+    against ``model`` on ``example``."""
+    path = Path(path)
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=_any_batch()), path)
+    with torch.no_grad():
+        check_logits(path, model(example), torch.export.load(path).module()(example))
+    return path
+
+
+def save_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> Path | None:
+    """``model`` as one ONNX file (input ``images``, output ``logits``, any batch size), checked against ``model``
+    on ``example`` by onnxruntime; None, saying so in one line, without the ``onnx`` extra."""
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        log.info("%s skipped: torch.onnx.export needs %s (pip install 'blockqnn[onnx]')", Path(path).name,
+                 " and ".join(missing))
+        return None
+    path = Path(path)
+    with _quiet(*ONNX_LOGGERS):
+        torch.onnx.export(model, (example,), path, dynamo=True, verbose=False, external_data=False,
+                          input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=_any_batch())
+    if importlib.util.find_spec("onnxruntime") is None:
+        log.info("%s not checked: onnxruntime is not installed (pip install 'blockqnn[onnx]')", path.name)
+        return path
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run([OUTPUT], {INPUT: example.numpy()})
+    with torch.no_grad():
+        check_logits(path, model(example), torch.from_numpy(logits))
+    return path
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """The named loggers at WARNING for a block of code."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def check_logits(path: Path, expected: torch.Tensor, actual: torch.Tensor) -> None:
+    """Refuse an exported file whose logits are not the PyTorch model's (``TOLERANCE``)."""
+    if actual.shape != expected.shape or not torch.allclose(actual, expected, **TOLERANCE):
+        gap = f"{(actual - expected).abs().max().item():.3g}" if actual.shape == expected.shape else "?"
+        raise ExportError(f"{path} does not reproduce the model: logits {tuple(actual.shape)} differ from PyTorch's "
+                          f"{tuple(expected.shape)} by up to {gap} on a batch")

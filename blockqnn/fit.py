@@ -3,16 +3,20 @@ and fitting / testing on a data module of blockqnn.data.
 
 Search trains thousands of candidates in one process, so the trainer built here pays for nothing a candidate does
 not use (no progress bar, checkpoints, model summary, sanity validation or logger unless asked), and the module
-logs once per epoch instead of per step. Final training (blockqnn.train) passes its logger, callbacks and
-checkpointing through the same ``build_trainer``.
+logs once per epoch instead of per step. Final training (blockqnn.train) passes its loggers, callbacks,
+checkpointing and progress bar through the same ``build_trainer``, and records every epoch with ``EpochRecord``.
+``trainer.extra`` goes over these defaults, for a search's candidates and a final training alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -20,11 +24,15 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from blockqnn.errors import NonFiniteLossError
+from blockqnn.errors import ConfigError, NonFiniteLossError
+from blockqnn.schema import extra_clash
+
+log = logging.getLogger(__name__)
 
 
 class Classifier(L.LightningModule):
@@ -143,28 +151,82 @@ def on_gpu(cfg: DictConfig) -> bool:
 
 
 def build_trainer(
-    cfg: DictConfig, *, logger: Logger | bool = False, callbacks: Sequence[Callback] = (),
-    enable_checkpointing: bool = False, default_root_dir: str | None = None,
+    cfg: DictConfig, *, logger: Logger | Sequence[Logger] | bool = False, callbacks: Sequence[Callback] = (),
+    enable_checkpointing: bool = False, default_root_dir: str | None = None, progress_bar: bool = False,
 ) -> L.Trainer:
-    """A lean ``lightning.Trainer`` from a recipe; final training passes its logger, callbacks and checkpoints."""
+    """A lean ``lightning.Trainer`` from a recipe; final training passes its loggers, callbacks, checkpoints and
+    progress bar. ``cfg.extra`` goes over the lean defaults (the user's value wins); the arguments other settings
+    give (``blockqnn.schema.TRAINER_ARGUMENTS``) it cannot set."""
+    clash = extra_clash(cfg.extra)
+    if clash:
+        raise ConfigError(f"trainer.{clash}")
     gpu = on_gpu(cfg)
+    lean = dict(num_sanity_val_steps=0, enable_progress_bar=progress_bar, enable_model_summary=False,
+                enable_checkpointing=enable_checkpointing, default_root_dir=default_root_dir)
     return L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy,
         precision=cfg.precision or ("bf16-mixed" if gpu else "32-true"),
         max_epochs=cfg.max_epochs, limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches, check_val_every_n_epoch=cfg.check_val_every_n_epoch,
-        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=enable_checkpointing, logger=logger, callbacks=list(callbacks),
+        logger=logger if isinstance(logger, bool | Logger) else list(logger), callbacks=list(callbacks),
         benchmark=cfg.cudnn_benchmark if gpu else None, deterministic=cfg.deterministic,
-        default_root_dir=default_root_dir, **cfg.extra,
+        **(lean | OmegaConf.to_container(cfg.extra, resolve=True)),
     )
+
+
+class EpochRecord(Logger):
+    """One row per training epoch in a CSV file (epoch, train_loss, val_acc, lr) and, with ``log_lines``, one log
+    line: a full training's record whatever else logs it, appended to on resume. A Lightning logger rather than a
+    callback because it sees an epoch's metrics as Lightning hands them out: the learning rate as the epoch starts,
+    val_acc after validation, train_loss last (after the module's epoch-end hook, which no callback follows)."""
+
+    COLUMNS = ("epoch", "train_loss", "val_acc", "lr")
+
+    def __init__(self, path: str | Path, max_epochs: int, log_lines: bool = False) -> None:
+        super().__init__()
+        self.path, self.max_epochs, self.log_lines = Path(path), max_epochs, log_lines
+        self._epoch: dict[str, float] = {}
+
+    @property
+    def name(self) -> str:
+        return "epochs"
+
+    @property
+    def version(self) -> str:
+        return ""  # nothing for the progress bar's v_num to show
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.path.parent)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._epoch.update({"lr" if k.startswith("lr-") else k: float(v) for k, v in metrics.items()})
+        if "train_loss" not in metrics:
+            return
+        row = {k: self._epoch.get(k) for k in self.COLUMNS} | {"epoch": int(self._epoch["epoch"]) + 1}
+        self._epoch = {}
+        new = not self.path.is_file()
+        with self.path.open("a", newline="") as file:
+            writer = csv.DictWriter(file, self.COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.log_lines:
+            shown = ", ".join(f"{k} {row[k]:.4g}" for k in self.COLUMNS[1:] if row[k] is not None)
+            log.info("epoch %d/%d: %s", row["epoch"], self.max_epochs, shown)
 
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence Lightning's per-trainer info lines ("GPU available", "LOCAL_RANK") for a block of code, and the
-    deprecation Lightning's own pytree helper triggers in recent torch (nothing a user can act on)."""
+    """Silence Lightning's per-trainer info lines ("GPU available", "LOCAL_RANK") for a block of code, the
+    deprecation Lightning's own pytree helper triggers in recent torch, and the warning that an epoch is shorter than
+    the per-step logging interval (nothing a user can act on)."""
     names = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
@@ -173,6 +235,8 @@ def quiet() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            # The module logs once per epoch: Lightning's per-step logging interval does not apply to it.
+            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
             yield
     finally:
         for lg, level in zip(loggers, levels):

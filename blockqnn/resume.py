@@ -40,7 +40,7 @@ CONFIG_FILE, CHECKPOINTS, LAST = "config.yaml", "checkpoints", "last.ckpt"
 # What a train folder's config fixes: a resume must train the same network on the same data...
 SAME_NETWORK = ("block", "template", "dataset")
 # ...and takes these from the folder unless the command line names them (the recipe and logging may change).
-ADOPTED = (*SAME_NETWORK, "seed", "trainer", "logger", "checkpoint", "export")
+ADOPTED = (*SAME_NETWORK, "seed", "trainer", "logger", "checkpoint", "export", "onnx", "program")
 # What to do about a corrupt config.yaml, and about a corrupt checkpoint.
 RESTORE = "restore it, or train into a new folder"
 RESTART = "delete it to train this folder from the start, or train into a new folder"

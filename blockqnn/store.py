@@ -137,6 +137,16 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def snapshot(self, path: str | Path) -> Path:
+        """A consistent copy of the history at ``path`` (SQLite's online backup: every commit so far, the WAL's
+        included), to hand on while the search may go on writing."""
+        copy = sqlite3.connect(path)
+        try:
+            self.conn.backup(copy)
+        finally:
+            copy.close()
+        return Path(path)
+
     def __enter__(self) -> Store:
         return self
 

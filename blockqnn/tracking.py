@@ -3,18 +3,22 @@
 W&B: one run per search, stored under the run folder (``RUN_DIR/wandb``), grouped by the multirun folder so a
 sweep's runs sit together. Every finished candidate is logged as it finishes (x-axis ``candidate``) with the
 workers' utilization so far (busy time / (capacity x elapsed)), a table of all candidates with their NSC every
-``table_every`` iterations and at the end, and the best block so far in the summary. The run id is kept in the
-search history, so a resumed search continues the same W&B run. Runs are offline unless the environment says
-otherwise (``WANDB_MODE``, or ``WANDB_API_KEY`` for online; see ``.env.example``).
+``table_every`` iterations and at the end, and the best block so far in the summary. At the end (a stopped search's
+too) the history (``history.sqlite``) and the ``top_k`` best blocks (``top_blocks.json``) are logged as artifacts,
+and a training's model files likewise (``log_model_artifact``); offline, ``wandb sync`` uploads them with the run.
+The run id is kept in the search history, so a resumed search continues the same W&B run. Runs are offline unless
+the environment says otherwise (``WANDB_MODE``, or ``WANDB_API_KEY`` for online; see ``.env.example``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,9 +26,9 @@ from typing import Any, Protocol, TextIO
 
 from omegaconf import DictConfig, OmegaConf
 
-from blockqnn.schema import COUNT, ProgressConfig, declared, member, setting
+from blockqnn.schema import COUNT, POSITIVE, ProgressConfig, declared, member, setting
 from blockqnn.stopping import STOPPED
-from blockqnn.store import Store
+from blockqnn.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,9 @@ TABLE_COLUMNS = (
 BEST_SUMMARY = ("reward", "accuracy", "arch", "flops", "params")
 # Numbers logged per candidate (history), besides the counters.
 LOGGED = ("iteration", "position", "reward", "accuracy", "flops", "params", "density", "epsilon", "cached")
+# The fields of each block in the top-blocks artifact, after its rank.
+TOP_FIELDS = ("arch", "reward", "accuracy", "flops", "params", "density", "iteration", "position")
+TOP_FILE = "top_blocks.json"
 
 
 class Tracker(Protocol):
@@ -62,6 +69,8 @@ class WandbSettings:
     tags: list[str] = setting()
     table_every: int = setting(**COUNT)  # 0: only at the end
     console: str = setting(choices=("off", "auto", "wrap", "redirect", "wrap_raw", "wrap_emu"))
+    artifacts: bool = setting()
+    top_k: int = setting(**POSITIVE)
 
 
 @member
@@ -112,9 +121,12 @@ class WandbTracker(NoTracker):
         tags: Sequence[str] = (),
         table_every: int = 10,
         console: str = "off",
+        artifacts: bool = True,
+        top_k: int = 5,
     ) -> None:
         self.project, self.entity, self.mode, self.group = project, entity, mode, group
         self.tags, self.table_every, self.console = list(tags), table_every, console
+        self.artifacts, self.top_k = artifacts, top_k
         self.run: Any = None
 
     def start(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> None:
@@ -169,8 +181,27 @@ class WandbTracker(NoTracker):
         if self.run is None:
             return
         self._log_table(store.candidates())
+        if self.artifacts:
+            self._log_artifacts(store)
         self.run.finish(exit_code=exit_code)
         self.run = None
+
+    def _log_artifacts(self, store: Store) -> None:
+        """``history.sqlite`` (a snapshot: the store stays open) and the ``top_k`` best blocks, one artifact each,
+        named by the run so that a resumed search adds versions."""
+        import wandb
+
+        with self._tolerated(), tempfile.TemporaryDirectory() as tmp:
+            history = wandb.Artifact(f"history-{self.run.id}", type="history",
+                                     metadata={"candidates": len(store.candidates())})
+            history.add_file(str(store.snapshot(Path(tmp) / DB_NAME)))  # copied to W&B's staging area here
+            self.run.log_artifact(history)
+            top = [{"rank": rank, **{k: row[k] for k in TOP_FIELDS}}
+                   for rank, row in enumerate(store.best(self.top_k), 1)]
+            (Path(tmp) / TOP_FILE).write_text(json.dumps(top, indent=2) + "\n")
+            blocks = wandb.Artifact(f"top-blocks-{self.run.id}", type="blocks", metadata={"top_k": self.top_k})
+            blocks.add_file(str(Path(tmp) / TOP_FILE))
+            self.run.log_artifact(blocks)
 
     def _log_table(self, rows: Sequence[Mapping[str, Any]]) -> None:
         import wandb
@@ -178,6 +209,17 @@ class WandbTracker(NoTracker):
         data = [[row.get(c) for c in TABLE_COLUMNS] for row in rows]
         with self._tolerated():
             self.run.log({"candidates": wandb.Table(columns=list(TABLE_COLUMNS), data=data)})
+
+
+def log_model_artifact(run: Any, files: Sequence[Path], metadata: Mapping[str, Any]) -> None:
+    """A training's model files as one W&B artifact ``model-<run id>`` (type ``model``), with its result."""
+    import wandb
+
+    artifact = wandb.Artifact(f"model-{run.id}", type="model",
+                              metadata={k: v for k, v in metadata.items() if v is not None})
+    for path in files:
+        artifact.add_file(str(path))
+    run.log_artifact(artifact)
 
 
 def wandb_mode(mode: str | None) -> str:

@@ -3,9 +3,11 @@
 The search ranks blocks on a small template with an early-stopped schedule; this is the other half of the paper:
 the chosen block stacked into a bigger template (``template.N`` = N, ``template.F`` = F), trained with
 the full recipe (``trainer=final``), on CIFAR or, by swapping groups, ImageNet. Lightning does the rest: checkpoints
-in ``RUN_DIR/checkpoints`` (``resume=RUN_DIR`` alone continues from ``last.ckpt`` with the folder's settings), DDP
-and bf16 from the trainer config, W&B through the logger group. The folder ends with ``model.pt``
-(``blockqnn.load``) and ``result.json`` (test and validation accuracy, size, where the block came from).
+in ``RUN_DIR/checkpoints`` (``resume=RUN_DIR`` alone continues from ``last.ckpt`` with the folder's settings;
+``best.ckpt`` holds the best validated epoch), DDP and bf16 from the trainer config, the progress bar on a terminal,
+W&B through the logger group; every epoch is a row of ``metrics.csv`` whatever the logger. The folder ends with
+``model.pt`` (``blockqnn.load``), the same model as ``model.onnx`` and ``model.pt2`` (a ``torch.export`` program),
+and ``result.json`` (test and validation accuracy, size, where the block came from).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -29,7 +32,15 @@ from blockqnn.cli import hydra_app
 from blockqnn.codes import Block
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.errors import UserError
-from blockqnn.fit import Classifier, accuracy_on_test_set, build_trainer, on_gpu, quiet, release_process_group
+from blockqnn.fit import (
+    Classifier,
+    EpochRecord,
+    accuracy_on_test_set,
+    build_trainer,
+    on_gpu,
+    quiet,
+    release_process_group,
+)
 from blockqnn.network import network_complexity
 from blockqnn.resume import (
     CHECKPOINTS,
@@ -45,10 +56,13 @@ from blockqnn.resume import (
     save_config,
 )
 from blockqnn.store import Store
-from blockqnn.tracking import WandbTracker, wandb_mode
+from blockqnn.tracking import WandbTracker, log_model_artifact, wandb_mode
 
 RANKED = re.compile(r"(?P<run>[^()\[\]]+):(?P<rank>-?\d+)")
 RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.csv"  # one row per epoch (blockqnn.fit.EpochRecord)
+BEST = "best"  # checkpoints/best.ckpt: the epoch with the best validation accuracy
+EXAMPLE_BATCH = 4  # images an export is checked on
 # What a block taken from a search (RUN_DIR:k) trains on unless the command line names it: the search's own.
 SEARCHED = ("dataset", "template")
 
@@ -167,38 +181,77 @@ def train(cfg: DictConfig, folder: Path, overridden: set[str] | None = None) -> 
     params, flops = network_complexity(block, template, data.channels, data.num_classes, data.image_size)
     module = Classifier.from_recipe(template.build(block, data.channels, data.num_classes), data.num_classes,
                                     recipe, on_gpu(recipe))
-    checkpoints = ModelCheckpoint(dirpath=folder / CHECKPOINTS, save_last=True, save_top_k=0,
-                                  every_n_epochs=cfg.checkpoint.every_n_epochs)
-    logger = tracking_logger(cfg, folder)
+    callbacks, best = run_callbacks(cfg, folder)
+    tracker = tracking_logger(cfg, folder)
+    mode = progress_mode(cfg.progress.mode)
+    record = EpochRecord(folder / METRICS_FILE, recipe.max_epochs, log_lines=mode == "log")
+    loggers = [record, tracker] if tracker else [record]
     with quiet():
-        trainer = build_trainer(recipe, logger=logger, callbacks=[checkpoints], enable_checkpointing=True,
-                                default_root_dir=str(folder))
+        trainer = build_trainer(recipe, logger=loggers, callbacks=callbacks, enable_checkpointing=True,
+                                default_root_dir=str(folder), progress_bar=mode == "bar")
         trainer.fit(module, datamodule=data, ckpt_path=resume_from)
         (val,) = trainer.validate(module, datamodule=data, verbose=False)
         test_acc = accuracy_on_test_set(trainer, module, data)
     result = {
         "nsc": str(block), "test_acc": test_acc, "val_acc": val["val_acc"], "epochs": trainer.current_epoch,
-        "params": params, "flops": flops, "resumed_from": resume_from,
-        **source,
+        "params": params, "flops": flops, "resumed_from": resume_from, **best_of(best), **source,
     }
     try:
         if trainer.is_global_zero:
-            publish(cfg, folder, block, module, data, result, logger)
+            publish(cfg, folder, block, module, data, result, tracker)
     finally:
         release_process_group()  # every rank, also when rank 0 failed: the others would wait for it
     return result
 
 
+def progress_mode(mode: str) -> str:
+    """``auto``: Lightning's progress bar on a terminal (it draws on stdout), one log line per epoch elsewhere."""
+    return ("bar" if sys.stdout.isatty() else "log") if mode == "auto" else mode
+
+
+def run_callbacks(cfg: DictConfig, folder: Path) -> tuple[list[Callback], ModelCheckpoint]:
+    """``last.ckpt`` (what a resume continues from), the best validated epoch's ``best.ckpt`` beside it, and the
+    learning rate per epoch; and the best checkpoint's callback."""
+    last = ModelCheckpoint(dirpath=folder / CHECKPOINTS, save_last=True, save_top_k=0,
+                           every_n_epochs=cfg.checkpoint.every_n_epochs)
+    best = ModelCheckpoint(dirpath=folder / CHECKPOINTS, filename=BEST, monitor="val_acc", mode="max", save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    return [last, best, LearningRateMonitor(logging_interval="epoch")], best
+
+
+def best_of(best: ModelCheckpoint) -> dict[str, Any]:
+    """What ``result.json`` says of the best validated epoch."""
+    if best.best_model_score is None:
+        return {"best_val_acc": None, "best_checkpoint": None}
+    return {"best_val_acc": best.best_model_score.item(), "best_checkpoint": best.best_model_path}
+
+
 def publish(cfg: DictConfig, folder: Path, block: Block, module: Classifier, data, result: dict[str, Any],
             logger: Logger | bool) -> None:
-    """Rank 0's part: the exported model, ``result.json``, the printed line and the W&B summary."""
-    export.save(folder / cfg.export, block, cfg.template, dataset_settings(cfg.dataset, data), module.net.state_dict())
+    """Rank 0's part: the exported model, ``result.json``, the printed line, the model's other formats, and on W&B
+    the summary and the model files as an artifact."""
+    model_file = export.save(folder / cfg.export, block, cfg.template, dataset_settings(cfg.dataset, data),
+                             module.net.state_dict())
     (folder / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     log.info(f"test accuracy {result['test_acc']:.4f} (validation {result['val_acc']:.4f}) after {result['epochs']} "
-             f"epochs; model saved to {folder / cfg.export}")
+             f"epochs; model saved to {model_file}")
+    files = [model_file, *other_formats(cfg, folder, model_file)]  # after the result: an export may be refused
     if isinstance(logger, WandbLogger):
-        logger.experiment.summary.update({k: v for k, v in result.items() if v is not None})
-        logger.experiment.finish()
+        run = logger.experiment
+        run.summary.update({k: v for k, v in result.items() if v is not None})
+        if cfg.logger.get("artifacts", True):  # a folder trained before the setting existed: on
+            log_model_artifact(run, files, result)
+        run.finish()
+
+
+def other_formats(cfg: DictConfig, folder: Path, model_file: Path) -> list[Path]:
+    """``model.onnx`` and ``model.pt2`` (``cfg.onnx``, ``cfg.program``; null skips one) from the saved model file,
+    each checked against it on a batch of images."""
+    model = export.load(model_file)
+    example = export.example_input(model.blockqnn, batch=EXAMPLE_BATCH)
+    written = [export.save_program(model, folder / cfg.program, example) if cfg.program else None,
+               export.save_onnx(model, folder / cfg.onnx, example) if cfg.onnx else None]
+    return [path for path in written if path is not None]
 
 
 def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Shared fixtures: composed configs, a small generated NAS-Bench-201 table, one torch thread per test.
 
-W&B never touches the network in tests: runs are forced offline here, before anything imports wandb.
+W&B never touches the network in tests: runs are forced offline here, before anything imports wandb, and stage
+their artifacts in a temporary folder.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ import pytest
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.pop("WANDB_API_KEY", None)
+# Where W&B stages the artifacts an offline run logs until `wandb sync` (by default under the user's home).
+os.environ.setdefault("WANDB_DATA_DIR", tempfile.mkdtemp(prefix="blockqnn-tests-wandb-"))
 
 REPO = Path(__file__).resolve().parent.parent
 

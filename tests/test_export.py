@@ -1,4 +1,6 @@
+import importlib.util
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from PIL import Image
 import blockqnn
 from blockqnn import export
 from blockqnn.codes import Block
+from blockqnn.errors import ExportError
 from blockqnn.network import Template
 from tests.blocks import INCEPTION, RESIDUAL
 from tests.helpers import REPO
@@ -52,6 +55,62 @@ def test_a_fresh_network_differs_so_the_comparison_means_something():
     a, b = trained_like(RESIDUAL), Template("conv", 2, 1, 8).build(Block.parse(RESIDUAL), 3, 5).eval()
     x = torch.randn(2, 3, 16, 16)
     assert not torch.allclose(a(x), b(x))
+
+
+def saved_model(tmp_path, code=RESIDUAL):
+    path = export.save(tmp_path / "model.pt", Block.parse(code), TEMPLATE, DATASET, trained_like(code).state_dict())
+    return blockqnn.load(path)
+
+
+@pytest.mark.parametrize("code", [RESIDUAL, INCEPTION])
+def test_the_torch_export_program_gives_the_models_logits_at_any_batch_size(tmp_path, code):
+    model = saved_model(tmp_path, code)
+    path = export.save_program(model, tmp_path / "model.pt2", export.example_input(model.blockqnn, batch=4))
+    program = torch.export.load(path).module()
+    x = export.example_input(model.blockqnn, batch=7)
+    with torch.no_grad():
+        assert torch.allclose(program(x), model(x), **export.TOLERANCE)
+
+
+def test_the_onnx_file_gives_the_models_logits_at_any_batch_size(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = saved_model(tmp_path)
+    path = export.save_onnx(model, tmp_path / "model.onnx", export.example_input(model.blockqnn, batch=4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pt"]  # one file, weights inside
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = export.example_input(model.blockqnn, batch=3)
+    (logits,) = session.run(["logits"], {"images": x.numpy()})
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), model(x), **export.TOLERANCE)
+
+
+def test_an_export_that_does_not_reproduce_the_model_is_refused(tmp_path):
+    logits = torch.randn(4, 5)
+    export.check_logits(tmp_path / "m.onnx", logits, logits + 1e-6)
+    with pytest.raises(ExportError, match=r"m.onnx does not reproduce the model: .* by up to 0.01"):
+        export.check_logits(tmp_path / "m.onnx", logits, logits + torch.tensor([0.0, 0.0, 0.01, 0.0, 0.0]))
+    with pytest.raises(ExportError, match=r"logits \(2, 5\) differ from PyTorch's \(4, 5\)"):
+        export.check_logits(tmp_path / "m.onnx", logits, logits[:2])
+
+
+@pytest.mark.parametrize("absent", [("onnx",), ("onnxscript",), ("onnxruntime",)])
+def test_without_the_onnx_extra_the_file_is_skipped_or_unchecked_with_one_line(tmp_path, monkeypatch, caplog,
+                                                                                absent):
+    if absent == ("onnxruntime",):
+        pytest.importorskip("onnxscript")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in absent else find_spec(name, *a))
+    model = saved_model(tmp_path)
+    with caplog.at_level(logging.INFO, logger="blockqnn.export"):
+        path = export.save_onnx(model, tmp_path / "model.onnx", export.example_input(model.blockqnn, batch=2))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "blockqnn.export"]
+    if absent == ("onnxruntime",):
+        assert path.is_file()
+        assert line == "model.onnx not checked: onnxruntime is not installed (pip install 'blockqnn[onnx]')"
+    else:
+        assert path is None and not (tmp_path / "model.onnx").exists()
+        assert line == f"model.onnx skipped: torch.onnx.export needs {absent[0]} (pip install 'blockqnn[onnx]')"
 
 
 class Evil:
@@ -137,6 +196,24 @@ def test_the_exported_model_takes_raw_images_and_scores_what_training_measured(d
             assert accuracy == pytest.approx(result["test_acc"], abs=1e-6)
     assert result["test_acc"] > 0.5 and model.classes == tuple("0123456789")
     torch.export.export(model, (export.example_input(model.blockqnn, batch=2),))
+
+
+def test_training_writes_the_onnx_file_and_the_program_beside_the_model(digits_model):
+    """Both take the test images as floats in [0, 1] and score what training measured."""
+    path, result = digits_model
+    test = digits_test()
+    images = test.test_images / 255
+    program = torch.export.load(path.with_name("model.pt2")).module()
+    scores = {"program": program(images)}
+    if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxscript") is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path.with_name("model.onnx")), providers=["CPUExecutionProvider"])
+        scores["onnx"] = torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+    for logits in scores.values():
+        accuracy = (logits.argmax(1) == test.test_labels).float().mean().item()
+        assert accuracy == pytest.approx(result["test_acc"], abs=2e-3)  # a near tie may flip
+    assert len(scores) == 2 or not path.with_name("model.onnx").exists()
 
 
 def test_the_readme_classifies_an_image_file(digits_model, tmp_path, capsys):

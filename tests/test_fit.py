@@ -1,6 +1,9 @@
 """The Lightning module, the lean trainer, the recipes, and the GPU code paths (bf16, channels_last, DDP) on CPU."""
 
+import csv
 import json
+import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -9,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelSummary
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelSummary
 from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf, open_dict
 
 from blockqnn.codes import Block
 from blockqnn.data import datamodule
-from blockqnn.fit import Classifier, NonFiniteLossError, accuracy_on_test_set, build_trainer, fit
+from blockqnn.errors import ConfigError
+from blockqnn.fit import Classifier, EpochRecord, NonFiniteLossError, accuracy_on_test_set, build_trainer, fit
 from tests.blocks import RESIDUAL
 
 
@@ -42,6 +47,65 @@ def test_trainer_takes_logger_callbacks_and_checkpointing(compose, tmp_path):
                             enable_checkpointing=True, default_root_dir=str(tmp_path))
     assert isinstance(trainer.logger, CSVLogger) and marker in trainer.callbacks
     assert trainer.checkpoint_callback is not None and trainer.max_epochs == 300
+
+
+def test_trainer_extra_goes_over_the_lean_defaults(compose):
+    recipe = compose("trainer=early_stop", "+trainer.extra.enable_progress_bar=true",
+                     "+trainer.extra.num_sanity_val_steps=2", "+trainer.extra.log_every_n_steps=7").trainer
+    trainer = build_trainer(recipe)
+    assert trainer.progress_bar_callback is not None and trainer.num_sanity_val_steps == 2
+    assert trainer.log_every_n_steps == 7
+    assert build_trainer(recipe, progress_bar=False).progress_bar_callback is not None  # the user's value wins
+    quiet = compose("trainer=early_stop", "+trainer.extra.enable_progress_bar=false").trainer
+    assert build_trainer(quiet, progress_bar=True).progress_bar_callback is None
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("max_epochs=5", "trainer.extra.max_epochs=5: set by trainer.max_epochs, not trainer.extra"),
+    ("benchmark=false", "trainer.extra.benchmark=False: set by trainer.cudnn_benchmark, not trainer.extra"),
+    ("logger=true", "trainer.extra.logger=True: set by the logger group (logger=wandb or logger=none)"),
+    ("callbacks=[]", "trainer.extra.callbacks=[]: set by blockqnn.train"),
+])
+def test_trainer_extra_cannot_give_what_other_settings_give(compose, extra, message):
+    """One clear line at composition, and the same from build_trainer for a config that skipped the checks."""
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        compose(f"+trainer.extra.{extra}")
+    key, _, value = extra.partition("=")
+    recipe = compose().trainer
+    with open_dict(recipe):
+        recipe.extra[key] = OmegaConf.create(f"v: {value}").v
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        build_trainer(recipe)
+
+
+def read_rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_epoch_record_writes_every_epoch_and_appends(compose, tmp_path, caplog):
+    """One row per epoch (the epoch's learning rate, validation accuracy where it was validated, training loss)
+    and one log line each; a second training into the same file (a resume) appends under the same header."""
+    module, data, recipe = tiny_run(compose, "trainer=early_stop", "trainer.max_epochs=3", "trainer.batch_size=32",
+                                    "trainer.scheduler.step_size=1", "trainer.scheduler.gamma=0.5",
+                                    "trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=2")
+    path = tmp_path / "metrics.csv"
+    with caplog.at_level(logging.INFO, logger="blockqnn.fit"):
+        fit(module, data, recipe, logger=EpochRecord(path, 3, log_lines=True),
+            callbacks=[LearningRateMonitor(logging_interval="epoch")])
+    rows = read_rows(path)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx([h["train_loss"] for h in module.history])
+    assert [r["val_acc"] for r in rows][:2] == ["", str(module.history[1]["val_acc"])]  # epoch 1 not validated
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/3: train_loss ") and "val_acc" not in lines[0] and "lr 0.001" in lines[0]
+    assert len(lines) == 3 and "val_acc" in lines[1]
+
+    module, data, recipe = tiny_run(compose, "trainer.max_epochs=1")
+    fit(module, data, recipe, logger=EpochRecord(path, 1))
+    assert [r["epoch"] for r in read_rows(path)] == ["1", "2", "3", "1"]
+    assert path.read_text().count("epoch,") == 1
 
 
 def test_fit_learns_and_records_every_epoch(compose):

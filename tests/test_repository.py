@@ -100,8 +100,9 @@ def test_method_pointers_exist_in_the_configs():
 
 
 # ---- the commands the pages show ----------------------------------------------------------------------------------
-SHOWN_COMMAND = re.compile(r"^(?:\w+=\S* )*(?:\.venv/bin/)?python -m blockqnn\.(\w+)\b(.*)$")
-INLINE_COMMAND = re.compile(r"`((?:\.venv/bin/)?python -m blockqnn\.\w+ [^`]+)`")
+# ``python -m blockqnn.X ...`` or its console script ``blockqnn-X ...`` (pyproject.toml's [project.scripts]).
+SHOWN_COMMAND = re.compile(r"^(?:\w+=\S* )*(?:(?:\.venv/bin/)?python -m blockqnn\.|blockqnn-)(\w+)\b(.*)$")
+INLINE_COMMAND = re.compile(r"`((?:(?:\.venv/bin/)?python -m blockqnn\.|blockqnn-)\w+ [^`]+)`")
 EXPECTED_OUTCOME = re.compile(r"^#\s*(?:(error: .*?)\s+)?(?:ok, )?exit (\d+)$")
 COMPOSED = {"search", "train"}  # Hydra apps: a shown command must compose; the others are argparse CLIs
 
@@ -112,7 +113,8 @@ def code_blocks(markdown: str) -> list[str]:
 
 
 def shown_commands(doc: str) -> list[tuple[str, list[str], str]]:
-    """Every ``python -m blockqnn.X ...`` a page shows: (module, arguments, the outcome its comment promises).
+    """Every ``python -m blockqnn.X ...`` (or ``blockqnn-X ...``) a page shows: (module, arguments, the outcome its
+    comment promises).
 
     Fenced lines and inline spans alike; a span that elides arguments (``...``) is not a command to run, and a
     placeholder in angle brackets (``runs/search/<run>``) is filled in with its name as a user fills it in."""

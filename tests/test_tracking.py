@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import sqlite3
+from pathlib import Path
 
 import pytest
 
 from blockqnn.search import search
 from blockqnn.store import Store
 from blockqnn.tracking import Progress, WandbTracker, wandb_mode
-from tests.helpers import read_wandb_run
+from tests.helpers import read_wandb_file, read_wandb_run
 
 STATE = dict(iteration=1, iterations=4, epsilon=0.9, done=10, total=40, cached=2, failed=1, best=0.61234,
              in_flight=3, utilization=0.876)
@@ -85,6 +88,38 @@ def test_search_is_tracked_offline_and_a_resume_continues_the_run(compose, table
     search(compose(*args, f"resume={tmp_path}"), tmp_path)  # a finished run: nothing new, same W&B run
     runs = read_wandb_run(tmp_path)
     assert len(runs) == 2 and {r["id"] for r in runs} == {run_id}
+
+
+def artifacts(run_dir: Path) -> dict:
+    """The artifacts the offline runs under ``run_dir`` logged: name -> {path in the artifact: staged file}."""
+    found = {}
+    for path in sorted((run_dir / "wandb").glob("offline-run-*/*.wandb")):
+        for record in read_wandb_file(path):
+            if record.WhichOneof("record_type") == "artifact":
+                a = record.artifact
+                found[a.name] = {"type": a.type, "metadata": json.loads(a.metadata or "{}"),
+                                 "files": {c.path: Path(c.local_path) for c in a.manifest.contents}}
+    return found
+
+
+def test_a_search_logs_its_history_and_top_blocks_as_artifacts(compose, table_search, tmp_path):
+    args = [a for a in table_search if a != "logger=none"] + ["logger=wandb", "logger.top_k=3"]
+    search(compose(*args), tmp_path / "run")
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        rows, run_id, best = store.candidates(), store.get("wandb_run_id"), store.best(3)
+    found = artifacts(tmp_path / "run")
+    assert set(found) == {f"history-{run_id}", f"top-blocks-{run_id}", f"run-{run_id}-candidates"}  # and the table
+    history = found[f"history-{run_id}"]
+    assert history["type"] == "history" and history["metadata"]["candidates"] == len(rows)
+    with sqlite3.connect(history["files"]["history.sqlite"]) as db:  # the staged copy, what `wandb sync` uploads
+        assert db.execute("SELECT arch FROM candidates ORDER BY iteration, position").fetchall() == [
+            (r["arch"],) for r in rows]
+    top = json.loads(found[f"top-blocks-{run_id}"]["files"]["top_blocks.json"].read_text())
+    assert [(b["rank"], b["arch"], b["reward"]) for b in top] == [(i, r["arch"], r["reward"]) for i, r in
+                                                                   enumerate(best, 1)]
+
+    search(compose(*args, "logger.artifacts=false"), tmp_path / "quiet")
+    assert [name for name in artifacts(tmp_path / "quiet") if not name.startswith("run-")] == []
 
 
 def test_tracker_without_a_run_finishes_quietly(tmp_path):

@@ -1,4 +1,7 @@
+import csv
+import io
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -17,11 +20,12 @@ from blockqnn.config import compose
 from blockqnn.errors import UserError
 from blockqnn.resume import adopt_folder_config, check_same_network, check_train_folder, override_keys
 from blockqnn.store import Store, StoreError
-from blockqnn.train import plan_run, resolve_block, train
+from blockqnn.train import plan_run, progress_mode, resolve_block, train
 from tests.blocks import RESIDUAL
-from tests.helpers import folder_digest, make_run
+from tests.helpers import folder_digest, make_run, read_wandb_file
 
-SMOKE = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=4", "logger=none"]
+SMOKE = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=4", "logger=none",
+         "onnx=null", "program=null"]  # the exports: tests/test_export.py and the command-line tests
 
 
 def config(tmp_path, *overrides):
@@ -40,6 +44,13 @@ def test_train_checkpoints_tests_exports_and_resumes(tmp_path, monkeypatch):
     assert 0.0 <= result["test_acc"] <= 1.0 and result["epochs"] == 1 and result["resumed_from"] is None
     run_id = (folder / "wandb_run_id").read_text()
     assert list((folder / "wandb").glob(f"offline-run-*{run_id}"))
+    assert (folder / "checkpoints" / "best.ckpt").is_file() and result["best_checkpoint"].endswith("best.ckpt")
+    assert result["best_val_acc"] == pytest.approx(result["val_acc"])  # one epoch: the best is the last
+    assert [row["epoch"] for row in metrics(folder)] == ["1"] and float(metrics(folder)[0]["lr"]) == 3e-3
+    [artifact] = wandb_artifacts(folder)
+    assert artifact.name == f"model-{run_id}" and artifact.type == "model"
+    assert {c.path for c in artifact.manifest.contents} == {"model.pt"}
+    assert json.loads(artifact.metadata)["test_acc"] == result["test_acc"]
 
     model = blockqnn.load(folder / "model.pt")
     assert model.blockqnn["nsc"] == RESIDUAL and model.blockqnn["dataset"]["num_classes"] == 4
@@ -59,12 +70,59 @@ def test_train_checkpoints_tests_exports_and_resumes(tmp_path, monkeypatch):
 
     more = train(config(tmp_path, f"resume={folder}", "trainer.max_epochs=2"), folder)
     assert more["epochs"] == 2
+    assert [row["epoch"] for row in metrics(folder)] == ["1", "2"]  # the resume appended its epoch
     assert OmegaConf.load(folder / "config.yaml").trainer.max_epochs == 2  # what the next resume continues with
 
     before = folder_digest(folder)
     with pytest.raises(UserError, match=r"has trained 2 epochs, more than trainer.max_epochs=1: give trainer.max_epo"):
         train(config(tmp_path, f"resume={folder}"), folder)
     assert folder_digest(folder) == before
+
+
+def metrics(folder):
+    with open(folder / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def wandb_artifacts(folder):
+    """The artifacts the offline W&B runs under ``folder`` logged, as wandb's records."""
+    return [record.artifact for path in sorted((folder / "wandb").glob("offline-run-*/*.wandb"))
+            for record in read_wandb_file(path) if record.WhichOneof("record_type") == "artifact"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_lightnings_bar_on_a_terminal_and_a_line_per_epoch_elsewhere(tmp_path, monkeypatch, caplog):
+    """Search candidates stay quiet (tests/test_fit.py); a full training shows its epochs either way."""
+    block = "block=[[1,1,1,0,0],[2,7,0,0,0]]"
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    with caplog.at_level(logging.INFO, logger="blockqnn.fit"):
+        train(config(tmp_path, block, "trainer.max_epochs=2"), tmp_path / "bar")
+    monkeypatch.undo()
+    assert "Epoch 1: 100%" in terminal.getvalue() and "v_num" not in terminal.getvalue(), terminal.getvalue()[-500:]
+    assert not [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="blockqnn.fit"):
+        train(config(tmp_path, block, "trainer.max_epochs=2"), tmp_path / "log")  # stdout is no terminal here
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] and "val_acc" in lines[1]
+    assert [row["epoch"] for row in metrics(tmp_path / "log")] == ["1", "2"]  # and the file, either way
+    assert progress_mode("off") == "off" and progress_mode("bar") == "bar"
+
+
+def test_trainer_extra_reaches_the_training(tmp_path, monkeypatch):
+    """trainer.extra goes over the lean defaults in a full training too: no bar, even on a terminal."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    train(config(tmp_path, "block=[[1,1,1,0,0],[2,7,0,0,0]]", "+trainer.extra.enable_progress_bar=false"),
+          tmp_path / "run")
+    monkeypatch.undo()
+    assert "Epoch" not in terminal.getvalue() and (tmp_path / "run" / "metrics.csv").is_file()
 
 
 def test_resume_refuses_another_network(tmp_path):

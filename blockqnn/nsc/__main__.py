@@ -4,6 +4,7 @@ layer table, canonical hash, density and, with a template, the network's size.""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from blockqnn.codes import DEFAULT_MAX_INDEX, Block, LayerType, NSCError
@@ -53,7 +54,10 @@ def _describe_network(block: Block, template: str, dataset: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m blockqnn.nsc", description="Check or show an NSC block code.")
+    # As blockqnn.cli.prog, without importing Hydra: checking a code stays instant.
+    script = os.path.basename(sys.argv[0])
+    prog = script if script.startswith("blockqnn-") else "python -m blockqnn.nsc"
+    parser = argparse.ArgumentParser(prog=prog, description="Check or show an NSC block code.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="validate a code").add_argument("code")
     show = sub.add_parser("show", help="layer table, canonical hash, density, and optionally network size")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from blockqnn.cli import one_line_errors
+from blockqnn.cli import one_line_errors, prog
 from blockqnn.report.summary import report
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m blockqnn.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog("blockqnn.report"), description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a search run folder, or a multirun folder holding several")
     parser.add_argument("--top-k", type=int, default=5, help="blocks to tabulate and draw (default 5)")
     parser.add_argument("--no-wandb", action="store_true", help="do not send the pictures to the run's W&B run")

@@ -18,11 +18,15 @@ leaves undeclared (extra optimizer arguments go to torch as given); ``tests/test
 """
 
 from blockqnn.schema.check import check, check_config, declarations, declared, describe, schema_of, target_schema
-from blockqnn.schema.entry import PRECISIONS, PROGRESS_MODES, SEARCH_MODES, ProgressConfig, register_schemas
+from blockqnn.schema.entry import (
+    PRECISIONS, PROGRESS_MODES, SEARCH_MODES, TRAIN_PROGRESS_MODES, TRAINER_ARGUMENTS, ProgressConfig, extra_clash,
+    register_schemas,
+)
 from blockqnn.schema.fields import AUTO, COUNT, FRACTION, POSITIVE, SEEDS, member, setting
 
 __all__ = [
     "AUTO", "COUNT", "FRACTION", "POSITIVE", "PRECISIONS", "PROGRESS_MODES", "SEARCH_MODES", "SEEDS",
-    "ProgressConfig", "check", "check_config", "declarations", "declared", "describe", "member", "register_schemas",
+    "TRAIN_PROGRESS_MODES", "TRAINER_ARGUMENTS", "ProgressConfig", "check", "check_config", "declarations", "declared",
+    "describe", "extra_clash", "member", "register_schemas",
     "schema_of", "setting", "target_schema",
 ]

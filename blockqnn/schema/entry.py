@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from blockqnn.schema.fields import DEVICES, FRACTION, POSITIVE, SEEDS, WARN, member, setting
 
 # ---- the entry points' top level ----------------------------------------------------------------------------------
 PROGRESS_MODES = ("auto", "line", "log", "off")
+TRAIN_PROGRESS_MODES = ("auto", "bar", "log", "off")  # python -m blockqnn.train: Lightning's bar on a terminal
 SEARCH_MODES = ("auto", "sync", "async")
 
 
@@ -64,10 +65,18 @@ class CheckpointConfig:
 
 
 @dataclass
+class TrainProgressConfig:
+    mode: str = setting("auto", choices=TRAIN_PROGRESS_MODES)
+
+
+@dataclass
 class TrainConfig(RunConfig):
     block: Any = None  # RUN_DIR:k, an NSC code, or the code in Hydra's list syntax
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     export: str = "model.pt"
+    onnx: str | None = "model.onnx"
+    program: str | None = "model.pt2"
+    progress: TrainProgressConfig = field(default_factory=TrainProgressConfig)
 
 
 def register_schemas() -> None:
@@ -81,6 +90,16 @@ def register_schemas() -> None:
 PRECISIONS = ("16-mixed", "bf16-mixed", "32-true", "64-true", "16-true", "bf16-true", "transformer-engine",
               "transformer-engine-float16", "16", "32", "64", "bf16", 16, 32, 64)
 BATCHES = {"gt": 0}  # a fraction of the epoch's batches (0, 1] or a count >= 1
+# The lightning.Trainer arguments blockqnn.fit takes from other settings, and where they are set: trainer.extra
+# gives any other argument (its value over fit's lean defaults: enable_progress_bar, num_sanity_val_steps...).
+_RECIPE = ("accelerator", "devices", "strategy", "precision", "max_epochs", "limit_train_batches", "limit_val_batches",
+           "check_val_every_n_epoch", "deterministic")
+TRAINER_ARGUMENTS = {
+    **{key: f"set by trainer.{key}" for key in _RECIPE},
+    "benchmark": "set by trainer.cudnn_benchmark",
+    "logger": "set by the logger group (logger=wandb or logger=none)",
+    "callbacks": "set by blockqnn.train (progress, checkpoints, learning rate, metrics.csv)",
+}
 
 
 @member
@@ -115,7 +134,16 @@ class Trainer:
         for key in ("limit_train_batches", "limit_val_batches"):
             if isinstance(values.get(key), float) and values[key] > 1:
                 return f"{key}={values[key]}: expected a fraction in (0, 1] or a count of batches (an integer)"
-        return None
+        return extra_clash(values["extra"]) if isinstance(values.get("extra"), DictConfig) else None
+
+
+def extra_clash(extra: Mapping[str, Any]) -> str | None:
+    """``extra.KEY=VALUE: where it is set`` for the first ``trainer.extra`` key another setting gives, else None."""
+    for key, value in extra.items():
+        if key in TRAINER_ARGUMENTS:
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            return f"extra.{key}={shown}: {TRAINER_ARGUMENTS[key]}, not trainer.extra"
+    return None
 
 
 @member
