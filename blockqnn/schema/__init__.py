@@ -19,7 +19,13 @@ leaves undeclared (extra optimizer arguments go to torch as given); ``tests/test
 
 from blockqnn.schema.check import check, check_config, declarations, declared, describe, schema_of, target_schema
 from blockqnn.schema.entry import (
-    PRECISIONS, PROGRESS_MODES, SEARCH_MODES, TRAIN_PROGRESS_MODES, TRAINER_ARGUMENTS, ProgressConfig, extra_clash,
+    PRECISIONS,
+    PROGRESS_MODES,
+    SEARCH_MODES,
+    TRAIN_PROGRESS_MODES,
+    TRAINER_ARGUMENTS,
+    ProgressConfig,
+    extra_clash,
     register_schemas,
 )
 from blockqnn.schema.fields import AUTO, COUNT, FRACTION, POSITIVE, SEEDS, member, setting
