@@ -29,10 +29,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from hydra.utils import instantiate  # noqa: E402
+
+from blockqnn.config import compose  # noqa: E402
 from blockqnn.store import Store, is_run  # noqa: E402
 
 ARMS = ("none", "asha")
-RUNGS = (1, 3)  # conf/stopping/asha.yaml's geometric rungs below 6 epochs (min_epoch 1, eta 3)
 
 
 def run_search(run: Path, arm: str, seed: int, args: argparse.Namespace) -> float:
@@ -73,9 +75,14 @@ def summarise(rows: list[dict], wall: float) -> dict:
             "stopped": sum(row["status"] == "stopped" for row in rows), "trained": len(rows)}
 
 
-def rung_taus(rows: list[dict]) -> dict[int, float]:
-    curves = [row["curve"] for row in rows if row["status"] == "ok" and len(row["curve"]) > max(RUNGS)]
-    return {rung: kendall_tau([c[rung - 1] for c in curves], [c[-1] for c in curves]) for rung in RUNGS}
+def asha_rungs(overrides: list[str]) -> tuple[int, ...]:
+    """The rungs the ``asha`` arm stops at, as its config gives them (the preset's, or the overrides')."""
+    return instantiate(compose("search", ["experiment=cifar10_small", "stopping=asha", *overrides]).stopping).rungs
+
+
+def rung_taus(rows: list[dict], rungs: tuple[int, ...]) -> dict[int, float]:
+    curves = [row["curve"] for row in rows if row["status"] == "ok" and len(row["curve"]) > max(rungs)]
+    return {rung: kendall_tau([c[rung - 1] for c in curves], [c[-1] for c in curves]) for rung in rungs}
 
 
 def spread(values: list[float]) -> str:
@@ -93,6 +100,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every search")
     args = parser.parse_args()
     args.root = args.root.resolve()
+    rungs = asha_rungs(args.overrides)
     results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     taus: list[dict[int, float]] = []
     for seed in args.seeds:
@@ -102,11 +110,11 @@ def main() -> None:
             rows = trained(run)
             results[arm].append(summarise(rows, wall))
             if arm == "none":
-                taus.append(rung_taus(rows))
+                taus.append(rung_taus(rows, rungs))
             r = results[arm][-1]
             print(f"{arm:>4} seed {seed}: {r['trained']} trained, {r['stopped']} stopped, {r['epochs']} "
                   f"candidate-epochs, {r['wall']:.0f} s, best full-budget accuracy {r['best']:.4f}", flush=True)
-    for rung in RUNGS:
+    for rung in rungs:
         print(f"Kendall tau, accuracy at epoch {rung} vs the last epoch (stopping=none runs): "
               f"{spread([t[rung] for t in taus])}")
     total = {arm: {key: sum(r[key] for r in results[arm]) for key in ("epochs", "wall")} for arm in ARMS}
