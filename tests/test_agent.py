@@ -15,8 +15,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from blockqnn.agents.base import PAPER_STAGES
 from blockqnn.agents.evolution import RegularizedEvolution
-from blockqnn.agents.qlearning import PAPER_STAGES, STATE_FORMAT, AgentStateError, QLearningAgent, epsilon_schedule
+from blockqnn.agents.qlearning import STATE_FORMAT, AgentStateError, QLearningAgent, epsilon_schedule
 from blockqnn.codes import LayerType
 from blockqnn.spaces import NSCSpace
 from blockqnn.store import StoreError

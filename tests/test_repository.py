@@ -308,3 +308,13 @@ def test_no_module_imports_a_room_listed_below_it():
                 if name.startswith("blockqnn.") and floor[room_of(name)] > floor[own]:
                     broken.append(f"{path.relative_to(REPO)} imports {name} ({room_of(name)} is below {own})")
     assert not broken, "\n".join(broken)
+
+
+MODULE_LINES = 360  # the issue's "about 360": past it, a module holds two concepts and reads as two
+
+
+def test_every_module_reads_top_to_bottom_in_one_sitting():
+    """A module past ~360 lines is two concepts: split it into its package's rooms."""
+    long = {str(path.relative_to(REPO)): n for path in sorted((REPO / "blockqnn").rglob("*.py"))
+            if (n := len(path.read_text().splitlines())) > MODULE_LINES * 1.05}
+    assert not long, f"over ~{MODULE_LINES} lines: {long}"

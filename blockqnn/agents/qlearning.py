@@ -17,9 +17,8 @@ block as it arrives: its backward update, then its replay: ``replay_size`` traje
 (as in a synchronous search), else ``replay_size / B`` (rounded up), so that B results replay as much as one
 synchronous iteration does.
 
-The schedule's shape (``paper`` stages, ``linear``, ``constant``) is stretched or shrunk to the search's size:
-with ``budget`` set, to ``ceil(budget / B)`` iterations sampling exactly ``budget`` blocks (the last iteration
-takes the remainder); without, to the shape's own length times ``schedule_scale``.
+The schedule's shape (``paper`` stages, ``linear``, ``constant``; ``blockqnn.agents.schedule``) is fitted to the
+search's size; with ``budget`` set, its iterations sample exactly ``budget`` blocks (the last takes the remainder).
 
 Budget accounting [open]: B counts *sampled* blocks per iteration. A block that was already
 evaluated is not retrained: the search loop reuses its stored reward and marks it cached, and it still updates Q
@@ -39,7 +38,6 @@ to continue the identical sequence.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,18 +45,17 @@ import numpy as np
 
 from blockqnn.agents.base import (
     PAPER_ITERATIONS,
-    PAPER_STAGES,
     STATE_FORMAT,
     Iterations,
     checked_reward,
     iteration_sizes,
 )
+from blockqnn.agents.schedule import SCHEDULES, shaped_schedule
 from blockqnn.agents.state import check_state, checked_rng_state, memory_entries, q_entries
 from blockqnn.errors import AgentStateError
 from blockqnn.schema import COUNT, FRACTION, POSITIVE, check, declared, member, setting
 from blockqnn.spaces import Action, SearchSpace, State
 
-SCHEDULES = ("paper", "linear", "constant")
 REPLAY_EVERY = ("block", "iteration")
 _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
 
@@ -94,38 +91,14 @@ class QLearningSettings:
         return None
 
 
-def _scaled(iterations: int, scale: float) -> int:
-    """Round half up (not Python's half-to-even) and keep at least one iteration."""
-    return max(1, math.floor(iterations * scale + 0.5))
-
-
 def epsilon_schedule(
     name: str, scale: float = 1.0, *, iterations: int = PAPER_ITERATIONS, start: float = 1.0, end: float = 0.1,
     length: int | None = None,
 ) -> list[float]:
-    """One epsilon per iteration. ``paper``: the paper's stages; ``linear``: ``start`` to ``end`` over
-    ``iterations``; ``constant``: ``end`` throughout. ``scale`` shrinks iteration counts (each stage >= 1);
-    ``length`` instead fits the shape to exactly that many iterations (paper stages keep their proportions, so
-    a stage shorter than one iteration may vanish)."""
+    """``blockqnn.agents.schedule.shaped_schedule`` after checking its settings as ``agent.*`` ones."""
     check(QLearningSettings, "agent", {"epsilon_schedule": name, "schedule_scale": scale,
                                        "schedule_iterations": iterations, "epsilon_start": start, "epsilon_end": end})
-    if name == "paper":
-        if length is not None:
-            return _fitted_stages(PAPER_STAGES, length)
-        return [eps for eps, n in PAPER_STAGES for _ in range(_scaled(n, scale))]
-    count = _scaled(iterations, scale) if length is None else length
-    if name == "linear":
-        return [float(e) for e in np.linspace(start, end, count)]
-    return [float(end)] * count  # constant
-
-
-def _fitted_stages(stages: Sequence[tuple[float, int]], length: int) -> list[float]:
-    """The stages stretched to ``length`` iterations: stage k ends at its cumulative share of the whole, rounded."""
-    total, ends, schedule = sum(n for _, n in stages), np.cumsum([n for _, n in stages]), []
-    for (eps, _), end in zip(stages, ends):
-        schedule += [eps] * (math.floor(length * end / total + 0.5) - len(schedule))
-    return schedule
-
+    return shaped_schedule(name, scale, iterations=iterations, start=start, end=end, length=length)
 
 
 _schedule = epsilon_schedule  # the agent's constructor argument of the same name shadows the function
