@@ -26,6 +26,11 @@ class StoreError(UserError):
     """A run folder that cannot be used: not a search run, a corrupt database, or an existing run."""
 
 
+class FolderInUse(StoreError):
+    """A run folder another process is writing (a search, a resume or a training): refused before anything in it is
+    touched, naming the holder (``blockqnn.lock``)."""
+
+
 class AgentStateError(StoreError, ValueError):
     """A saved agent state this agent cannot restore: damaged, or saved with another space or schedule. A
     ``StoreError`` since it comes from a run's history."""

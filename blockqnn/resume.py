@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.errors import TableError, UserError
+from blockqnn.lock import check_free
 from blockqnn.store import Store, check, is_run
 
 # Leaves that say where or on what a run computes, not what its results mean: data and tables may move, and a
@@ -128,7 +129,8 @@ def register_run_folder_resolvers(entry: str, is_folder: Callable[[str], bool], 
       else a new one;
     - ``blockqnn.<entry>_hydra_subdir:${hydra.run.dir},${now:...}``: where Hydra writes the job's config. A resume
       (``resume=`` or ``hydra.run.dir=``) keeps the folder's original ``.hydra``, writes its own beside it, and is
-      checked first. The stamp comes from Hydra's cached ``now``: every read of the setting names the same folder.
+      checked first; a folder another process holds (``blockqnn.lock``) is refused before Hydra writes. The stamp
+      comes from Hydra's cached ``now``: every read of the setting names the same folder.
     """
 
     def run_dir(resume: str | None, default: str) -> str:
@@ -138,6 +140,7 @@ def register_run_folder_resolvers(entry: str, is_folder: Callable[[str], bool], 
         return str(resume)
 
     def hydra_subdir(folder: str, stamp: str) -> str:
+        check_free(folder)
         if not is_folder(folder):
             return ".hydra"
         check(folder)

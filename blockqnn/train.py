@@ -41,6 +41,7 @@ from blockqnn.fit import (
     quiet,
     release_process_group,
 )
+from blockqnn.lock import writer
 from blockqnn.network import network_complexity
 from blockqnn.resume import (
     CHECKPOINTS,
@@ -171,6 +172,11 @@ def plan_run(cfg: DictConfig, folder: Path, overridden: set[str] | None
 def train(cfg: DictConfig, folder: Path, overridden: set[str] | None = None) -> dict[str, Any]:
     """Full training of ``cfg.block`` into ``folder``, or its continuation if the folder holds a training; returns
     what ``result.json`` records. ``overridden``: see ``adopt_folder_config``."""
+    with writer(folder, foreign=cfg.get("resume") is not None and not is_train_folder(folder)):
+        return _train(cfg, folder, overridden)
+
+
+def _train(cfg: DictConfig, folder: Path, overridden: set[str] | None) -> dict[str, Any]:
     cfg, block, source, resume_from = plan_run(cfg, folder, overridden)
     recipe = cfg.trainer
     L.seed_everything(cfg.seed, workers=True, verbose=False)

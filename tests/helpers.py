@@ -30,10 +30,14 @@ def run_cli(*args: str, cwd: Path | str = REPO, env: dict | None = None, timeout
     """``python -m blockqnn.<module> ARGS`` in a subprocess; returns the CompletedProcess (text)."""
     import subprocess
 
-    inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env = inherited | {"PYTHONPATH": str(REPO)} | (env or {})
-    return subprocess.run([sys.executable, "-m", f"blockqnn.{module}", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", f"blockqnn.{module}", *args], cwd=cwd, env=cli_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    """The environment a command-line test runs in: this checkout's package, one-line errors."""
+    inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return inherited | {"PYTHONPATH": str(REPO)} | (extra or {})
 
 
 # ---- offline W&B runs ---------------------------------------------------------------------------------------------

@@ -16,14 +16,13 @@ from blockqnn.report import report
 from blockqnn.search import search
 from blockqnn.store import DB_NAME, Store
 from blockqnn.tracking import Progress
-from tests.helpers import REPO, finished_count, folder_digest, history, read_wandb_run, run_cli, stored_count
+from tests.helpers import REPO, cli_env, finished_count, folder_digest, history, read_wandb_run, run_cli, stored_count
 
 
 def _signal_midway(args: list[str], run_dir: Path, sig: int, at: int) -> subprocess.CompletedProcess:
     """Run a real search and send it ``sig`` once ``at`` candidates are stored (polling the history)."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "blockqnn.search", *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while stored_count(run_dir) < at and proc.poll() is None:
             time.sleep(0.005)

@@ -23,10 +23,11 @@ from omegaconf import DictConfig
 from blockqnn.agents.base import StreamAgent
 from blockqnn.errors import UserError
 from blockqnn.executors.base import EvaluatorFactory, bound, factory
+from blockqnn.lock import writer
 from blockqnn.resume import check_same_table, open_search_run
 from blockqnn.search.asynchronous import AsyncSearch
 from blockqnn.search.sync import SyncSearch
-from blockqnn.store import Store
+from blockqnn.store import Store, is_run
 from blockqnn.tracking import Progress
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ def search(
     (tests), or ``evaluator``, a factory of ``evaluator(arch, cutoffs)``; ``executor`` the configured executor
     (benchmarks: a simulated cluster).
     ``overridden``: the config keys the command line set; on resume the rest comes from the history."""
+    with writer(run_dir, foreign=cfg.resume is not None and not is_run(run_dir)):
+        return _search(cfg, run_dir, group, evaluate, overridden, executor, evaluator)
+
+
+def _search(cfg: DictConfig, run_dir: Path, group: str | None, evaluate: Callable[[str, DictConfig], Any] | None,
+            overridden: set[str] | None, executor: Any, evaluator: EvaluatorFactory | None) -> dict[str, Any] | None:
     cfg, store = open_search_run(cfg, run_dir, overridden)
     resuming = store is not None
     try:
