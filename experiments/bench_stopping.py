@@ -37,18 +37,14 @@ from blockqnn.store import Store, is_run  # noqa: E402
 ARMS = ("none", "asha")
 
 
-def run_search(run: Path, arm: str, seed: int, args: argparse.Namespace) -> float:
-    """Wall seconds of this run summed over the benchmark's sessions (``run/bench.json``); resumes a partial one."""
+def run_search(run: Path, command: list[str]) -> float:
+    """Wall seconds of the search ``command`` in ``run`` summed over the benchmark's sessions (``run/bench.json``);
+    a partial run is resumed, a finished one reused."""
     record = run / "bench.json"
     done = json.loads(record.read_text()) if record.is_file() else {"wall_s": 0.0, "finished": False}
     if done["finished"]:
         return done["wall_s"]
-    if is_run(run):
-        command = [f"resume={run}"]
-    else:
-        command = ["experiment=cifar10_small", f"dataset.source.root={args.root}", f"stopping={arm}", f"seed={seed}",
-                   f"agent.budget={args.budget}", "logger=none", "progress.mode=log", f"hydra.run.dir={run}",
-                   *args.overrides]
+    command = [f"resume={run}"] if is_run(run) else [*command, f"hydra.run.dir={run}"]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "blockqnn.search", *command], cwd=REPO, check=True,
                    env=os.environ | {"PYTHONPATH": str(REPO)})
@@ -106,7 +102,9 @@ def main() -> None:
     for seed in args.seeds:
         for arm in ARMS:
             run = args.out / f"{arm}-seed{seed}"
-            wall = run_search(run, arm, seed, args)
+            wall = run_search(run, ["experiment=cifar10_small", f"dataset.source.root={args.root}", f"stopping={arm}",
+                                    f"seed={seed}", f"agent.budget={args.budget}", "logger=none", "progress.mode=log",
+                                    *args.overrides])
             rows = trained(run)
             results[arm].append(summarise(rows, wall))
             if arm == "none":
