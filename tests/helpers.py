@@ -19,6 +19,7 @@ import numpy as np
 
 from blockqnn.codes import Block
 from blockqnn.spaces import NSCSpace
+from blockqnn.stopping import STOPPED
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import random_block
 
@@ -193,8 +194,11 @@ AGENT_CONFIGS = {
 }
 
 
-def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilons=(1.0, 1.0, 0.5, 0.1), wandb_id=None):
-    """A finished search history as the search loop writes it: some cached repeats and one failure."""
+def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilons=(1.0, 1.0, 0.5, 0.1), wandb_id=None,
+             max_epochs=None, rungs=()):
+    """A finished search history as the search loop writes it: some cached repeats and one failure. With
+    ``max_epochs``, trained candidates keep learning curves and, with ``rungs`` too, some are stopped at them
+    (``learning``) under a stored ``stopping=asha`` and that training budget."""
     rng = np.random.default_rng(seed)
     space = NSCSpace(max_index=6)
     config = {
@@ -203,6 +207,9 @@ def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilon
         "agent": AGENT_CONFIGS[agent] | {"batch_size": batch},
         "logger": {"project": "blockqnn-test", "mode": "offline"},
     }
+    if max_epochs:
+        config |= {"trainer": {"max_epochs": max_epochs},
+                   "stopping": {"_target_": "blockqnn.stopping.ASHA", "rungs": list(rungs), "max_epochs": max_epochs}}
     store = Store.create(run_dir, config)
     seen = {}
     for it in range(iterations):
@@ -219,9 +226,20 @@ def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilon
             else:
                 reward = fake_reward(block, rng) + (0.05 if agent == "q-learning" and it > 1 else 0.0)
                 row.update(status="ok", reward=reward, accuracy=reward + 0.01)
-                seen[h] = {k: row[k] for k in ("status", "reward", "accuracy")}
+                if max_epochs:
+                    row.update(learning(row["accuracy"], pos, max_epochs, rungs))
+                seen[h] = {k: row[k] for k in ("status", "reward", "accuracy", "epochs", "curve") if k in row}
             store.record(row)
     if wandb_id:
         store.set("wandb_run_id", wandb_id)
     store.close()
     return run_dir
+
+
+def learning(accuracy: float, position: int, max_epochs: int, rungs: tuple[int, ...]) -> dict:
+    """A rising curve to ``accuracy``; the candidates at positions 1, 2 (mod 3) stopped at the first and the last
+    rung, so a run holds stops at each rung and full-budget candidates beside them."""
+    stop = rungs[min(position % 3, len(rungs)) - 1] if rungs and position % 3 else None
+    epochs = stop or max_epochs
+    curve = [accuracy * (epoch / max_epochs) ** 0.5 for epoch in range(1, epochs + 1)]
+    return {"status": STOPPED if stop else "ok", "epochs": epochs, "curve": curve, "accuracy": curve[-1]}

@@ -138,12 +138,12 @@ def test_report_sends_pictures_to_the_tracked_wandb_run_offline(tmp_path, monkey
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run = make_run(tmp_path / "run", wandb_id="abc123")
+    run = make_run(tmp_path / "run", wandb_id="abc123", max_epochs=3, rungs=(1,))
     report.report(run, top_k=1)
     offline = list((run / "wandb").glob("offline-run-*abc123"))
     assert offline, list((run / "wandb").iterdir())
     media = list(offline[0].rglob("*.png"))
-    assert {"reward", "best_so_far", "top1"} <= {p.name.rsplit("_", 2)[0] for p in media}  # NAME_STEP_HASH.png
+    assert {"reward", "best_so_far", "curves", "top1"} <= {p.name.rsplit("_", 2)[0] for p in media}  # NAME_STEP_HASH
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from blockqnn.report.analysis import (
     parse_block,
 )
 from blockqnn.report.drawing import draw_block, wrap_code
-from blockqnn.report.plots import plot_agents, plot_best_so_far, plot_rewards, plot_timeline
+from blockqnn.report.plots import plot_agents, plot_best_so_far, plot_curves, plot_rewards, plot_timeline
 from blockqnn.store import Store, is_run
 from blockqnn.tracking import wandb_mode
 
@@ -110,6 +110,9 @@ def report_run(run_dir: str | Path, top_k: int = 5, wandb: bool = True) -> list[
         "best so far": plot_best_so_far(history, out / "best_so_far.png"),
         "workers over time": plot_timeline(history, out / "timeline.png"),
     }
+    curves = plot_curves(history, out / "curves.png")
+    if curves is not None:
+        images["learning curves"] = curves
     drawings = []
     for rank, row in enumerate(history.best, start=1):
         block = parse_block(row["arch"])
