@@ -1,6 +1,8 @@
 """The report of a search that stopped weak candidates at rungs: learning curves with the stops marked, and what
 the stops saved in summary.md, every expected number worked out here from the stored rows."""
 
+from collections import Counter
+
 import pytest
 from PIL import Image
 
@@ -60,3 +62,44 @@ def test_the_report_links_the_curves_only_when_the_history_has_some(tmp_path):
     assert not (without / "curves.png").exists() and without / "curves.png" not in written
     assert "curves.png" not in (without / "summary.md").read_text()
     assert {"reward.png", "best_so_far.png", "timeline.png", "top1.png", "summary.md"} <= {p.name for p in written}
+
+
+def test_stopping_effect_adds_up_from_the_rows(tmp_path):
+    rows = analysis.load_history(stopping_run(tmp_path), 1).rows
+    effect = analysis.stopping_effect(rows, MAX_EPOCHS)
+    trained = [r for r in rows if not r["cached"]]
+    stopped = [r for r in trained if r["status"] == STOPPED]
+    failed = [r for r in trained if r["status"] == "failed"]
+    assert effect.full == sum(r["status"] == "ok" for r in trained) > 0
+    assert effect.stopped == Counter(r["epochs"] for r in stopped) and list(effect.stopped) == sorted(RUNGS)
+    assert effect.epochs == sum(r["epochs"] for r in trained)
+    assert effect.saved == sum(MAX_EPOCHS - r["epochs"] for r in stopped) > 0
+    # what every non-failed candidate would have cost at the full budget, the failures' epochs on top
+    assert effect.epochs + effect.saved == MAX_EPOCHS * (effect.full + len(stopped)) + sum(r["epochs"] for r in failed)
+
+
+def test_summary_says_what_stopping_saved(tmp_path):
+    run = stopping_run(tmp_path)
+    report.report(run, top_k=2, wandb=False)
+    effect = analysis.stopping_effect(analysis.load_history(run, 1).rows, MAX_EPOCHS)
+    section = (run / "summary.md").read_text().split("## Stopping weak candidates")[1].split("\n## ")[0]
+    share = effect.saved / (effect.epochs + effect.saved)
+    assert "- stopping: ASHA (rungs=[1, 3], max_epochs=9)" in section
+    assert f"- trained to the full budget ({MAX_EPOCHS} epochs): {effect.full} candidates" in section
+    at_rungs = ", ".join(f"{n} at epoch {epoch}" for epoch, n in effect.stopped.items())
+    assert f"- stopped at a rung: {sum(effect.stopped.values())} candidates ({at_rungs})" in section
+    assert f"- candidate-epochs trained: {effect.epochs}; saved: {effect.saved} ({share:.0%} of" in section
+
+
+def test_summary_of_a_run_set_to_stop_that_stopped_none_says_so(tmp_path):
+    run = make_run(tmp_path / "run", max_epochs=MAX_EPOCHS)  # stopping=asha stored, no rung reached
+    report.report(run, top_k=1, wandb=False)
+    summary = (run / "summary.md").read_text()
+    assert "- stopped at a rung: 0 candidates\n" in summary and "saved: 0 (0% of" in summary
+
+
+def test_summary_of_a_run_without_stopping_has_no_stopping_section(tmp_path):
+    run = make_run(tmp_path / "run")
+    report.report(run, top_k=1, wandb=False)
+    assert "Stopping" not in (run / "summary.md").read_text()
+    assert analysis.load_history(run, 1).config.stopping._target_.endswith(".NoStopping")  # as histories read
