@@ -20,7 +20,7 @@ import numpy as np
 from blockqnn.codes import Block
 from blockqnn.spaces import NSCSpace
 from blockqnn.stopping import STOPPED
-from blockqnn.store import DB_NAME, Store
+from blockqnn.store import DB_NAME, SCHEMA_VERSION, Store
 from tests.blocks import random_block
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +35,18 @@ def run_cli(*args: str, cwd: Path | str = REPO, env: dict | None = None, timeout
     full_env = inherited | {"PYTHONPATH": str(REPO)} | (env or {})
     return subprocess.run([sys.executable, "-m", f"blockqnn.{module}", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def report_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """``python -m blockqnn.report ARGS`` in-process (W&B left out): exit status and stderr."""
+    from blockqnn.report.__main__ import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    try:
+        code = main([*args, "--no-wandb"])
+    except SystemExit as e:  # a refusal: one line and exit status 1
+        code = e.code
+    return code, capsys.readouterr().err
 
 
 # ---- offline W&B runs ---------------------------------------------------------------------------------------------
@@ -177,6 +189,17 @@ DAMAGED = {
                            "missing columns: candidates.iteration, candidates.position"),
     "checkpoint-column": ("ALTER TABLE agent_checkpoints RENAME COLUMN state TO blob",
                           "missing columns: agent_checkpoints.state"),
+}
+
+
+# Histories refused for what they are, not for damage: a newer blockqnn's, another program's SQLite file.
+NEWER = str(int(SCHEMA_VERSION) + 1)
+FOREIGN = {
+    "newer-version": (f"UPDATE run SET value = '{NEWER}' WHERE key = 'schema_version'",
+                      f"has history schema version {NEWER}, unknown to this blockqnn (it reads versions 1, 2, 3, "
+                      f"{SCHEMA_VERSION})"),
+    "other-tables": ("DROP TABLE run; DROP TABLE candidates; DROP TABLE agent_checkpoints; CREATE TABLE n (t TEXT)",
+                     "is corrupt or not a search history (missing tables: run, candidates, agent_checkpoints)"),
 }
 
 
