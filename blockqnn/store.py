@@ -19,6 +19,9 @@ Tables (``blockqnn.report`` reads them by these names):
 * ``agent_checkpoints(iteration, state)``: the agent's JSON state after ``iteration`` finished (asynchronous mode:
   after event number ``iteration``). Writing it is what marks the iteration done; only the latest one is kept
   (states grow with the replay memory).
+
+A history of any schema version this project wrote reads read-only (the report of an old search; columns added
+since read as None); a search continues only today's version, and version 3 after adding its one missing column.
 """
 
 from __future__ import annotations
@@ -43,8 +46,13 @@ DB_NAME = "history.sqlite"
 # and its agent state names actions the space no longer has. 4: learning curves (curve) and the status stopped; a
 # version-3 history is upgraded in place when a search opens it for writing (the column added, nothing rewritten).
 SCHEMA_VERSION = "4"
-UPGRADABLE = {"3": ("curve",)}  # version -> the candidate columns it lacks
 RUNNING = "running"
+EVENT_COLUMNS = ("dispatched_at", "sampled_event", "incorporated_event")
+# Every version this project wrote -> the candidate columns a history of it may lack; a reader gets None for each.
+# Version 2 was written with the event log's columns (asynchronous search) and without them (exact hashes, on a
+# branch merged into 3). Statuses were only ever added (running in 2, stopped in 4), never renamed.
+READABLE = {"1": (*EVENT_COLUMNS, "curve"), "2": (*EVENT_COLUMNS, "curve"), "3": ("curve",), SCHEMA_VERSION: ()}
+UPGRADABLE = {"3"}  # what a search continues after adding the columns it lacks
 
 CANDIDATE_COLUMNS = (
     "iteration", "position", "arch", "hash", "status", "accuracy", "reward", "flops", "params", "density",
@@ -78,6 +86,7 @@ def check(run_dir: str | Path) -> None:
     """Raise ``StoreError`` unless ``run_dir`` holds a history a search can resume (readable, its agent checkpoint
     too), before anything is written into the folder. Opens read-only: changes nothing."""
     with Store.open(run_dir, readonly=True) as store:
+        _continuable(store.get("schema_version"), store.path)
         store.latest_agent_state()
 
 
@@ -106,7 +115,8 @@ class Store:
 
     @classmethod
     def open(cls, run_dir: str | Path, readonly: bool = False) -> Store:
-        """An existing history. Checked read-only first, so a folder that is not a run is never modified."""
+        """An existing history. Checked read-only first, so a folder that is not a run is never modified. Read-only,
+        any version this project wrote (the report of an old search); for writing, only one a search continues."""
         path = db_path(run_dir)
         if not Path(run_dir).is_dir():
             raise StoreError(f"{run_dir} is not a folder")
@@ -114,7 +124,9 @@ class Store:
             raise StoreError(f"{run_dir} is not a search run (no {DB_NAME} in it)")
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            _validate(conn, path)
+            version = _validate(conn, path)
+            if not readonly:
+                _continuable(version, path)
         except Exception:
             conn.close()
             raise
@@ -122,14 +134,13 @@ class Store:
             return cls(conn, path)
         conn.close()
         store = cls(_connect(path), path)
-        store._upgrade()
+        store._upgrade(version)
         return store
 
-    def _upgrade(self) -> None:
+    def _upgrade(self, version: str) -> None:
         """An older history this blockqnn can continue gets the columns it lacks, in one transaction."""
-        version = self.get("schema_version")
         with self.conn:
-            for column in UPGRADABLE.get(version, ()):
+            for column in READABLE[version]:
                 self.conn.execute(f"ALTER TABLE candidates ADD COLUMN {column}")
             if version != SCHEMA_VERSION:
                 self.conn.execute("UPDATE run SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
@@ -200,7 +211,7 @@ class Store:
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         cursor = self.conn.execute(sql, args)
         names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, row)) for row in cursor]
+        rows = [dict.fromkeys(CANDIDATE_COLUMNS) | dict(zip(names, row)) for row in cursor]  # an older one's: None
         for row in rows:
             if isinstance(row.get("curve"), str):
                 row["curve"] = json.loads(row["curve"])
@@ -249,12 +260,13 @@ def _corrupt(path: Path, detail: str) -> StoreError:
     return StoreError(f"{path} is corrupt or not a search history ({detail})")
 
 
-def _validate(conn: sqlite3.Connection, path: Path) -> None:
-    """Refuse, before anything reads or writes it, a file the code could not use: another database (other tables
-    or columns), damaged pages, another schema version, a config that is not YAML."""
+def _validate(conn: sqlite3.Connection, path: Path) -> str:
+    """The file's schema version, after refusing, before anything reads or writes it, a file the code could not
+    use: another database (other tables or columns), damaged pages, an unknown schema version, a config that is
+    not YAML."""
     try:
-        _check_version(conn, path)
-        missing = _missing(conn)
+        version = _check_version(conn, path)
+        missing = _missing(conn, READABLE.get(version, ()))
         if missing:
             raise _corrupt(path, f"missing {missing}")
         ok = conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -264,25 +276,37 @@ def _validate(conn: sqlite3.Connection, path: Path) -> None:
     if ok != "ok":
         raise _corrupt(path, f"integrity check: {ok}")
     _parse_config(None if config is None else config[0], path)
+    return version
 
 
-def _check_version(conn: sqlite3.Connection, path: Path) -> None:
-    """A history written by another blockqnn (older columns, other statuses) is refused by its version first."""
+def _check_version(conn: sqlite3.Connection, path: Path) -> str | None:
+    """The version of a history; one written by a newer blockqnn (columns or statuses this one does not know) is
+    refused by it first. None for a file that is no history at all (reported by the table check)."""
     if _missing(conn).startswith("tables"):
-        return  # not a history at all: reported by the table check
+        return None
     row = conn.execute("SELECT value FROM run WHERE key = 'schema_version'").fetchone()
     version = None if row is None else row[0]
+    if version not in READABLE:
+        raise StoreError(f"{path} has history schema version {version}, unknown to this blockqnn (it reads versions "
+                         f"{', '.join(READABLE)}): read it with the blockqnn that wrote it")
+    return version
+
+
+def _continuable(version: str | None, path: Path) -> None:
+    """A search continues only a history of its own version, or one it can upgrade in place: an older one gives
+    the same block other hashes, and its agent state names actions the space no longer has."""
     if version != SCHEMA_VERSION and version not in UPGRADABLE:
-        raise StoreError(f"{path} has history schema version {version}, this blockqnn reads version {SCHEMA_VERSION}"
-                         ": continue it with the blockqnn that wrote it, or start a new search")
+        raise StoreError(f"{path} has history schema version {version}, this blockqnn continues version "
+                         f"{SCHEMA_VERSION} (and reports on older ones): continue it with the blockqnn that wrote it, "
+                         "or start a new search")
 
 
-def _missing(conn: sqlite3.Connection) -> str:
-    """The tables the file lacks, else the columns (as ``table.column``); empty when it has all ``_COLUMNS`` (or
-    lacks only what an upgrade adds)."""
+def _missing(conn: sqlite3.Connection, lacking: tuple[str, ...] = ()) -> str:
+    """The tables the file lacks, else the columns (as ``table.column``); empty when it has all ``_COLUMNS`` but
+    the candidate columns ``lacking`` (those its version did not have yet)."""
     found = set(conn.execute("SELECT m.name, p.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p "
                              "WHERE m.type = 'table'"))
-    found |= {("candidates", c) for added in UPGRADABLE.values() for c in added}
+    found |= {("candidates", c) for c in lacking}
     tables = [t for t in _COLUMNS if t not in {table for table, _ in found}]
     if tables:
         return f"tables: {', '.join(tables)}"

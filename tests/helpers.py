@@ -19,7 +19,8 @@ import numpy as np
 
 from blockqnn.codes import Block
 from blockqnn.spaces import NSCSpace
-from blockqnn.store import DB_NAME, Store
+from blockqnn.stopping import STOPPED
+from blockqnn.store import DB_NAME, SCHEMA_VERSION, Store
 from tests.blocks import random_block
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +39,18 @@ def cli_env(extra: dict | None = None) -> dict:
     """The environment a command-line test runs in: this checkout's package, one-line errors."""
     inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     return inherited | {"PYTHONPATH": str(REPO)} | (extra or {})
+
+
+def report_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """``python -m blockqnn.report ARGS`` in-process (W&B left out): exit status and stderr."""
+    from blockqnn.report.__main__ import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    try:
+        code = main([*args, "--no-wandb"])
+    except SystemExit as e:  # a refusal: one line and exit status 1
+        code = e.code
+    return code, capsys.readouterr().err
 
 
 # ---- offline W&B runs ---------------------------------------------------------------------------------------------
@@ -183,6 +196,17 @@ DAMAGED = {
 }
 
 
+# Histories refused for what they are, not for damage: a newer blockqnn's, another program's SQLite file.
+NEWER = str(int(SCHEMA_VERSION) + 1)
+FOREIGN = {
+    "newer-version": (f"UPDATE run SET value = '{NEWER}' WHERE key = 'schema_version'",
+                      f"has history schema version {NEWER}, unknown to this blockqnn (it reads versions 1, 2, 3, "
+                      f"{SCHEMA_VERSION})"),
+    "other-tables": ("DROP TABLE run; DROP TABLE candidates; DROP TABLE agent_checkpoints; CREATE TABLE n (t TEXT)",
+                     "is corrupt or not a search history (missing tables: run, candidates, agent_checkpoints)"),
+}
+
+
 def fake_reward(block: Block, rng: np.random.Generator) -> float:
     """A landscape that favours adds and convs, so the top-k differ visibly from the population."""
     types = [layer.type for layer in block.body]
@@ -197,8 +221,11 @@ AGENT_CONFIGS = {
 }
 
 
-def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilons=(1.0, 1.0, 0.5, 0.1), wandb_id=None):
-    """A finished search history as the search loop writes it: some cached repeats and one failure."""
+def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilons=(1.0, 1.0, 0.5, 0.1), wandb_id=None,
+             max_epochs=None, rungs=()):
+    """A finished search history as the search loop writes it: some cached repeats and one failure. With
+    ``max_epochs``, trained candidates keep learning curves and, with ``rungs`` too, some are stopped at them
+    (``learning``) under a stored ``stopping=asha`` and that training budget."""
     rng = np.random.default_rng(seed)
     space = NSCSpace(max_index=6)
     config = {
@@ -207,6 +234,9 @@ def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilon
         "agent": AGENT_CONFIGS[agent] | {"batch_size": batch},
         "logger": {"project": "blockqnn-test", "mode": "offline"},
     }
+    if max_epochs:
+        config |= {"trainer": {"max_epochs": max_epochs},
+                   "stopping": {"_target_": "blockqnn.stopping.ASHA", "rungs": list(rungs), "max_epochs": max_epochs}}
     store = Store.create(run_dir, config)
     seen = {}
     for it in range(iterations):
@@ -223,9 +253,20 @@ def make_run(run_dir, agent="q-learning", seed=0, iterations=4, batch=6, epsilon
             else:
                 reward = fake_reward(block, rng) + (0.05 if agent == "q-learning" and it > 1 else 0.0)
                 row.update(status="ok", reward=reward, accuracy=reward + 0.01)
-                seen[h] = {k: row[k] for k in ("status", "reward", "accuracy")}
+                if max_epochs:
+                    row.update(learning(row["accuracy"], pos, max_epochs, rungs))
+                seen[h] = {k: row[k] for k in ("status", "reward", "accuracy", "epochs", "curve") if k in row}
             store.record(row)
     if wandb_id:
         store.set("wandb_run_id", wandb_id)
     store.close()
     return run_dir
+
+
+def learning(accuracy: float, position: int, max_epochs: int, rungs: tuple[int, ...]) -> dict:
+    """A rising curve to ``accuracy``; the candidates at positions 1, 2 (mod 3) stopped at the first and the last
+    rung, so a run holds stops at each rung and full-budget candidates beside them."""
+    stop = rungs[min(position % 3, len(rungs)) - 1] if rungs and position % 3 else None
+    epochs = stop or max_epochs
+    curve = [accuracy * (epoch / max_epochs) ** 0.5 for epoch in range(1, epochs + 1)]
+    return {"status": STOPPED if stop else "ok", "epochs": epochs, "curve": curve, "accuracy": curve[-1]}

@@ -11,12 +11,22 @@ from PIL import Image
 from blockqnn.codes import Block
 from blockqnn.report import analysis, plots
 from blockqnn.report import summary as report
-from blockqnn.report.__main__ import main as report_main
 from blockqnn.report.drawing import BOX_H, BOX_W, depths, draw_block, layout, polyline
 from blockqnn.spaces import NSCSpace
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import INCEPTION, RESIDUAL, random_block
-from tests.helpers import AGENT_CONFIGS, DAMAGED, REPO, damage, folder_digest, make_run, read_wandb_run, run_cli
+from tests.helpers import (
+    AGENT_CONFIGS,
+    DAMAGED,
+    FOREIGN,
+    REPO,
+    damage,
+    folder_digest,
+    make_run,
+    read_wandb_run,
+    report_cli,
+    run_cli,
+)
 
 
 def test_report_writes_plots_drawings_and_summary_with_the_right_top_k(tmp_path):
@@ -138,12 +148,12 @@ def test_report_sends_pictures_to_the_tracked_wandb_run_offline(tmp_path, monkey
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run = make_run(tmp_path / "run", wandb_id="abc123")
+    run = make_run(tmp_path / "run", wandb_id="abc123", max_epochs=3, rungs=(1,))
     report.report(run, top_k=1)
     offline = list((run / "wandb").glob("offline-run-*abc123"))
     assert offline, list((run / "wandb").iterdir())
     media = list(offline[0].rglob("*.png"))
-    assert {"reward", "best_so_far", "top1"} <= {p.name.rsplit("_", 2)[0] for p in media}  # NAME_STEP_HASH.png
+    assert {"reward", "best_so_far", "curves", "top1"} <= {p.name.rsplit("_", 2)[0] for p in media}  # NAME_STEP_HASH
 
 
 @pytest.mark.slow
@@ -215,22 +225,14 @@ def test_report_of_a_table_space_run_has_no_drawings(tmp_path):
     assert all_archs()[11] in summary and "have in common" not in summary
 
 
-def report_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    """``python -m blockqnn.report ARGS`` in-process: exit status and stderr."""
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        report_main([*args, "--no-wandb"])
-    return exit_info.value.code, capsys.readouterr().err
-
-
-@pytest.mark.parametrize("name", ["config-not-yaml", "column-renamed"])
-def test_report_of_a_damaged_run_is_one_error_line_and_writes_nothing(tmp_path, capsys, monkeypatch, name):
-    sql, message = DAMAGED[name]
+@pytest.mark.parametrize("name", ["config-not-yaml", "column-renamed", *FOREIGN])
+def test_report_of_a_damaged_or_foreign_run_is_one_error_line_and_writes_nothing(tmp_path, capsys, monkeypatch, name):
+    sql, message = (DAMAGED | FOREIGN)[name]
     run = make_run(tmp_path / "run")
     damage(run, sql)
     before = folder_digest(run)
     code, err = report_cli([str(run)], capsys, monkeypatch)
-    assert code == 1 and err.startswith(f"error: {run / DB_NAME} is corrupt") and err.count("\n") == 1, err
+    assert code == 1 and err.startswith(f"error: {run / DB_NAME} ") and err.count("\n") == 1, err
     assert message in err
     assert folder_digest(run) == before
 

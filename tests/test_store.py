@@ -152,7 +152,7 @@ RESUME_DAMAGE = {
     "checkpoint-not-an-agent": (f"UPDATE agent_checkpoints SET state = '{{\"format\": {STATE_FORMAT}}}'",
                                 "saved agent state lacks, or has the wrong type of: iteration (int), sampled"),
     "schema-with-older-hashes": ("UPDATE run SET value = '2' WHERE key = 'schema_version'",
-                                 f"has history schema version 2, this blockqnn reads version {SCHEMA_VERSION}: "),
+                                 f"has history schema version 2, this blockqnn continues version {SCHEMA_VERSION} "),
 }
 
 
@@ -190,5 +190,5 @@ def test_a_history_of_an_older_schema_is_refused_in_one_line_by_its_version(tmp_
     small_run(tmp_path)
     damage(tmp_path, "ALTER TABLE candidates DROP COLUMN sampled_event; UPDATE run SET value = '1' "
                      "WHERE key = 'schema_version'")  # what the first schema's searches left
-    with pytest.raises(StoreError, match=f"schema version 1, this blockqnn reads version {SCHEMA_VERSION}"):
+    with pytest.raises(StoreError, match=f"schema version 1, this blockqnn continues version {SCHEMA_VERSION}"):
         Store.open(tmp_path)

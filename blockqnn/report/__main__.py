@@ -1,11 +1,12 @@
 """``python -m blockqnn.report RUN_DIR``: what a search found, as pictures and one markdown page in the run folder.
 
 For one search folder: the search curve (reward per candidate, running mean, epsilon stages shaded), the best
-reward against the number of trained blocks, a drawing of each top-k block and ``summary.md`` (top-k table, run
-settings, and the paper's analysis: how often each layer type, multi-branch structure and shortcuts occur in the
-top-k against all sampled blocks). For a multirun folder (Hydra sweep): each run's report, and the agents'
-best-so-far curves with their spread (Q-learning, random search and regularized evolution at equal numbers of
-trained blocks); a run that cannot be read is left out with a warning.
+reward against the number of trained blocks, the learning curves (stops marked), a drawing of each top-k block and
+``summary.md`` (top-k table, run settings, what stopping weak candidates saved, and the paper's analysis: how
+often each layer type, multi-branch structure and shortcuts occur in the top-k against all sampled blocks). For a
+multirun folder (Hydra sweep): each run's report, and the agents' best-so-far curves with their spread (Q-learning,
+random search and regularized evolution at equal numbers of trained blocks); a run that cannot be read is left out
+with a warning. Histories of every schema version this project wrote are read, read-only.
 The pictures also go to the run's W&B run when it was tracked.
 """
 

@@ -1,6 +1,7 @@
 """What a search found, as data: a stored run read for analysis (``History``), best-so-far curves, agents
-grouped across the runs of a multirun, and the structure of blocks (layer types, multi-branch structure,
-shortcuts), the paper's analysis of what good blocks have in common. The report and the experiments build on it.
+grouped across the runs of a multirun, what stopping weak candidates saved, and the structure of blocks (layer
+types, multi-branch structure, shortcuts), the paper's analysis of what good blocks have in common. The report and
+the experiments build on it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from blockqnn.codes import Block, LayerType
 from blockqnn.errors import NSCError, StoreError
 from blockqnn.report.drawing import NAMES, depths
+from blockqnn.stopping import STOPPED
 from blockqnn.store import Store
 
 
@@ -91,6 +93,31 @@ def load_histories(runs: Sequence[Path], top_k: int) -> tuple[list[History], lis
         except StoreError as e:
             refused.append(e)
     return histories, refused
+
+
+# ---- what stopping at rungs saved -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoppingEffect:
+    """A run's training cost with stopping against without: the candidates that trained the full budget, those
+    stopped (how many at each epoch), the candidate-epochs trained, and the epochs the stops saved."""
+
+    full: int
+    stopped: dict[int, int]
+    epochs: int
+    saved: int
+
+
+def stopping_effect(rows: Sequence[dict[str, Any]], max_epochs: int) -> StoppingEffect:
+    """Cached repeats cost no training and are left out; a failed candidate's epochs were paid for, so they count
+    as trained, but it neither reached the budget nor was stopped. ``max_epochs``: the full budget."""
+    trained = [r for r in rows if not r["cached"]]
+    stopped = [r["epochs"] or 0 for r in trained if r["status"] == STOPPED]
+    return StoppingEffect(
+        full=sum(r["status"] == "ok" for r in trained),
+        stopped=dict(sorted(Counter(stopped).items())),
+        epochs=sum(r["epochs"] or 0 for r in trained),
+        saved=sum(max(0, max_epochs - epochs) for epochs in stopped),
+    )
 
 
 # ---- what good blocks have in common ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The report's pictures, drawn with matplotlib: the paper's search curve, best reward against trained blocks,
-the workers' timeline, and agents compared across runs. ``figure`` and ``save_figure`` are the figures of every report
-and experiment: drawn outside pyplot, so that importing or calling them leaves the backend of a notebook as it was.
+the candidates' learning curves (stops marked), the workers' timeline, and agents compared across runs. ``figure``
+and ``save_figure`` are the figures of every report and experiment: drawn outside pyplot, so that importing or
+calling them leaves the backend of a notebook as it was.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from blockqnn.report.analysis import History, best_so_far, by_agent
 from blockqnn.report.drawing import figure
+from blockqnn.stopping import STOPPED
 
 
 def _epsilon_stages(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, float]]:
@@ -46,9 +50,10 @@ def plot_rewards(history: History, path: Path) -> Path:
     candidates, and the epsilon stages shaded."""
     rows = history.rows
     x = np.arange(1, len(rows) + 1)
-    reward = np.array([r["reward"] if r["status"] == "ok" and r["reward"] is not None else np.nan for r in rows])
+    reward = np.array([np.nan if r["status"] == "failed" or r["reward"] is None else r["reward"] for r in rows])
     cached = np.array([bool(r["cached"]) for r in rows])
-    failed = np.array([r["status"] != "ok" for r in rows])
+    failed = np.array([r["status"] == "failed" for r in rows])
+    stopped = np.array([r["status"] == STOPPED for r in rows]) & ~cached
     window = max(Counter(r["iteration"] for r in rows).values(), default=1)
     fig, ax = figure(figsize=(9, 4.2))
     shades = ("#f0f0f0", "#dcdcdc")
@@ -56,7 +61,11 @@ def plot_rewards(history: History, path: Path) -> Path:
         ax.axvspan(first - 0.5, last + 0.5, color=shades[n % 2], zorder=0, linewidth=0)
         ax.text((first + last) / 2, 1.01, f"ε={eps:g}" if eps is not None else "", transform=ax.get_xaxis_transform(),
                 ha="center", va="bottom", fontsize=7)
-    ax.scatter(x[~cached], reward[~cached], s=9, color="#3182bd", alpha=0.6, label="trained", zorder=2)
+    full = ~cached & ~stopped
+    ax.scatter(x[full], reward[full], s=9, color="#3182bd", alpha=0.6, label="trained", zorder=2)
+    if stopped.any():
+        ax.scatter(x[stopped], reward[stopped], s=9, marker="v", color="#9ecae1", label="stopped at a rung (its reward "
+                   "there)", zorder=2)
     if cached.any():
         ax.scatter(x[cached], reward[cached], s=9, facecolors="none", edgecolors="#999999", linewidths=0.7,
                    label="cached (reward reused)", zorder=2)
@@ -83,6 +92,67 @@ def plot_best_so_far(history: History, path: Path) -> Path:
     ax.set_title(f"{history.run_dir.name}: best so far ({history.agent})", fontsize=10)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+# Learning curves: full-budget candidates, stopped ones (crossed where they stopped), failed ones, and the top-k.
+LANE_COLORS = {"ok": "#3182bd", STOPPED: "#9ecae1"}  # any other status: failed, red
+CURVE_STYLES = {
+    "ok": dict(color="#3182bd", alpha=0.35, linewidth=0.8, label="full budget"),
+    STOPPED: dict(color="#e6550d", alpha=0.45, linewidth=0.8, linestyle="--", label="stopped at a rung"),
+    "failed": dict(color="#d62728", alpha=0.45, linewidth=0.8, linestyle=":", label="failed"),
+}
+
+
+def curve_of(row: dict[str, Any]) -> np.ndarray:
+    """A stored curve as floats; an epoch the recipe did not validate is NaN (a gap in the line)."""
+    return np.array([np.nan if acc is None else acc for acc in row["curve"]], dtype=float)
+
+
+def plot_curves(history: History, path: Path) -> Path | None:
+    """Validation accuracy after each epoch of every trained candidate: how far the stopped ones had come when
+    their rung cut them off, against the full-budget ones and the top-k. Cached repeats (another row's curve)
+    are left out; a history without curves (written before they were stored) gets no file: None."""
+    rows = [r for r in history.trained() if r.get("curve")]
+    if not rows:
+        return None
+    top = {(r["iteration"], r["position"]): rank for rank, r in enumerate(history.best, start=1)}
+    fig, ax = figure(figsize=(7, 4.2))
+    _thin_curves(ax, [r for r in rows if (r["iteration"], r["position"]) not in top])
+    stopped = [curve_of(r) for r in rows if r["status"] == STOPPED]
+    if stopped:
+        ax.plot([len(c) for c in stopped], [c[-1] for c in stopped], "x", color="#a63603", markersize=6,
+                linestyle="none", label="where each stopped")
+    for row in rows:
+        rank = top.get((row["iteration"], row["position"]))
+        if rank is not None:
+            _top_curve(ax, curve_of(row), rank, len(top))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{history.run_dir.name}: learning curves of {len(rows)} trained candidates, {len(stopped)} "
+                 "stopped", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
+def _thin_curves(ax: Axes, rows: Sequence[dict[str, Any]]) -> None:
+    """One thin translucent line per candidate, styled by its status; one legend entry per status."""
+    labelled: set[str] = set()
+    for row in rows:
+        style = dict(CURVE_STYLES.get(row["status"], CURVE_STYLES["failed"]))
+        if style["label"] in labelled:
+            style["label"] = "_nolegend_"
+        labelled.add(style["label"])
+        ax.plot(np.arange(1, len(row["curve"]) + 1), curve_of(row), **style)
+
+
+def _top_curve(ax: Axes, curve: np.ndarray, rank: int, k: int) -> None:
+    """A top-k block's curve in bold, its rank written at its end."""
+    ax.plot(np.arange(1, len(curve) + 1), curve, color="#31a354", linewidth=2,
+            label=f"top-{k}" if rank == 1 else "_nolegend_")
+    ax.annotate(str(rank), (len(curve), curve[-1]), xytext=(3, 0), textcoords="offset points", va="center",
+                fontsize=7, color="#31a354")
 
 
 def plot_agents(histories: Sequence[History], path: Path) -> Path:
@@ -143,7 +213,7 @@ def worker_lanes(rows: Sequence[dict[str, Any]]) -> list[list[tuple[float, float
 
 
 def plot_timeline(history: History, path: Path) -> Path:
-    """One row per worker, a bar per trained candidate (failed in red): idle time at a glance."""
+    """One row per worker, a bar per trained candidate (stopped ones light, failed in red): idle time at a glance."""
     lanes = worker_lanes(history.rows)
     fig, ax = figure(figsize=(9, max(2.5, 0.6 + 0.28 * len(lanes))))
     if lanes:
@@ -151,7 +221,7 @@ def plot_timeline(history: History, path: Path) -> Path:
         span = max(bar[1] for lane in lanes for bar in lane) - t0
         busy = sum(end - start for lane in lanes for start, end, _ in lane)
         for i, lane in enumerate(lanes):
-            colors = ["#3182bd" if row["status"] == "ok" else "#de2d26" for _, _, row in lane]
+            colors = [LANE_COLORS.get(row["status"], "#de2d26") for _, _, row in lane]
             ax.broken_barh([(start - t0, end - start) for start, end, _ in lane], (i - 0.4, 0.8), color=colors,
                            edgecolor="white", linewidth=0.5)
         ax.set_title(f"{len(lanes)} workers busy {busy / (len(lanes) * span):.0%} of {span:.3g} s "

@@ -21,9 +21,10 @@ from blockqnn.report.analysis import (
     load_histories,
     load_history,
     parse_block,
+    stopping_effect,
 )
 from blockqnn.report.drawing import draw_block, wrap_code
-from blockqnn.report.plots import plot_agents, plot_best_so_far, plot_rewards, plot_timeline
+from blockqnn.report.plots import plot_agents, plot_best_so_far, plot_curves, plot_rewards, plot_timeline
 from blockqnn.store import Store, is_run
 from blockqnn.tracking import wandb_mode
 
@@ -60,8 +61,7 @@ def settings_lines(history: History) -> list[str]:
     for label, key in pick.items():
         value = OmegaConf.select(cfg, key)
         if isinstance(value, DictConfig):
-            value = ", ".join(f"{k}={v}" for k, v in value.items() if not str(k).startswith("_")
-                              and not isinstance(v, DictConfig))
+            value = _flat(value)
         if value is not None:
             lines.append(f"- {label}: {value}")
     statuses = Counter("cached" if r["cached"] else r["status"] for r in rows)
@@ -73,13 +73,43 @@ def settings_lines(history: History) -> list[str]:
     return lines
 
 
+def _flat(section: DictConfig) -> str:
+    """A config section's own plain settings in one line (``eta=3, rungs=[1, 3]``): its target and subsections
+    left out."""
+    return ", ".join(f"{k}={v}" for k, v in section.items() if not str(k).startswith("_")
+                     and not isinstance(v, DictConfig))
+
+
+def stopping_lines(history: History) -> list[str]:
+    """What stopping weak candidates cost and saved, for a run that stopped some or was set to; nothing for a
+    paper-style run (``stopping=none``) or one without a training budget (a table space's stored config may
+    lack it)."""
+    cfg = history.config
+    target = str(OmegaConf.select(cfg, "stopping._target_") or ".NoStopping").rsplit(".", 1)[-1]
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    effect = None if max_epochs is None else stopping_effect(history.rows, int(max_epochs))
+    if effect is None or (target == "NoStopping" and not effect.stopped):
+        return []
+    stopped = sum(effect.stopped.values())
+    rungs = ", ".join(f"{n} at epoch {epoch}" for epoch, n in effect.stopped.items())
+    share = effect.saved / (effect.epochs + effect.saved) if effect.epochs + effect.saved else 0.0
+    settings = _flat(cfg.stopping) if isinstance(cfg.get("stopping"), DictConfig) else ""
+    return ["## Stopping weak candidates", "",
+            f"- stopping: {target}" + (f" ({settings})" if settings else ""),
+            f"- trained to the full budget ({max_epochs} epochs): {effect.full} candidates",
+            f"- stopped at a rung: {stopped} candidates" + (f" ({rungs})" if rungs else ""),
+            f"- candidate-epochs trained: {effect.epochs}; saved: {effect.saved} ({share:.0%} of what training "
+            f"every one of them to the full budget would have cost)", ""]
+
+
 def write_summary(history: History, images: dict[str, Path], drawings: list[Path]) -> Path:
     top_blocks = [parse_block(r["arch"]) for r in history.best]
     seen: dict[str, Block | None] = {}
     for r in history.rows:
         seen.setdefault(r["hash"] or r["arch"], parse_block(r["arch"]))
     population = [b for b in seen.values() if b is not None]
-    lines = [f"# Search report: {history.run_dir.name}", "", "## Run settings", *settings_lines(history), ""]
+    lines = [f"# Search report: {history.run_dir.name}", "", "## Run settings", *settings_lines(history), "",
+             *stopping_lines(history)]
     lines += [f"## Top {len(history.best)} blocks", "",
               "| rank | NSC | reward | accuracy | FLOPs | params | density |", "|---|---|---|---|---|---|---|"]
     for rank, r in enumerate(history.best, start=1):
@@ -110,6 +140,9 @@ def report_run(run_dir: str | Path, top_k: int = 5, wandb: bool = True) -> list[
         "best so far": plot_best_so_far(history, out / "best_so_far.png"),
         "workers over time": plot_timeline(history, out / "timeline.png"),
     }
+    curves = plot_curves(history, out / "curves.png")
+    if curves is not None:
+        images["learning curves"] = curves
     drawings = []
     for rank, row in enumerate(history.best, start=1):
         block = parse_block(row["arch"])
