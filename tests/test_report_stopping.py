@@ -4,6 +4,7 @@ the stops saved in summary.md, every expected number worked out here from the st
 from collections import Counter
 
 import pytest
+from matplotlib.colors import to_hex
 from PIL import Image
 
 from blockqnn.report import analysis, plots
@@ -103,3 +104,20 @@ def test_summary_of_a_run_without_stopping_has_no_stopping_section(tmp_path):
     report.report(run, top_k=1, wandb=False)
     assert "Stopping" not in (run / "summary.md").read_text()
     assert analysis.load_history(run, 1).config.stopping._target_.endswith(".NoStopping")  # as histories read
+
+
+def test_the_reward_curve_and_the_timeline_show_stopped_candidates_as_stopped_not_failed(tmp_path, drawn):
+    history = analysis.load_history(stopping_run(tmp_path), 3)
+    status = Counter(r["status"] for r in history.rows if not r["cached"])
+    assert status[STOPPED] and status["failed"]
+    ax = drawn[plots.plot_rewards(history, tmp_path / "reward.png")].axes[0]
+    marks = {c.get_label(): len(c.get_offsets()) for c in ax.collections if not c.get_label().startswith("_")}
+    assert marks["failed"] == sum(r["status"] == "failed" for r in history.rows)
+    assert marks["stopped at a rung (its reward there)"] == status[STOPPED]
+    for i, row in enumerate(history.rows):  # two workers' worth of timings
+        row["started_at"], row["finished_at"] = i // 2, i // 2 + 1
+    ax = drawn[plots.plot_timeline(history, tmp_path / "timeline.png")].axes[0]
+    drawn_colors = Counter(to_hex(c) for bars in ax.collections for c in bars.get_facecolors())
+    laned = Counter(row["status"] for lane in plots.worker_lanes(history.rows) for _, _, row in lane)
+    assert drawn_colors[plots.LANE_COLORS[STOPPED]] == laned[STOPPED] > 0
+    assert drawn_colors["#de2d26"] == laned["failed"]
