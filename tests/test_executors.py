@@ -169,3 +169,21 @@ def test_bad_input_in_an_evaluator_stops_the_search_instead_of_failing_each_cand
 
     with LocalExecutor(workers=workers, threads=1) as executor, pytest.raises(UserError, match="dataset not found"):
         list(run(executor, missing_data, ITEMS, {"dir": str(tmp_path)}))
+
+
+@pytest.mark.slow
+def test_the_worker_benchmark_measures_start_up_and_overhead_on_real_candidates():
+    import re
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, cli_env
+
+    out = subprocess.run([sys.executable, "experiments/bench_workers.py", "--candidates", "2", "dataset=synthetic",
+                          "trainer=smoke", "template=tiny", "logger=none"], cwd=REPO, env=cli_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    started = float(re.search(r"started and evaluator built in ([\d.]+) s", out.stdout).group(1))
+    training, overhead = map(float, re.search(r"median ([\d.]+) s training, overhead median ([-\d.]+) ms",
+                                              out.stdout).groups())
+    assert started > 0 and training > 0 and abs(overhead) < 1000 * training, out.stdout
