@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 from blockqnn.errors import UserError
 from blockqnn.executors import LocalExecutor, RayExecutor
 from blockqnn.executors.base import bound
+from tests.helpers import REPO, cli_env
 
 ITEMS = [(i, f"arch-{i}") for i in range(6)]
 
@@ -173,12 +177,6 @@ def test_bad_input_in_an_evaluator_stops_the_search_instead_of_failing_each_cand
 
 @pytest.mark.slow
 def test_the_worker_benchmark_measures_start_up_and_overhead_on_real_candidates():
-    import re
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO, cli_env
-
     out = subprocess.run([sys.executable, "experiments/bench_workers.py", "--candidates", "2", "dataset=synthetic",
                           "trainer=smoke", "template=tiny", "logger=none"], cwd=REPO, env=cli_env(),
                          capture_output=True, text=True, timeout=600)
