@@ -178,7 +178,8 @@ def run_module_in_process(module: str, args: list[str], capsys) -> tuple[int, st
 
 def test_the_pages_show_commands():
     """The checks below follow every page; a page set that lost its commands would pass them vacuously."""
-    assert {module for doc in DOCS for module, _, _ in shown_commands(doc)} >= {"search", "train", "report", "nsc"}
+    shown = {module for doc in DOCS for module, _, _ in shown_commands(doc)}
+    assert shown >= {"search", "train", "report", "nsc", "nasbench201"}
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -198,10 +199,11 @@ def test_every_search_and_train_command_shown_composes(doc):
 
 
 @pytest.mark.parametrize("doc", DOCS)
-def test_every_nsc_and_report_command_shown_does_what_the_page_says(doc, capsys, tmp_path, monkeypatch):
+def test_every_argparse_command_shown_does_what_the_page_says(doc, capsys, tmp_path, monkeypatch):
     """``nsc`` commands run for real and end as their comment says (``# ok, exit 0``, ``# error: ... exit 1``);
-    a ``report`` command names placeholder folders, so it must get past argument parsing to the folder check (run
-    from an empty folder: a shown path that exists in this checkout is someone's run, not to be reported on)."""
+    a ``report`` command names placeholder folders, and a ``nasbench201`` command a download no clone has, so each
+    must get past argument parsing to the check of its input (run from an empty folder: a shown path that exists in
+    this checkout is someone's run, not to be reported on)."""
     monkeypatch.chdir(tmp_path)
     wrong = []
     for module, args, promise in shown_commands(doc):
@@ -217,6 +219,10 @@ def test_every_nsc_and_report_command_shown_does_what_the_page_says(doc, capsys,
             status, _, err = run_module_in_process(module, args, capsys)
             if status != 1 or not err.startswith("error: ") or "is not a folder" not in err:
                 wrong.append(f"report {shlex.join(args)}: exit {status}, {err.strip()!r}")
+        elif module == "nasbench201":
+            status, _, err = run_module_in_process(module, args, capsys)
+            if status != 1 or not err.startswith("error: ") or "not found" not in err:
+                wrong.append(f"nasbench201 {shlex.join(args)}: exit {status}, {err.strip()!r}")
     assert not wrong, f"{doc}:\n" + "\n".join(wrong)
 
 

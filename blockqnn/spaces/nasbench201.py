@@ -5,8 +5,9 @@ The cell has 4 nodes and 6 edges, each edge one operation, written ``|op~0|+|op~
 an action is ``(edge, op)`` and, as in the NSC space, the state is the last action.
 
 No table is shipped: the user supplies a CSV with one row per architecture (architecture string and metric
-columns named in ``conf/space/nasbench201.yaml``). Several rows of one architecture (e.g. one per training seed)
-are averaged. ``write_synthetic_table`` makes a structured stand-in for trying things out and for tests.
+columns named in ``conf/space/nasbench201.yaml``), e.g. one ``python -m blockqnn.nasbench201 convert`` writes from
+the official files. Several rows of one architecture (e.g. one per training seed) are averaged.
+``write_synthetic_table`` makes a structured stand-in for trying things out and for tests.
 """
 
 from __future__ import annotations
