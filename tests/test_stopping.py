@@ -54,7 +54,7 @@ def test_rungs_count_trained_candidates_by_iteration():
 ])
 def test_bad_stopping_values_are_refused_at_composition(compose, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        compose("experiment=quickstart", "stopping=asha", override)
+        compose("experiment=quickstart", "stopping=asha", "stopping.rungs=null", override)  # the preset lists rungs
 
 
 # ---- the callback, on a real training -------------------------------------------------------------------------
