@@ -16,6 +16,7 @@ import pytest
 
 from blockqnn.errors import FolderInUse
 from blockqnn.lock import LOCK_FILE, exclusive
+from blockqnn.train import METRICS_FILE
 from tests.helpers import REPO, cli_env, finished_count, folder_digest, read_wandb_run, run_cli
 
 IN_USE = "run folder {folder} is in use by pid {pid} on {host} since "
@@ -122,10 +123,10 @@ def test_a_second_search_on_a_running_folder_is_refused_and_touches_nothing(tmp_
 @pytest.mark.slow
 def test_a_second_training_on_a_running_folder_is_refused_and_a_killed_one_frees_it(tmp_path):
     folder = tmp_path / "train"
-    last = folder / "checkpoints" / "last.ckpt"
+    epochs = folder / METRICS_FILE  # a row per epoch: it is training
     first = start("train", folder, *TINY_TRAINING)
     try:
-        paused_once(first, folder, last.is_file)
+        paused_once(first, folder, epochs.is_file)
         before = folder_digest(folder)
         one_line(run_cli(f"resume={folder}", module="train"), folder, first.pid)
         one_line(run_cli(*TINY_TRAINING, f"hydra.run.dir={folder}", module="train"), folder, first.pid)

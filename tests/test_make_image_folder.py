@@ -65,8 +65,8 @@ def test_the_shown_image_folder_search_runs_on_the_make_target_tree(tmp_path):
     args = shown_image_folder_search()
     assert f"dataset.source.root={folder}" in args
     assert make_tree(folder, cwd=tmp_path).returncode == 0
-    small = ["agent.budget=2", "agent.batch_size=2",
-             "trainer.max_epochs=1", "logger=none", "progress.mode=off", f"output_root={tmp_path}/runs"]
+    small = ["agent.budget=2", "agent.batch_size=2", "trainer.max_epochs=1", "stopping=none", "logger=none",
+             "progress.mode=off", f"output_root={tmp_path}/runs"]
     out = run_cli(*args, *small, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "best block: " in out.stdout and "run stored in" in out.stdout

@@ -103,7 +103,7 @@ def test_multirun_gives_each_search_its_own_folder_and_wandb_group(table_search,
 @pytest.mark.slow
 def test_quickstart_ends_with_the_best_block_and_the_run_folder(tmp_path):
     out = run_cli("experiment=quickstart", "agent.batch_size=2", "agent.budget=4", "trainer.max_epochs=1",
-                  "logger=none", f"output_root={tmp_path}", cwd=tmp_path)
+                  "stopping=none", "logger=none", f"output_root={tmp_path}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     [run] = [p.parent for p in tmp_path.glob(f"search/*/{DB_NAME}")]
     with Store.open(run, readonly=True) as store:
