@@ -40,3 +40,15 @@ def test_every_agent_runs_under_every_preset_with_one_budget(compose, nb201_tabl
                       else "space=nsc")
         budgets.add(instantiate(cfg.agent, space=instantiate(cfg.space), seed=0).total_samples)
     assert len(budgets) == 1
+
+
+def test_each_preset_stops_weak_candidates_as_measured_and_the_paper_never(compose):
+    from hydra.utils import instantiate
+
+    from blockqnn.stopping import ASHA, NoStopping
+
+    quick = instantiate(compose("experiment=quickstart").stopping)
+    assert isinstance(quick, ASHA) and quick.rungs == (2, 4)  # epoch 1 does not rank digits blocks
+    assert isinstance(instantiate(compose("experiment=cifar10_small").stopping), ASHA)
+    assert isinstance(instantiate(compose("experiment=paper_cifar100").stopping), NoStopping)
+    assert isinstance(instantiate(compose("experiment=quickstart", "stopping=none").stopping), NoStopping)
