@@ -46,9 +46,8 @@ def timed_candidates(executor: LocalExecutor, blocks: list[str]) -> list[tuple[f
     return times
 
 
-def measure(cfg, blocks: list[str], workers: int) -> tuple[float, list[tuple[float, float]]]:
+def measure(cfg, space, blocks: list[str], workers: int) -> tuple[float, list[tuple[float, float]]]:
     """Seconds from start to every evaluator built, and the candidates' times."""
-    space = instantiate(cfg.space)
     start = time.perf_counter()
     with LocalExecutor(workers=workers, threads=1, flops_per_thread=0) as executor:
         executor.serve(evaluator_factory(cfg, space, None))
@@ -64,9 +63,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", default=["experiment=quickstart", "logger=none"])
     args = parser.parse_args()
     cfg = compose("search", args.overrides)
-    blocks = random_blocks(instantiate(cfg.space), args.candidates, args.seed)
-    in_process_ready, in_process = measure(cfg, blocks, 0)
-    worker_ready, in_workers = measure(cfg, blocks, args.workers)
+    space = instantiate(cfg.space)
+    blocks = random_blocks(space, args.candidates, args.seed)
+    in_process_ready, in_process = measure(cfg, space, blocks, 0)
+    worker_ready, in_workers = measure(cfg, space, blocks, args.workers)
     overheads = [seen - inside for seen, inside in in_workers]
     training = statistics.median(inside for _, inside in in_process)
     print(f"{len(blocks)} candidates of {' '.join(args.overrides)}, one at a time")
