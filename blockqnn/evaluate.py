@@ -16,7 +16,6 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -30,32 +29,11 @@ from blockqnn.data import datamodule
 from blockqnn.errors import DataError, TemplateMismatch, UserError
 from blockqnn.fit import Classifier, RungStop, fit, on_gpu, quiet
 from blockqnn.network import network_complexity
-from blockqnn.reward import AccuracyReward
+from blockqnn.result import Result
 from blockqnn.stopping import STOPPED
 from blockqnn.threads import candidate_threads, torch_threads
 
 IDENTITY_BLOCK = Block.parse("(1,4,0,0,0),(2,7,0,0,0)")
-
-
-@dataclass
-class Result:
-    """What a candidate earned; plain data (``dataclasses.asdict``) for the store, the agent and the logs.
-
-    accuracy is the validation accuracy (a fraction) after the last epoch trained; flops are forward FLOPs per
-    image; epochs counts the epochs completed and curve holds the validation accuracy after each of them (None
-    where the recipe did not validate); fields not reached before a failure stay None.
-    """
-
-    status: str  # "ok" | "stopped" (at a rung, blockqnn.stopping) | "failed"
-    accuracy: float | None = None
-    reward: float | None = None
-    flops: float | None = None
-    params: int | None = None
-    density: float | None = None
-    epochs: int = 0
-    wall_time: float = 0.0
-    error: str | None = None
-    curve: list[float | None] | None = None
 
 
 def candidate_seed(seed: int, arch_key: str) -> int:
@@ -175,18 +153,6 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def prepare(cfg: DictConfig, space: Any = None) -> None:
-    """Check that the space can be scored (a table must cover the space, and be scored by accuracy): a bad config
-    stops the search with one message before anything is stored, instead of failing every candidate alike."""
-    space = instantiate(cfg.space) if space is None else space
-    reward = instantiate(cfg.reward)
-    if space.tabular:
-        if not isinstance(reward, AccuracyReward):
-            raise UserError(f"a table space rewards the table's accuracy alone (it has no FLOPs or density), but "
-                            f"the reward is {cfg.reward._target_}: use reward=accuracy")
-        space.check_complete()
 
 
 def try_recipe(arch: str, cfg: DictConfig) -> Result:

@@ -44,7 +44,7 @@ BATCH = 64
 
 @dataclass
 class SimulatedResult:
-    """The fields of ``blockqnn.evaluate.Result`` the loop reads (this module imports no torch: 64 workers)."""
+    """The fields of ``blockqnn.result.Result`` the loop reads (this module imports no torch: 64 workers)."""
 
     status: str
     accuracy: float

@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blockqnn.config import compose  # noqa: E402
-from blockqnn.evaluate import Result  # noqa: E402
 from blockqnn.executors import LocalExecutor, RayExecutor  # noqa: E402
 from blockqnn.executors.base import bound  # noqa: E402
+from blockqnn.result import Result  # noqa: E402
 from blockqnn.search import search  # noqa: E402
 from blockqnn.spaces.nasbench201 import write_synthetic_table  # noqa: E402
 from blockqnn.store import Store  # noqa: E402

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blockqnn import threads  # noqa: E402
 from blockqnn.config import compose  # noqa: E402
-from blockqnn.evaluate import evaluate_candidate, prepare  # noqa: E402
+from blockqnn.evaluate import evaluate_candidate  # noqa: E402
 
 BLOCK = "(1,1,3,0,0),(2,1,3,1,0),(3,5,0,1,2),(4,7,0,0,0)"
 BUSY = "import torch; torch.set_num_threads({n}); a = torch.randn(600, 600)\nwhile True: a @ a"
@@ -45,7 +45,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cfg = compose("search", ["experiment=quickstart", "logger=none"])
-    prepare(cfg)
     cores = threads.usable_cores()
     flops = evaluate_candidate(BLOCK, cfg).flops
     chosen = threads.candidate_threads(flops, cfg.executor.flops_per_thread, budget=cores)

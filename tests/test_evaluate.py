@@ -13,8 +13,9 @@ from blockqnn import evaluate
 from blockqnn.codes import Block
 from blockqnn.data import DataError
 from blockqnn.errors import UserError
-from blockqnn.evaluate import Result, candidate_seed, evaluate_candidate, try_recipe
+from blockqnn.evaluate import candidate_seed, evaluate_candidate, try_recipe
 from blockqnn.fit import Classifier
+from blockqnn.result import Result
 from tests.blocks import RESIDUAL
 
 

@@ -29,7 +29,7 @@ def seconds(arch: str) -> float:
 
 @dataclass
 class TableResult:
-    """The fields of ``blockqnn.evaluate.Result`` a table space fills."""
+    """The fields of ``blockqnn.result.Result`` a table space fills."""
 
     status: str
     accuracy: float

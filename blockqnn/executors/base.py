@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from blockqnn.errors import UserError
 
 Cutoffs = Mapping[int, float] | None  # epoch -> the accuracy a candidate must reach there to go on (stopping=asha)
-Evaluator = Callable[[str, Cutoffs], Any]  # evaluator(arch, cutoffs) -> blockqnn.evaluate.Result
+Evaluator = Callable[[str, Cutoffs], Any]  # evaluator(arch, cutoffs) -> blockqnn.result.Result
 EvaluatorFactory = Callable[[], Evaluator]  # picklable: sent to each worker once
 # What stops a search (Ctrl-C, docker stop): the search process handles them; its workers never see them.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -89,7 +89,7 @@ def factory(cls: Callable[..., Evaluator], *args: Any) -> EvaluatorFactory:
 
 def failed_result(error: str) -> Any:
     """A failed ``Result`` for a candidate the executor itself lost (worker died, task could not run)."""
-    from blockqnn.evaluate import Result
+    from blockqnn.result import Result
 
     return Result(status="failed", error=error)
 

@@ -25,6 +25,7 @@ from blockqnn.errors import UserError
 from blockqnn.executors.base import EvaluatorFactory, bound, factory
 from blockqnn.lock import writer
 from blockqnn.resume import check_same_table, open_search_run
+from blockqnn.reward import AccuracyReward
 from blockqnn.search.asynchronous import AsyncSearch
 from blockqnn.search.sync import SyncSearch
 from blockqnn.store import Store, is_run
@@ -126,10 +127,21 @@ def evaluator_factory(cfg: DictConfig, space: Any, evaluate: Callable[[str, Dict
     recipe where candidates train; or ``evaluate(arch, cfg)``, a stand-in (tests, benchmarks), as given."""
     if evaluate is not None:
         return bound(evaluate, cfg)
-    from blockqnn.evaluate import CandidateEvaluator, prepare  # imports torch: only once the config is good
+    from blockqnn.evaluate import CandidateEvaluator  # imports torch: only once the config is good
 
-    prepare(cfg, space)
+    check_scorable(cfg, space)
     return factory(CandidateEvaluator, cfg, space, True)
+
+
+def check_scorable(cfg: DictConfig, space: Any) -> None:
+    """A table space must cover the space and be scored by accuracy: a bad config stops the search with one message
+    before anything is stored, instead of failing every candidate alike."""
+    if not space.tabular:
+        return
+    if not isinstance(instantiate(cfg.reward), AccuracyReward):
+        raise UserError(f"a table space rewards the table's accuracy alone (it has no FLOPs or density), but the "
+                        f"reward is {cfg.reward._target_}: use reward=accuracy")
+    space.check_complete()
 
 
 def check_one_device(cfg: DictConfig) -> None:
