@@ -28,6 +28,18 @@ from blockqnn.errors import FolderInUse
 LOCK_FILE = ".lock"
 UNLOCKABLE = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)  # flock on a mount without locks (nolock NFS, Lustre)
 log = logging.getLogger(__name__)
+_held: set[int] = set()  # lock files this process holds open
+
+
+def _forget_held() -> None:
+    """In a forked child (a CPU worker): close the inherited lock files. The lock belongs to the open file, which a
+    child keeps open otherwise, holding the folder after the search itself has died."""
+    for fd in _held:
+        os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held)
 
 
 @contextlib.contextmanager
@@ -38,6 +50,7 @@ def exclusive(folder: str | Path) -> Iterator[None]:
     new_folder, new_file = not folder.exists(), not (folder / LOCK_FILE).exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    _held.add(fd)
     try:
         _take(fd, folder)
         try:
@@ -48,6 +61,7 @@ def exclusive(folder: str | Path) -> Iterator[None]:
         finally:
             os.ftruncate(fd, 0)  # free again: the next holder writes its own details
     finally:
+        _held.discard(fd)
         os.close(fd)  # releases the lock (the kernel does the same when the process dies)
 
 

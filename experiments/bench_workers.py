@@ -1,5 +1,6 @@
-"""What worker mode costs: a worker's start-up, paid once (spawn, imports, data, the recipe's one-batch trial), and
-each candidate's overhead over its own training (the block and its result through a pipe, the loop waking).
+"""What worker mode costs: a worker's start-up, paid once (the process, forked from this one on Linux; data, the
+recipe's one-batch trial), and each candidate's overhead over its own training (the block and its result through a
+pipe, the loop waking).
 
 The same random blocks of the configured search (default: the quickstart's) are trained once in this process and
 once through ``executor.workers`` worker processes, one candidate at a time (a second would share the cores and
@@ -72,7 +73,7 @@ def main() -> None:
     print(f"{len(blocks)} candidates of {' '.join(args.overrides)}, one at a time")
     print(f"in-process: evaluator built in {in_process_ready:.2f} s; median candidate {training:.2f} s")
     print(f"{args.workers} worker(s): started and evaluator built in {worker_ready:.2f} s "
-          f"({worker_ready - in_process_ready:.2f} s more than in-process: spawn and imports)")
+          f"({worker_ready - in_process_ready:.2f} s more than in-process: starting the process)")
     print(f"worker candidate: median {statistics.median(inside for _, inside in in_workers):.2f} s training, "
           f"overhead median {1000 * statistics.median(overheads):.1f} ms, max {1000 * max(overheads):.1f} ms "
           f"({100 * statistics.median(overheads) / training:.2f}% of a candidate)")

@@ -185,3 +185,13 @@ def test_the_worker_benchmark_measures_start_up_and_overhead_on_real_candidates(
     training, overhead = map(float, re.search(r"median ([\d.]+) s training, overhead median ([-\d.]+) ms",
                                               out.stdout).groups())
     assert started > 0 and training > 0 and abs(overhead) < 1000 * training, out.stdout
+
+
+def test_cpu_workers_fork_from_the_search_and_gpu_workers_spawn(monkeypatch):
+    """A forked CPU worker has torch and Lightning imported already; CUDA does not survive a fork."""
+    from blockqnn.executors.local import start_method
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert start_method([]) == "fork" and start_method(["0"]) == "spawn"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert start_method([]) == "spawn"

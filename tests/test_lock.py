@@ -68,6 +68,26 @@ def test_a_sigkilled_holder_releases_the_folder_at_once(tmp_path):
         assert holder_of(tmp_path)["pid"] == os.getpid()
 
 
+def test_a_forked_worker_does_not_hold_the_folder_of_a_killed_search(tmp_path):
+    """CPU workers fork from the search (blockqnn.executors.local.start_method): a worker still training when the
+    search is SIGKILLed must not keep the folder locked through the lock file it inherited."""
+    code = ("import multiprocessing as mp, sys, time; from blockqnn.lock import exclusive\n"
+            f"with exclusive({str(tmp_path)!r}):\n"
+            "    worker = mp.get_context('fork').Process(target=time.sleep, args=(120,)); worker.start()\n"
+            "    print(worker.pid, flush=True); sys.stdin.read()")
+    search = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=cli_env(), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    worker = int(search.stdout.readline())
+    try:
+        search.kill()
+        assert search.wait() == -signal.SIGKILL
+        os.kill(worker, 0)  # the worker lives on
+        with exclusive(tmp_path):
+            assert holder_of(tmp_path)["pid"] == os.getpid()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 def start(module: str, folder: Path, *args: str) -> subprocess.Popen:
     """``python -m blockqnn.MODULE ARGS`` writing ``folder``, in the background; its stderr in ``folder.err``."""
     with folder.with_suffix(".err").open("w") as errors:

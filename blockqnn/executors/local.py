@@ -9,6 +9,7 @@ import pickle
 import shutil
 import signal
 import subprocess
+import sys
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -73,7 +74,8 @@ class LocalExecutor(Batches):
         count = self._auto_workers(gpus) if self.workers == "auto" else self.workers
         threads = cpu_threads(count) if self.threads == "auto" else int(self.threads)
         policy = policy_env(threads, self.flops_per_thread)
-        self._pool = [_Worker(i, _worker_env(i, gpus, threads) | policy) for i in range(count)]
+        method = start_method(gpus)
+        self._pool = [_Worker(i, _worker_env(i, gpus, threads) | policy, method) for i in range(count)]
         if not self._pool:  # candidates train in this process
             self._environ = {k: os.environ.get(k) for k in policy}
             os.environ.update(policy)
@@ -152,6 +154,15 @@ class LocalExecutor(Batches):
         self._feed()
 
 
+def start_method(gpus: list[str]) -> str:
+    """How workers start. CPU workers on Linux fork from the search process, which has imported torch and Lightning
+    already (checking the config): a worker is ready in about a second instead of importing them again (7 s here,
+    bench_workers.py). GPU workers spawn (CUDA does not survive a fork), as do workers elsewhere (macOS: fork is
+    unsafe with its system libraries) and a worker started again mid-search, when W&B's threads run in this process.
+    """
+    return "fork" if not gpus and sys.platform == "linux" else "spawn"
+
+
 def _worker_env(index: int, gpus: list[str], threads: int) -> dict[str, str]:
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
@@ -162,13 +173,14 @@ def _worker_env(index: int, gpus: list[str], threads: int) -> dict[str, str]:
 class _Worker:
     """One spawned process serving candidates over a pipe with the evaluator it built from its factory."""
 
-    def __init__(self, index: int, env: dict[str, str]) -> None:
+    def __init__(self, index: int, env: dict[str, str], method: str = "spawn") -> None:
         self.index, self.env = index, env
-        self._start()
+        self._start(method)
 
-    def _start(self) -> None:
-        self.conn, child = mp.get_context("spawn").Pipe()
-        self.process = mp.get_context("spawn").Process(
+    def _start(self, method: str = "spawn") -> None:
+        context = mp.get_context(method)
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
             target=_serve, args=(child, self.env), name=f"blockqnn-worker-{self.index}", daemon=True
         )
         # Started with Ctrl-C and SIGTERM blocked, the child inherits the mask from its first instruction: a signal
