@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import shutil
@@ -29,12 +30,16 @@ from hydra.errors import (
     InstantiationException,
     OverrideParseException,
 )
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.config import CONF_DIR, check_conf_dir
 from blockqnn.errors import UserError
 from blockqnn.schema import check_config
+from blockqnn.threads import machine_cores, share_cores
+
+log = logging.getLogger(__name__)
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
@@ -157,6 +162,18 @@ def discard_unused_output_dir() -> None:
                 folder.rmdir()
 
 
+def share_cores_with_sibling_jobs() -> None:
+    """A multirun whose launcher runs ``n_jobs`` jobs at once on this machine (``hydra/launcher=joblib``) gives each
+    job its share of the cores (``blockqnn.threads.share_cores``): two searches side by side on 8 cores get 4
+    each, not 8 each, so their workers do not fight over the cores."""
+    hydra_cfg = HydraConfig.get()
+    jobs = hydra_cfg.launcher.get("n_jobs") if hydra_cfg.mode == RunMode.MULTIRUN else None
+    if isinstance(jobs, int) and jobs != 1:
+        share = share_cores(jobs)
+        log.info("%d job(s) at once on this machine: this one uses %d of its %d cores", jobs, share,
+                 machine_cores())
+
+
 def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """Like ``@hydra.main`` on ``conf/<config_name>.yaml``, with one-line bad-input errors and ``.env`` loaded."""
 
@@ -166,6 +183,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
         def job(cfg: DictConfig) -> Any:
             try:
                 check_config(cfg)  # every value within its declared range, before the task writes anything
+                share_cores_with_sibling_jobs()
                 return task(cfg)
             except Exception as exc:
                 errors = user_errors(exc)

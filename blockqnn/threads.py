@@ -15,11 +15,19 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+CORES_ENV = "BLOCKQNN_CORES"  # a cap on the cores this process counts as its own (set by share_cores, or by hand)
 BUDGET_ENV = "BLOCKQNN_THREADS"  # the threads an executor grants each candidate of one worker
 SIZE_ENV = "BLOCKQNN_FLOPS_PER_THREAD"  # the size rule, from the executor's config
 
 
 def usable_cores() -> int:
+    """Cores this process may use: ``machine_cores()``, capped by ``BLOCKQNN_CORES`` (its share when several
+    searches run side by side)."""
+    cap = os.environ.get(CORES_ENV, "")
+    return min(machine_cores(), int(cap)) if cap.isdigit() and int(cap) >= 1 else machine_cores()
+
+
+def machine_cores() -> int:
     """Cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (containers, Slurm)."""
     try:
         cores = len(os.sched_getaffinity(0))
@@ -27,6 +35,16 @@ def usable_cores() -> int:
         cores = os.cpu_count() or 1
     quota = cgroup_quota()
     return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def share_cores(jobs: int) -> int:
+    """Give this process its share of the machine when ``jobs`` processes like it run at once (a Hydra launcher's
+    ``n_jobs``; negative counts as joblib does: -1 is one per core); returns the share."""
+    cores = machine_cores()
+    jobs = max(1, cores + 1 + jobs if jobs < 0 else jobs)
+    share = max(1, cores // jobs)
+    os.environ[CORES_ENV] = str(share)
+    return share
 
 
 def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
