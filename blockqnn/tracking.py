@@ -20,9 +20,9 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +31,7 @@ from blockqnn.stopping import STOPPED
 from blockqnn.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Columns of the W&B candidates table, in order.
 TABLE_COLUMNS = (
@@ -71,6 +72,7 @@ class WandbSettings:
     console: str = setting(choices=("off", "auto", "wrap", "redirect", "wrap_raw", "wrap_emu"))
     artifacts: bool = setting()
     top_k: int = setting(**POSITIVE)
+    init_timeout: float = setting(gt=0)  # seconds an online start may take before the run goes offline
 
 
 @member
@@ -123,17 +125,18 @@ class WandbTracker(NoTracker):
         console: str = "off",
         artifacts: bool = True,
         top_k: int = 5,
+        init_timeout: float = 60.0,
     ) -> None:
         self.project, self.entity, self.mode, self.group = project, entity, mode, group
         self.tags, self.table_every, self.console = list(tags), table_every, console
-        self.artifacts, self.top_k = artifacts, top_k
+        self.artifacts, self.top_k, self.init_timeout = artifacts, top_k, init_timeout
         self.run: Any = None
 
     def start(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> None:
         import wandb
 
         run_id = store.get("wandb_run_id")
-        self.run = wandb.init(
+        self.run = online_or_offline(lambda mode: wandb.init(
             project=self.project,
             entity=self.entity,
             group=self.group or group,
@@ -143,10 +146,10 @@ class WandbTracker(NoTracker):
             dir=str(run_dir),
             id=run_id,
             resume="allow" if run_id else None,
-            mode=wandb_mode(self.mode),
+            mode=mode,
             job_type="search",
-            settings=wandb.Settings(console=self.console),
-        )
+            settings=wandb.Settings(console=self.console, init_timeout=self.init_timeout),
+        ), wandb_mode(self.mode), run_dir)
         if run_id is None:
             store.set("wandb_run_id", self.run.id)
         self.run.define_metric("candidate")
@@ -220,6 +223,22 @@ def log_model_artifact(run: Any, files: Sequence[Path], metadata: Mapping[str, A
     for path in files:
         artifact.add_file(str(path))
     run.log_artifact(artifact)
+
+
+def online_or_offline(start: Callable[[str], T], mode: str, run_dir: str | Path) -> T:
+    """``start(mode)``; a W&B server that cannot be reached within the init timeout (``CommError``: no network, a
+    wrong host, the service down) is one warning, and ``start("offline")``: the run goes on, logged where
+    ``wandb sync`` uploads it once the server is back."""
+    import wandb
+
+    try:
+        return start(mode)
+    except wandb.errors.CommError as e:
+        if mode != "online":
+            raise
+        log.warning("W&B cannot be reached (%s): logging offline instead; `wandb sync %s/wandb/offline-run-*` "
+                    "uploads the run later", str(e).strip().splitlines()[0], run_dir)
+        return start("offline")
 
 
 def wandb_mode(mode: str | None) -> str:

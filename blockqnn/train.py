@@ -57,7 +57,7 @@ from blockqnn.resume import (
     save_config,
 )
 from blockqnn.store import Store
-from blockqnn.tracking import WandbTracker, log_model_artifact, wandb_mode
+from blockqnn.tracking import WandbTracker, log_model_artifact, online_or_offline, wandb_mode
 
 RANKED = re.compile(r"(?P<run>[^()\[\]]+):(?P<rank>-?\d+)")
 RESULT_FILE = "result.json"
@@ -106,14 +106,21 @@ def tracking_logger(cfg: DictConfig, folder: Path) -> Logger | bool:
         return False
     id_file = folder / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else None
-    logger = WandbLogger(
-        project=tracker.project, entity=tracker.entity, group=tracker.group, tags=tracker.tags, name=folder.name,
-        save_dir=str(folder), id=run_id, resume="allow" if run_id else None, mode=wandb_mode(tracker.mode),
-        job_type="train", config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    if rank_zero_only.rank == 0:  # other DDP ranks hold a stand-in experiment
-        id_file.write_text(logger.experiment.id)
-    return logger
+
+    def start(mode: str) -> WandbLogger:
+        import wandb
+
+        logger = WandbLogger(
+            project=tracker.project, entity=tracker.entity, group=tracker.group, tags=tracker.tags,
+            name=folder.name, save_dir=str(folder), id=run_id, resume="allow" if run_id else None, mode=mode,
+            job_type="train", config=OmegaConf.to_container(cfg, resolve=True),
+            settings=wandb.Settings(init_timeout=tracker.init_timeout),
+        )
+        if rank_zero_only.rank == 0:  # other DDP ranks hold a stand-in experiment
+            id_file.write_text(logger.experiment.id)
+        return logger
+
+    return online_or_offline(start, wandb_mode(tracker.mode), folder)
 
 
 def as_searched(cfg: DictConfig, run: str, overridden: set[str] | None) -> tuple[DictConfig, list[str]]:

@@ -59,7 +59,8 @@ def test_worker_processes_receive_their_share(monkeypatch):
 
     monkeypatch.setattr(executors, "cpu_threads", lambda count: 3)
     seen = []
-    monkeypatch.setattr(executors, "_Worker", lambda i, env: seen.append(env) or type("W", (), {"stop": lambda s: 0})())
+    stand_in = type("W", (), {"stop": lambda s: 0})
+    monkeypatch.setattr(executors, "_Worker", lambda i, env, method: seen.append(env) or stand_in())
     with LocalExecutor(workers=2, flops_per_thread=1e6):
         pass
     assert [e[threads.BUDGET_ENV] for e in seen] == ["3", "3"] and seen[0]["OMP_NUM_THREADS"] == "3"

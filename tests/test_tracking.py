@@ -13,7 +13,7 @@ import pytest
 from blockqnn.search import search
 from blockqnn.store import Store
 from blockqnn.tracking import Progress, WandbTracker, wandb_mode
-from tests.helpers import read_wandb_file, read_wandb_run
+from tests.helpers import cli_env, read_wandb_file, read_wandb_run, run_cli
 
 STATE = dict(iteration=1, iterations=4, epsilon=0.9, done=10, total=40, cached=2, failed=1, best=0.61234,
              in_flight=3, utilization=0.876)
@@ -145,3 +145,39 @@ def test_a_tracking_failure_does_not_stop_the_search(compose, table_search, tmp_
     assert "W&B logging failed" in caplog.text
     with Store.open(reference, readonly=True) as ref, Store.open(tmp_path / "run", readonly=True) as run:
         assert [r["arch"] for r in run.candidates()] == [r["arch"] for r in ref.candidates()]
+
+
+UNREACHABLE = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "a" * 40}  # port 9: nothing listens
+
+
+def online_but_unreachable() -> dict:
+    env = cli_env(UNREACHABLE)
+    env.pop("WANDB_MODE", None)
+    return env
+
+
+@pytest.mark.slow
+def test_an_unreachable_wandb_server_is_one_warning_and_an_offline_run(table_search, tmp_path):
+    args = [a for a in table_search if a != "logger=none"]
+    done = run_cli(*args, "logger=wandb", "logger.mode=online", "logger.init_timeout=3", f"hydra.run.dir={tmp_path}",
+                   env=online_but_unreachable())
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout + done.stderr
+    assert printed.count("W&B cannot be reached") == 1 and "wandb sync" in printed, printed
+    with Store.open(tmp_path, readonly=True) as store:
+        rows, run_id = store.candidates(), store.get("wandb_run_id")
+    [run] = read_wandb_run(tmp_path)  # the offline run `wandb sync` uploads later, with every candidate in it
+    assert run["id"] == run_id and len([h for h in run["history"] if "reward" in h]) == len(rows) > 0
+
+
+@pytest.mark.slow
+def test_a_training_with_an_unreachable_wandb_server_goes_on_offline(tmp_path):
+    smoke = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=2", "onnx=null",
+             "program=null", f"data_dir={tmp_path / 'data'}", "block=[[1,1,3,0,0],[2,5,0,0,1],[3,7,0,0,0]]"]
+    out = tmp_path / "out"
+    done = run_cli(*smoke, "logger=wandb", "logger.mode=online", "logger.init_timeout=3", f"hydra.run.dir={out}",
+                   env=online_but_unreachable(), module="train")
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0 and printed.count("W&B cannot be reached") == 1, printed[-3000:]
+    [run] = read_wandb_run(out)
+    assert run["id"] == (out / "wandb_run_id").read_text().strip() and (out / "result.json").is_file()
