@@ -1,9 +1,10 @@
 """A candidate evaluator that takes time, for the asynchronous loop's tests: it sleeps 5-40 ms (drawn from the
-architecture, so the same block always takes the same time), logs each evaluation it starts to the file named by
-``BLOCKQNN_TEST_EVALUATIONS`` (one line per evaluation, appended atomically, from any worker process), then scores
-the block from the table space. It imports no torch (a worker process starts in a second, not twenty, on a busy
-machine). ``python -m tests.timed RUN_DIR OVERRIDES...`` runs a search with it; ``python -m tests.timed --curves
-RUN_DIR OVERRIDES...`` one with ``CurveEvaluator`` (learning curves, stopping at rungs)."""
+architecture, so the same block always takes the same time; ``BLOCKQNN_TEST_SLOWDOWN`` multiplies it), logs each
+evaluation it starts to the file named by ``BLOCKQNN_TEST_EVALUATIONS`` (one line per evaluation, appended
+atomically, from any worker process), then scores the block from the table space. It imports no torch (a worker
+process starts in a second, not twenty, on a busy machine). ``python -m tests.timed RUN_DIR OVERRIDES...`` runs a
+search with it; ``python -m tests.timed --curves RUN_DIR OVERRIDES...`` one with ``CurveEvaluator`` (learning
+curves, stopping at rungs)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from hydra.utils import instantiate
 from blockqnn.config import config_key
 
 LOG_ENV = "BLOCKQNN_TEST_EVALUATIONS"
+SLOWDOWN_ENV = "BLOCKQNN_TEST_SLOWDOWN"  # a factor on every evaluation's sleep (default 1)
+NODE_ENV = "BLOCKQNN_TEST_NODE"  # where an evaluation ran, logged beside it (a Ray node's name)
 
 
 def seconds(arch: str) -> float:
@@ -52,10 +55,10 @@ def timed_evaluate(arch: str, cfg) -> TableResult:
     if os.environ.get(LOG_ENV):
         fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            os.write(fd, (arch + "\n").encode())
+            os.write(fd, f"{arch}\t{os.environ.get(NODE_ENV, '')}\n".encode())
         finally:
             os.close(fd)
-    time.sleep(seconds(arch))
+    time.sleep(seconds(arch) * float(os.environ.get(SLOWDOWN_ENV, 1)))
     accuracy = float(_space(config_key(cfg.space)).lookup(arch))
     return TableResult("ok", accuracy, accuracy, seconds(arch))
 
@@ -86,14 +89,17 @@ class CurveEvaluator:
                            curve)
 
 
-def evaluations(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
+def evaluations(log: Path, node: str | None = None) -> list[str]:
+    """The blocks evaluated so far, in order (``node``: those on that node only)."""
+    lines = [line.split("\t") for line in (log.read_text().splitlines() if log.exists() else [])]
+    return [arch for arch, where in lines if node is None or where == node]
 
 
 if __name__ == "__main__":
     from blockqnn.config import compose
     from blockqnn.executors.base import factory
     from blockqnn.search import search
+    from tests.timed import CurveEvaluator, timed_evaluate  # by their module's name: a Ray worker imports them
 
     if sys.argv[1] == "--curves":  # the CurveEvaluator
         run_dir, *overrides = sys.argv[2:]

@@ -34,9 +34,10 @@ class RaySettings:
 class RayExecutor(Batches):
     """Each candidate is one Ray task with ``num_gpus`` (fractions share a GPU) and ``num_cpus``.
 
-    ``address``: null starts a local Ray instance (``init`` holds its ``ray.init`` options), ``auto`` joins the
-    cluster this machine belongs to, or a ``ray://`` address. Ray retries a candidate whose worker died
-    ``max_retries`` times; after that it is recorded failed. Ray's worker processes are reused, so evaluators'
+    ``address``: null joins the cluster ``ray start`` runs on this machine, else starts a local Ray instance
+    (``init`` holds its ``ray.init`` options); ``auto`` joins the cluster this machine belongs to; or a
+    ``ray://`` address. Ray retries a candidate whose worker or node died ``max_retries`` times (on another
+    node where one is left); after that it is recorded failed. Ray's worker processes are reused, so evaluators'
     per-process caches (data on the device) survive between candidates.
     """
 
@@ -58,7 +59,7 @@ class RayExecutor(Batches):
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, **self.init)
-            except ConnectionError as e:
+            except (ConnectionError, ValueError) as e:  # no cluster there; ``init`` options for a running one
                 raise UserError(f"executor.address={self.address}: {e}") from None
             self._started = True
         options = dict(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)
