@@ -1,0 +1,132 @@
+"""The paper's claims on real images, at a size a CPU runs: Q-learning against random search and regularized
+evolution in the NSC space (its figure 8), and the block it finds against the hand-designed ones (its table 3).
+
+Reads a multirun sweep of searches, one per agent and seed, for example
+
+    python -m blockqnn.search -m experiment=cifar10_small dataset.source.root=CIFAR10_FOLDER logger=none \\
+        seed=0,1,2,3,4 agent=qlearning,random,evolution hydra.sweep.dir=runs/agents-cifar10
+    python -m blockqnn.report runs/agents-cifar10                       # agents.png, the equal-count table
+    PYTHONPATH=. python experiments/claim_agents_real_images.py runs/agents-cifar10 --epochs 30 --hand
+
+and prints, per agent, the best early-stop reward at equal numbers of trained blocks and the test accuracy of
+each run's top-1 block trained longer (``blockqnn.train``'s training on the search's own dataset and template,
+``--epochs`` of the final recipe), with one-sided Mann-Whitney U tests across seeds (Q-learning above each other
+agent; exact for small samples, no normality assumed) and the machine-hours the searches took. ``--hand``: the best
+block found and the paper's residual and Inception blocks, each trained with ``--hand-seeds`` seeds the same way,
+test accuracy and parameters side by side. Each training is a folder under SWEEP/claims/, reused when finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+from scipy.stats import mannwhitneyu
+
+from blockqnn.config import compose
+from blockqnn.report import analysis
+from blockqnn.resume import adopt_stored, override_keys
+from blockqnn.store import DB_NAME
+from blockqnn.train import RESULT_FILE, SEARCHED, train
+
+# The paper's hand-designed blocks in NSC (docs/blocks.md).
+HAND = {
+    "residual": "[(1,4,0,0,0),(2,1,3,1,0),(3,1,3,2,0),(4,5,0,1,3),(5,7,0,0,0)]",
+    "inception": "[(1,4,0,0,0),(2,1,1,1,0),(3,1,3,2,0),(4,1,1,1,0),(5,1,5,4,0),(6,6,0,3,5),(7,2,3,1,0),"
+                 "(8,1,1,7,0),(9,6,0,6,8),(10,7,0,0,0)]",
+}
+LEARNER = "q-learning"
+
+
+def sweep_histories(sweep: Path) -> list[analysis.History]:
+    runs = sorted((p for p in sweep.iterdir() if (p / DB_NAME).is_file()), key=lambda p: (len(p.name), p.name))
+    histories, refused = analysis.load_histories(runs, top_k=1)
+    for error in refused:
+        logging.warning("left out: %s", error)
+    return histories
+
+
+def trained_longer(block: str, searched: analysis.History, folder: Path, seed: int, epochs: int,
+                   extra: list[str]) -> dict:
+    """``block`` trained ``epochs`` epochs on the search's dataset and template into ``folder`` (a finished folder
+    is read back; an interrupted one continues from its last checkpoint)."""
+    if (folder / RESULT_FILE).is_file():
+        return json.loads((folder / RESULT_FILE).read_text())
+    overrides = [f"seed={seed}", f"trainer.max_epochs={epochs}", "logger=none", "onnx=null", "program=null",
+                 "progress.mode=off", *extra]
+    cfg = compose("train", overrides)
+    cfg.block = block
+    return train(adopt_stored(searched.config, cfg, SEARCHED, override_keys(overrides)), folder)
+
+
+def machine_hours(history: analysis.History) -> float:
+    """From the first candidate sent out (started, in sync mode) to the last finished."""
+    starts = [r["dispatched_at"] or r["started_at"] for r in history.rows]
+    ends = [r["finished_at"] for r in history.rows]
+    return (max(t for t in ends if t) - min(t for t in starts if t)) / 3600
+
+
+def one_sided(learner: list[float], other: list[float]) -> float:
+    """p of ``learner`` above ``other`` (Mann-Whitney U, exact when the samples are small and untied)."""
+    return float(mannwhitneyu(learner, other, alternative="greater").pvalue)
+
+
+def spread(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} +- {sd:.4f}"
+
+
+def agents_table(histories: list[analysis.History], tests: dict[Path, float]) -> None:
+    budget = analysis.common_budget(histories)
+    groups = analysis.by_agent(histories)
+    best = {agent: [analysis.best_after(h, budget) for h in runs] for agent, runs in groups.items()}
+    test = {agent: [tests[h.run_dir] for h in runs if h.run_dir in tests] for agent, runs in groups.items()}
+    print(f"\nat {budget} trained blocks each | runs | best early-stop reward | top-1 test accuracy | machine-hours")
+    for agent, runs in groups.items():
+        hours = sum(machine_hours(h) for h in runs)
+        tested = spread(test[agent]) if test[agent] else "-"
+        print(f"{agent} | {len(runs)} | {spread(best[agent])} | {tested} | {hours:.2f}")
+    for other in (a for a in groups if a != LEARNER and LEARNER in groups):
+        p_best = one_sided(best[LEARNER], best[other])
+        line = f"{LEARNER} above {other} (one-sided Mann-Whitney U): best reward p = {p_best:.4f}"
+        if test[LEARNER] and test[other]:
+            line += f", top-1 test accuracy p = {one_sided(test[LEARNER], test[other]):.4f}"
+        print(line)
+
+
+def hand_table(best: analysis.History, out: Path, args: argparse.Namespace) -> None:
+    blocks = {"found": best.best[0]["arch"], **HAND}
+    print(f"\nblock | test accuracy over {args.hand_seeds} seeds | params")
+    for name, code in blocks.items():
+        results = [trained_longer(code, best, out / f"{name}-seed{seed}", seed, args.epochs, args.train)
+                   for seed in range(args.hand_seeds)]
+        print(f"{name} {code} | {spread([r['test_acc'] for r in results])} | {results[0]['params']:,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="a multirun folder of searches")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of each longer training")
+    parser.add_argument("--hand", action="store_true", help="also the found block against the hand-designed ones")
+    parser.add_argument("--hand-seeds", type=int, default=3)
+    parser.add_argument("--train", nargs="*", default=[], help="overrides for every training (blockqnn.train)")
+    args = parser.parse_args()
+    logging.getLogger("blockqnn").setLevel(logging.WARNING)
+    histories = sweep_histories(args.sweep)
+    out = args.sweep / "claims"
+    tests = {}
+    for h in histories:
+        result = trained_longer(h.best[0]["arch"], h, out / f"top1-{h.run_dir.name}", 0, args.epochs, args.train)
+        tests[h.run_dir] = result["test_acc"]
+        print(f"{h.run_dir.name}: {h.agent} seed {h.config.seed}, best reward {h.best[0]['reward']:.4f}, "
+              f"top-1 test accuracy {result['test_acc']:.4f} after {args.epochs} epochs", flush=True)
+    agents_table(histories, tests)
+    if args.hand:
+        hand_table(max(histories, key=lambda h: h.best[0]["reward"]), out, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The real-image claim script end to end on a tiny setting: a multirun of real searches (two agents, two seeds)
+on generated images, each run's top-1 block trained longer, the agents compared, the hand-designed blocks beside
+the found one; a second call reuses every finished training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, cli_env, run_cli
+
+TINY_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=smoke", "logger=none", "agent.batch_size=2",
+               "agent.budget=4", "progress.mode=off", "executor.workers=0"]
+
+
+@pytest.mark.slow
+def test_the_agents_claim_runs_end_to_end_on_a_tiny_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    searched = run_cli("-m", *TINY_SEARCH, f"data_dir={tmp_path / 'data'}", "agent=qlearning,random", "seed=0,1",
+                       f"hydra.sweep.dir={sweep}")
+    assert searched.returncode == 0, searched.stderr[-2000:]
+
+    def claim() -> str:
+        done = subprocess.run([sys.executable, "experiments/claim_agents_real_images.py", str(sweep), "--epochs", "1",
+                               "--hand", "--hand-seeds", "1", "--train", "trainer.limit_train_batches=2"],
+                              cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    printed = claim()
+    runs = [line for line in printed.splitlines() if line.split(":")[0].isdigit()]
+    assert len(runs) == 4 and all("top-1 test accuracy" in line for line in runs)
+    assert "q-learning | 2 |" in printed and "random | 2 |" in printed
+    assert "q-learning above random (one-sided Mann-Whitney U): best reward p = " in printed
+    assert all(f"\n{name} [(" in printed for name in ("found", "residual", "inception"))
+    trainings = sorted(p.name for p in (sweep / "claims").iterdir())
+    assert trainings == sorted([*(f"top1-{i}" for i in range(4)), "found-seed0", "residual-seed0", "inception-seed0"])
+    before = {p: p.stat().st_mtime_ns for p in (sweep / "claims").glob("*/result.json")}
+    assert claim() == printed  # every training read back, none run again
+    assert {p: p.stat().st_mtime_ns for p in (sweep / "claims").glob("*/result.json")} == before
