@@ -4,6 +4,7 @@ on the other node, nothing is lost, nothing finished trains again."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -30,10 +31,13 @@ RAY = str(Path(sys.executable).with_name("ray"))
 @pytest.fixture
 def ray_temp(monkeypatch) -> Iterator[str]:
     """The cluster's own temporary folder (short: Ray's sockets live in it), and its home: the nodes and drivers
-    see none of this machine's Ray state (a ``~/.ray/auth_token`` that a local ``ray.init`` left keeps a second
-    node out)."""
+    see none of this machine's or this process's Ray state. A local ``ray.init`` (another test's) leaves
+    ``RAY_AUTH_MODE=token`` in its process's environment and a token in ``~/.ray``, with which a second node
+    started later is refused."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     monkeypatch.setenv("HOME", temp)
+    for name in [name for name in os.environ if name.startswith("RAY_")]:
+        monkeypatch.delenv(name)
     yield temp
     shutil.rmtree(temp, ignore_errors=True)
 
