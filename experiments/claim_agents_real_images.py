@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 from pathlib import Path
 
+from bench_stopping import spread
 from scipy.stats import mannwhitneyu
 
 from blockqnn.config import compose
@@ -72,11 +72,6 @@ def machine_hours(history: analysis.History) -> float:
 def one_sided(learner: list[float], other: list[float]) -> float:
     """p of ``learner`` above ``other`` (Mann-Whitney U, exact when the samples are small and untied)."""
     return float(mannwhitneyu(learner, other, alternative="greater").pvalue)
-
-
-def spread(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} +- {sd:.4f}"
 
 
 def agents_table(histories: list[analysis.History], tests: dict[Path, float]) -> None:

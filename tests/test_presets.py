@@ -58,17 +58,14 @@ def test_each_preset_stops_weak_candidates_as_measured_and_the_paper_never(compo
 def test_the_cifar10_small_preset_searches_a_cifar_shaped_image_folder(tmp_path):
     """What `experiment=cifar10_small` reads: a CIFAR-10-shaped tree (10 classes of 32x32 RGB images, as
     experiments/make_image_folder.py writes one), shrunk to 16x16, the reward on images carved from training."""
-    import subprocess
-    import sys
-
     from blockqnn.store import Store
-    from tests.helpers import REPO, cli_env, run_cli
+    from tests.helpers import run_cli
+    from tests.test_make_image_folder import make_tree
 
     tree, run = tmp_path / "cifar10-folder", tmp_path / "run"
     shape = ["dataset=synthetic", "dataset.num_classes=10", "dataset.image_size=32", "dataset.source.train_size=100",
              "dataset.source.test_size=30"]
-    made = subprocess.run([sys.executable, "experiments/make_image_folder.py", str(tree), *shape], cwd=REPO,
-                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    made = make_tree(str(tree), *shape)
     assert made.returncode == 0, made.stderr
     done = run_cli("experiment=cifar10_small", f"dataset.source.root={tree}", "dataset.val_size=20",
                    "agent.batch_size=2", "agent.budget=2", "logger=none", "progress.mode=off",
