@@ -80,12 +80,12 @@ def changed_leaves(
     ignored: Sequence[str] = (),
 ) -> list[str]:
     """``key (old -> new)`` for each resolved leaf under ``sections`` that differs, leaves named in ``ignored``
-    aside: what a resumed run (search or training) may not change."""
+    aside: what a resumed run (search or training) may not change. A leaf one side lacks counts as null: a setting
+    added since a run was stored, left null (off), keeps the run's meaning."""
     before, after = _leaves(old), _leaves(new)
     keys = sorted(
         key for key in before.keys() | after.keys()
-        if key.split(".")[0] in sections and key.split(".")[-1] not in ignored
-        and before.get(key, "<unset>") != after.get(key, "<unset>")
+        if key.split(".")[0] in sections and key.split(".")[-1] not in ignored and before.get(key) != after.get(key)
     )
     return [f"{k} ({before.get(k, '<unset>')} -> {after.get(k, '<unset>')})" for k in keys]
 

@@ -102,8 +102,9 @@ def main() -> None:
     for seed in args.seeds:
         for arm in ARMS:
             run = args.out / f"{arm}-seed{seed}"
-            wall = run_search(run, ["experiment=cifar10_small", f"dataset.source.root={args.root}", f"stopping={arm}",
-                                    f"seed={seed}", f"agent.budget={args.budget}", "logger=none", "progress.mode=log",
+            folder = ["dataset=imagefolder", f"dataset.source.root={args.root}"]
+            wall = run_search(run, ["experiment=cifar10_small", *folder, f"stopping={arm}", f"seed={seed}",
+                                    f"agent.budget={args.budget}", "logger=none", "progress.mode=log",
                                     *args.overrides])
             rows = trained(run)
             results[arm].append(summarise(rows, wall))

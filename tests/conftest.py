@@ -1,4 +1,5 @@
-"""Shared fixtures: composed configs, a small generated NAS-Bench-201 table, one torch thread per test.
+"""Shared fixtures: composed configs, a small generated NAS-Bench-201 table, generated CIFAR-10 files, one torch
+thread per test.
 
 W&B never touches the network in tests: runs are forced offline here, before anything imports wandb, and stage
 their artifacts in a temporary folder.
@@ -6,10 +7,13 @@ their artifacts in a temporary folder.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ["WANDB_MODE"] = "offline"
@@ -56,3 +60,43 @@ def table_search(nb201_table):
         "space=nasbench201", f"space.table={nb201_table}", "reward=accuracy", "logger=none", "progress.mode=off",
         "agent.batch_size=8", "agent.schedule_scale=0.05", "agent.alpha=0.2", "executor.workers=0",
     ]
+
+
+def write_cifar10(root, n_train_batch, n_test, rng):
+    """The official python layout: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+
+    def dump(name, obj):
+        (folder / name).write_bytes(pickle.dumps(obj))
+        return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
+
+    def batch(name, n):
+        data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        written[name] = (data, labels)
+        return dump(name, {"batch_label": name, "data": data, "labels": labels})
+
+    train_list = [batch(f"data_batch_{i}", n_train_batch) for i in range(1, 6)]
+    test_list = [batch("test_batch", n_test)]
+    meta = dump("batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+    return train_list, test_list, {"filename": meta[0], "key": "label_names", "md5": meta[1]}, written
+
+
+@pytest.fixture
+def cifar_files(tmp_path, monkeypatch):
+    """Generated CIFAR-10 files, with torchvision's checksums set to theirs so its real integrity check passes;
+    any download attempt fails the test."""
+    from torchvision import datasets
+
+    train_list, test_list, meta, written = write_cifar10(tmp_path, 8, 6, np.random.default_rng(0))
+    monkeypatch.setattr(datasets.CIFAR10, "train_list", train_list)
+    monkeypatch.setattr(datasets.CIFAR10, "test_list", test_list)
+    monkeypatch.setattr(datasets.CIFAR10, "meta", meta)
+    monkeypatch.setattr(datasets.cifar, "download_and_extract_archive", no_download)
+    return tmp_path, written
+
+
+def no_download(*args, **kwargs):
+    raise AssertionError("tests must not download")

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from blockqnn.codes import Block
+from blockqnn.report.analysis import load_histories
 from tests.helpers import REPO, cli_env, run_cli
 
 TINY_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=smoke", "logger=none", "agent.batch_size=2",
@@ -22,21 +24,25 @@ def test_the_agents_claim_runs_end_to_end_on_a_tiny_sweep(tmp_path):
                        f"hydra.sweep.dir={sweep}")
     assert searched.returncode == 0, searched.stderr[-2000:]
 
-    def claim() -> str:
+    def claim(*jobs: str) -> str:
         done = subprocess.run([sys.executable, "experiments/claim_agents_real_images.py", str(sweep), "--epochs", "1",
-                               "--hand", "--hand-seeds", "1", "--train", "trainer.limit_train_batches=2"],
+                               "--hand", "--hand-seeds", "1", *jobs, "--train", "trainer.limit_train_batches=2"],
                               cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
-    printed = claim()
+    printed = claim("--jobs", "2")
     runs = [line for line in printed.splitlines() if line.split(":")[0].isdigit()]
     assert len(runs) == 4 and all("top-1 test accuracy" in line for line in runs)
     assert "q-learning | 2 |" in printed and "random | 2 |" in printed
     assert "q-learning above random (one-sided Mann-Whitney U): best reward p = " in printed
     assert all(f"\n{name} [(" in printed for name in ("found", "residual", "inception"))
-    trainings = sorted(p.name for p in (sweep / "claims").iterdir())
-    assert trainings == sorted([*(f"top1-{i}" for i in range(4)), "found-seed0", "residual-seed0", "inception-seed0"])
+    histories, _ = load_histories(sorted(sweep.glob("[0-9]")), top_k=1)
+    hand = [line.split(" ")[1] for line in printed.splitlines() if line.startswith(("residual [", "inception ["))]
+    blocks = [h.best[0]["arch"] for h in histories] + hand  # the found block is one of the top-1s
+    trainings = {p.name for p in (sweep / "claims").iterdir()}
+    hashes = {Block.parse(code, max_index=None).canonical_hash() for code in blocks}
+    assert trainings == {f"{h}-seed0" for h in hashes}  # each distinct block trained once
     before = {p: p.stat().st_mtime_ns for p in (sweep / "claims").glob("*/result.json")}
     assert claim() == printed  # every training read back, none run again
     assert {p: p.stat().st_mtime_ns for p in (sweep / "claims").glob("*/result.json")} == before

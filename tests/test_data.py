@@ -1,10 +1,7 @@
 """Dataset loaders (on generated files, no network), the validation split, and the on-device augmentation."""
 
-import hashlib
-import pickle
 from urllib.error import URLError
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -25,6 +22,7 @@ from blockqnn.data import (
     synthetic,
     validation_split,
 )
+from tests.conftest import no_download
 
 
 def dataset_cfg(name: str, *overrides: str):
@@ -43,44 +41,6 @@ def write_image_tree(root, classes, per_class, size, suffixes=(".png",)):
             suffix = suffixes[i % len(suffixes)]
             Image.new("RGB", size, colour).save(root / name / f"{i}{suffix}", quality=100)
     return colours
-
-
-def write_cifar10(root, n_train_batch, n_test, rng):
-    """The official python layout: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    written = {}
-
-    def dump(name, obj):
-        (folder / name).write_bytes(pickle.dumps(obj))
-        return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
-
-    def batch(name, n):
-        data = rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, n).tolist()
-        written[name] = (data, labels)
-        return dump(name, {"batch_label": name, "data": data, "labels": labels})
-
-    train_list = [batch(f"data_batch_{i}", n_train_batch) for i in range(1, 6)]
-    test_list = [batch("test_batch", n_test)]
-    meta = dump("batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
-    return train_list, test_list, {"filename": meta[0], "key": "label_names", "md5": meta[1]}, written
-
-
-@pytest.fixture
-def cifar_files(tmp_path, monkeypatch):
-    """Generated CIFAR-10 files, with torchvision's checksums set to theirs so its real integrity check passes;
-    any download attempt fails the test."""
-    train_list, test_list, meta, written = write_cifar10(tmp_path, 8, 6, np.random.default_rng(0))
-    monkeypatch.setattr(datasets.CIFAR10, "train_list", train_list)
-    monkeypatch.setattr(datasets.CIFAR10, "test_list", test_list)
-    monkeypatch.setattr(datasets.CIFAR10, "meta", meta)
-    monkeypatch.setattr(datasets.cifar, "download_and_extract_archive", _no_download)
-    return tmp_path, written
-
-
-def _no_download(*args, **kwargs):
-    raise AssertionError("tests must not download")
 
 
 # ---- loaders ---------------------------------------------------------------------------------------------------
@@ -118,9 +78,32 @@ def test_cifar_absent_and_offline_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_cifar_absent_without_download_never_tries(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.cifar, "download_and_extract_archive", _no_download)
+    monkeypatch.setattr(datasets.cifar, "download_and_extract_archive", no_download)
     with pytest.raises(DataError, match="download is off"):
         cifar(str(tmp_path), classes=10, download=False)
+
+
+def test_cifar10_shrinks_to_a_class_balanced_cut_at_a_smaller_size(cifar_files):
+    """What experiment=cifar10_small reads from the official archive: the first images of each class, 16x16."""
+    root, written = cifar_files
+    full = cifar(str(root), classes=10)
+    labels = full.train_labels
+    per_class = int(torch.bincount(labels, minlength=10).min())
+    assert per_class >= 1
+    small = cifar(str(root), classes=10, image_size=16, train_size=10 * per_class + 3)
+    expected = torch.cat([torch.nonzero(labels == c).flatten()[:per_class + (c < 3)] for c in range(10)]).sort().values
+    assert torch.equal(small.train_labels, labels[expected])
+    assert small.train_images.shape == (len(expected), 3, 16, 16) and small.test_images.shape == (6, 3, 16, 16)
+    assert torch.equal(small.test_labels, full.test_labels)  # the test split untouched
+    before, after = full.train_images[expected].float(), small.train_images.float()
+    assert (after.mean((2, 3)) - before.mean((2, 3))).abs().max() < 2  # each image's colour kept
+    assert after.std() < 0.8 * before.std()  # antialiased: noise averaged out, not subsampled
+
+
+def test_a_cut_larger_than_a_class_is_one_clear_error(cifar_files):
+    root, _ = cifar_files
+    with pytest.raises(DataError, match=r"train_size=40 asks for 4 images of a class, but the smallest class has"):
+        cifar(str(root), classes=10, train_size=40)
 
 
 def test_image_folder_tree_is_resized_and_labelled_by_folder(tmp_path):

@@ -4,6 +4,7 @@ what each promises, and one budget for every agent under each."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from blockqnn.agents.qlearning import epsilon_schedule
 
@@ -54,10 +55,35 @@ def test_each_preset_stops_weak_candidates_as_measured_and_the_paper_never(compo
     assert isinstance(instantiate(compose("experiment=quickstart", "stopping=none").stopping), NoStopping)
 
 
+def test_the_cifar10_small_preset_searches_the_official_archive_at_16px(compose, cifar_files, tmp_path):
+    """`experiment=cifar10_small` as a user with a network runs it: torchvision's CIFAR-10 files under data_dir
+    (generated here; the download is refused), cut to a class-balanced training set, shrunk to 16x16, the reward on
+    images carved from training; two candidates trained in this process."""
+    from blockqnn.search import search
+    from blockqnn.store import Store
+
+    root, written = cifar_files
+    labels = torch.tensor([label for name, (_, batch) in written.items() if name != "test_batch" for label in batch])
+    train_size = 10 * int(torch.bincount(labels, minlength=10).min())
+    cfg = compose("experiment=cifar10_small", f"data_dir={root}", f"dataset.source.train_size={train_size}",
+                  "dataset.val_size=5", "agent.batch_size=2", "agent.budget=2", "logger=none", "progress.mode=off",
+                  "executor.workers=0")
+    search(cfg, tmp_path / "run")
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        stored, rows = store.config(), store.candidates()
+    assert len(rows) == 2 and {r["status"] for r in rows} <= {"ok", "stopped"}
+    assert (stored.dataset.name, stored.dataset.image_size, stored.dataset.source.train_size) == (
+        "cifar10", 16, train_size)
+    assert (stored.template.F, stored.trainer.max_epochs) == (8, 6)
+    assert (stored.stopping._target_, stored.stopping.min_epoch, stored.stopping.eta) == (
+        "blockqnn.stopping.ASHA", 1, 3)  # rungs at epochs 1 and 3 of 6
+    assert all(len(r["curve"]) == r["epochs"] for r in rows)  # validation accuracy at every epoch trained
+
+
 @pytest.mark.slow
-def test_the_cifar10_small_preset_searches_a_cifar_shaped_image_folder(tmp_path):
-    """What `experiment=cifar10_small` reads: a CIFAR-10-shaped tree (10 classes of 32x32 RGB images, as
-    experiments/make_image_folder.py writes one), shrunk to 16x16, the reward on images carved from training."""
+def test_the_cifar10_small_preset_searches_an_image_folder_from_the_command_line(tmp_path):
+    """The same preset on a CIFAR-10-shaped tree (10 classes of 32x32 RGB images, as experiments/make_image_folder.py
+    writes one), chosen on the command line: shrunk to 16x16 and cut to the preset's class-balanced size."""
     from blockqnn.store import Store
     from tests.helpers import run_cli
     from tests.test_make_image_folder import make_tree
@@ -67,14 +93,13 @@ def test_the_cifar10_small_preset_searches_a_cifar_shaped_image_folder(tmp_path)
              "dataset.source.test_size=30"]
     made = make_tree(str(tree), *shape)
     assert made.returncode == 0, made.stderr
-    done = run_cli("experiment=cifar10_small", f"dataset.source.root={tree}", "dataset.val_size=20",
-                   "agent.batch_size=2", "agent.budget=2", "logger=none", "progress.mode=off",
-                   f"hydra.run.dir={run}")
+    done = run_cli("experiment=cifar10_small", "dataset=imagefolder", f"dataset.source.root={tree}",
+                   "dataset.source.train_size=40", "dataset.val_size=20", "agent.batch_size=2", "agent.budget=2",
+                   "logger=none", "progress.mode=off", f"hydra.run.dir={run}")
     assert done.returncode == 0, done.stderr[-2000:]
     with Store.open(run, readonly=True) as store:
         cfg, rows = store.config(), store.candidates()
     assert len(rows) == 2 and {r["status"] for r in rows} <= {"ok", "stopped"}
-    assert (cfg.dataset.image_size, cfg.dataset.val_size, cfg.template.F) == (16, 20, 8)
-    assert (cfg.stopping._target_, cfg.stopping.min_epoch, cfg.stopping.eta, cfg.trainer.max_epochs) == (
-        "blockqnn.stopping.ASHA", 1, 3, 6)  # rungs at epochs 1 and 3 of 6
-    assert all(len(r["curve"]) == r["epochs"] for r in rows)  # validation accuracy at every epoch trained
+    assert (cfg.dataset.name, cfg.dataset.image_size, cfg.dataset.val_size, cfg.template.F) == (
+        "imagefolder", 16, 20, 8)
+    assert all(len(r["curve"]) == r["epochs"] for r in rows)

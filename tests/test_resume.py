@@ -115,6 +115,13 @@ def test_changed_keys_are_named():
                        {"dataset": {"source": {"root": "b"}}, "executor": {"workers": 4}})
 
 
+def test_a_setting_added_since_a_run_was_stored_changes_nothing_while_null():
+    stored = {"dataset": {"source": {"root": "a"}}}  # written before dataset.source.train_size existed
+    check_same_history(stored, {"dataset": {"source": {"root": "a", "train_size": None}}})
+    with pytest.raises(UserError, match=r"dataset\.source\.train_size \(<unset> -> 10000\)"):
+        check_same_history(stored, {"dataset": {"source": {"root": "a", "train_size": 10000}}})
+
+
 def test_resume_of_a_folder_written_by_another_search_is_refused(compose, table_search, nb201_table, tmp_path):
     search(compose(*table_search), tmp_path)
     other = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -39,6 +39,22 @@ class Arrays:
     test_labels: Tensor
     classes: tuple[str, ...]
 
+    def balanced(self, train_size: int | None) -> Arrays:
+        """The first ``train_size / classes`` training images of each class (the source's order), the test split
+        whole: a smaller search set with every class as well represented as in the full one. None: all."""
+        if train_size is None:
+            return self
+        per_class, extra = divmod(train_size, len(self.classes))
+        order = torch.argsort(self.train_labels, stable=True)  # by class, the source's order within each
+        starts = torch.searchsorted(self.train_labels[order], torch.arange(len(self.classes)))
+        counts = torch.bincount(self.train_labels, minlength=len(self.classes))
+        wanted = [per_class + (c < extra) for c in range(len(self.classes))]
+        if any(w > n for w, n in zip(wanted, counts.tolist())):
+            raise DataError(f"dataset.source.train_size={train_size} asks for {max(wanted)} images of a class, but "
+                            f"the smallest class has {int(counts.min())}")
+        keep = torch.cat([order[start:start + w] for start, w in zip(starts.tolist(), wanted)]).sort().values
+        return replace(self, train_images=self.train_images[keep], train_labels=self.train_labels[keep])
+
 
 def _nchw(images: np.ndarray) -> Tensor:
     """NHWC uint8 array (as torchvision and PIL give) -> contiguous NCHW tensor."""
@@ -56,11 +72,16 @@ class CifarSettings:
     root: str | Path = setting()
     classes: int = setting(choices=(10, 100))
     download: bool = setting()
+    image_size: int = setting(**POSITIVE)
+    train_size: int | None = setting(**POSITIVE)
 
 
 @declared("dataset.source", CifarSettings)
-def cifar(root: str, classes: int = 10, download: bool = True) -> Arrays:
-    """CIFAR-10/100 from the official python archives under ``root``, downloaded there when absent."""
+def cifar(root: str, classes: int = 10, download: bool = True, image_size: int = 32,
+          train_size: int | None = None) -> Arrays:
+    """CIFAR-10/100 from the official python archives under ``root``, downloaded there when absent; resized to
+    ``image_size`` (antialiased) and cut to a class-balanced ``train_size`` training images when asked: the same
+    data a CPU-sized search reads from an image folder."""
     kind = {10: datasets.CIFAR10, 100: datasets.CIFAR100}[classes]
     folder = Path(root).resolve() / kind.base_folder
     try:
@@ -73,8 +94,16 @@ def cifar(root: str, classes: int = 10, download: bool = True) -> Arrays:
             test = kind(root, train=False, download=False)
         except Exception as e:  # offline, corrupt archive, disk full: all mean "not available"
             raise DataError(_cifar_missing(kind, folder, f"download failed: {e}")) from None
-    return Arrays(_nchw(train.data), _labels(train.targets), _nchw(test.data), _labels(test.targets),
-                  tuple(train.classes))
+    arrays = Arrays(_nchw(train.data), _labels(train.targets), _nchw(test.data), _labels(test.targets),
+                    tuple(train.classes)).balanced(train_size)
+    if image_size == arrays.train_images.shape[-1]:
+        return arrays
+    return replace(arrays, train_images=_resized(arrays.train_images, image_size),
+                   test_images=_resized(arrays.test_images, image_size))
+
+
+def _resized(images: Tensor, size: int) -> Tensor:
+    return v2.functional.resize(images, [size, size], antialias=True)
 
 
 def _cifar_missing(kind: type, folder: Path, why: str) -> str:
@@ -94,13 +123,16 @@ class ImageFolderSettings:
     channels: int = setting(choices=(1, 3))  # grey or RGB
     train_dir: str = setting()
     test_dir: str = setting()
+    train_size: int | None = setting(**POSITIVE)
 
 
 @declared("dataset.source", ImageFolderSettings)
 def image_folder(
-    root: str, image_size: int, channels: int = 3, train_dir: str = "train", test_dir: str = "test"
+    root: str, image_size: int, channels: int = 3, train_dir: str = "train", test_dir: str = "test",
+    train_size: int | None = None,
 ) -> Arrays:
-    """Any ``root/{train,test}/<class>/*`` tree of images, resized (shorter side) and centre-cropped to size."""
+    """Any ``root/{train,test}/<class>/*`` tree of images, resized (shorter side) and centre-cropped to size;
+    ``train_size``: a class-balanced cut of the training images (``Arrays.balanced``)."""
     for split in (train_dir, test_dir):
         if not (Path(root) / split).is_dir():
             raise DataError(
@@ -127,7 +159,7 @@ def image_folder(
 
     train_images, train_labels, classes = load(train_dir)
     test_images, test_labels, _ = load(test_dir, {c: i for i, c in enumerate(classes)})
-    return Arrays(train_images, train_labels, test_images, test_labels, tuple(classes))
+    return Arrays(train_images, train_labels, test_images, test_labels, tuple(classes)).balanced(train_size)
 
 
 @member
