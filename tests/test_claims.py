@@ -46,3 +46,30 @@ def test_the_agents_claim_runs_end_to_end_on_a_tiny_sweep(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (sweep / "claims").glob("*/result.json")}
     assert claim() == printed  # every training read back, none run again
     assert {p: p.stat().st_mtime_ns for p in (sweep / "claims").glob("*/result.json")} == before
+
+
+def run_script(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_the_early_stop_ranking_claim_runs_end_to_end_on_tiny_trainings(tmp_path):
+    png = tmp_path / "ranking.png"
+    printed = run_script("experiments/claim_early_stop_ranking.py", "--blocks", "4", "--stretch", "2", "--png",
+                         str(png), *TINY_SEARCH, f"data_dir={tmp_path / 'data'}", "trainer.max_epochs=1")
+    assert "4 of 4 blocks trained in both runs" in printed
+    assert "Kendall tau with the 2-epoch accuracy:" in printed and "early-stop accuracy (1 epochs)" in printed
+    assert png.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_shaping_claim_runs_end_to_end_on_a_short_schedule(tmp_path):
+    png = tmp_path / "shaping.png"
+    printed = run_script("experiments/claim_reward_shaping.py", "--seeds", "2", "--png", str(png),
+                         "agent.schedule_scale=0.02", "agent.batch_size=4")
+    finals = [line for line in printed.splitlines() if "last 10% of iterations mean reward" in line]
+    assert [line.split(":")[0].strip() for line in finals] == ["shaped", "unshaped"]
+    assert png.stat().st_size > 0
