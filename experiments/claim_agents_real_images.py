@@ -87,13 +87,6 @@ def folder_of(out: Path, block: str, seed: int) -> Path:
     return out / f"{Block.parse(block, max_index=None).canonical_hash()}-seed{seed}"
 
 
-def machine_hours(history: analysis.History) -> float:
-    """From the first candidate sent out (started, in sync mode) to the last finished."""
-    starts = [r["dispatched_at"] or r["started_at"] for r in history.rows]
-    ends = [r["finished_at"] for r in history.rows]
-    return (max(t for t in ends if t) - min(t for t in starts if t)) / 3600
-
-
 def one_sided(learner: list[float], other: list[float]) -> float:
     """p of ``learner`` above ``other`` (Mann-Whitney U, exact when the samples are small and untied)."""
     return float(mannwhitneyu(learner, other, alternative="greater").pvalue)
@@ -106,7 +99,7 @@ def agents_table(histories: list[analysis.History], tests: dict[Path, float]) ->
     test = {agent: [tests[h.run_dir] for h in runs if h.run_dir in tests] for agent, runs in groups.items()}
     print(f"\nat {budget} trained blocks each | runs | best early-stop reward | top-1 test accuracy | machine-hours")
     for agent, runs in groups.items():
-        hours = sum(machine_hours(h) for h in runs)
+        hours = sum(analysis.busy_hours(h) for h in runs)
         tested = spread(test[agent]) if test[agent] else "-"
         print(f"{agent} | {len(runs)} | {spread(best[agent])} | {tested} | {hours:.2f}")
     for other in (a for a in groups if a != LEARNER and LEARNER in groups):

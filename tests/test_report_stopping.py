@@ -2,6 +2,7 @@
 the stops saved in summary.md, every expected number worked out here from the stored rows."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from matplotlib.colors import to_hex
@@ -121,3 +122,16 @@ def test_the_reward_curve_and_the_timeline_show_stopped_candidates_as_stopped_no
     laned = Counter(row["status"] for lane in plots.worker_lanes(history.rows) for _, _, row in lane)
     assert drawn_colors[plots.LANE_COLORS[STOPPED]] == laned[STOPPED] > 0
     assert drawn_colors["#de2d26"] == laned["failed"]
+
+
+def test_busy_hours_count_overlapping_candidates_once_and_skip_a_resumed_runs_gap():
+    from omegaconf import OmegaConf
+
+    def out(start, end, dispatched=None):
+        return {"dispatched_at": dispatched, "started_at": start, "finished_at": end}
+
+    rows = [out(0, 1800, dispatched=0), out(900, 3600), out(1000, 2000),  # two workers: 1 h busy
+            out(90_000, 91_800),  # resumed the next day: half an hour more, not the night between
+            out(None, None)]  # sent out when the search was killed: never finished
+    history = analysis.History(Path("run"), OmegaConf.create({}), rows, [], None)
+    assert analysis.busy_hours(history) == 1.5

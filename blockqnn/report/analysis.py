@@ -120,6 +120,19 @@ def stopping_effect(rows: Sequence[dict[str, Any]], max_epochs: int) -> Stopping
     )
 
 
+def busy_hours(history: History) -> float:
+    """Hours during which at least one candidate was out (sent to a worker, or training, until finished): a run's
+    machine time, without the gaps while an interrupted search waited to be resumed."""
+    starts = ((r["started_at"] if r["dispatched_at"] is None else r["dispatched_at"], r) for r in history.rows)
+    spans = sorted((start, r["finished_at"]) for start, r in starts
+                   if start is not None and r["finished_at"] is not None)
+    busy, covered = 0.0, -math.inf
+    for start, end in spans:
+        busy += max(0.0, end - max(start, covered))
+        covered = max(covered, end)
+    return busy / 3600
+
+
 # ---- what good blocks have in common ---------------------------------------------------------------------------
 def block_features(block: Block) -> dict[str, float]:
     """Per block: layer counts by type, multi-branch (a node feeding two or more others), shortcut (an edge
