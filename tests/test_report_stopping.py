@@ -131,7 +131,7 @@ def test_busy_hours_count_overlapping_candidates_once_and_skip_a_resumed_runs_ga
         return {"dispatched_at": dispatched, "started_at": start, "finished_at": end}
 
     rows = [out(0, 1800, dispatched=0), out(900, 3600), out(1000, 2000),  # two workers: 1 h busy
-            out(90_000, 91_800),  # resumed the next day: half an hour more, not the night between
+            out(90_000, 91_800, dispatched=3000),  # cut off by a kill, trained again when resumed the next day
             out(None, None)]  # sent out when the search was killed: never finished
     history = analysis.History(Path("run"), OmegaConf.create({}), rows, [], None)
     assert analysis.busy_hours(history) == 1.5

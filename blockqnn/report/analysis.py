@@ -121,11 +121,10 @@ def stopping_effect(rows: Sequence[dict[str, Any]], max_epochs: int) -> Stopping
 
 
 def busy_hours(history: History) -> float:
-    """Hours during which at least one candidate was out (sent to a worker, or training, until finished): a run's
-    machine time, without the gaps while an interrupted search waited to be resumed."""
-    starts = ((r["started_at"] if r["dispatched_at"] is None else r["dispatched_at"], r) for r in history.rows)
-    spans = sorted((start, r["finished_at"]) for start, r in starts
-                   if start is not None and r["finished_at"] is not None)
+    """Hours during which at least one candidate was training: a run's machine time, without the gaps while an
+    interrupted search waited to be resumed (a candidate cut off by the interruption started again on resume)."""
+    spans = sorted((r["started_at"], r["finished_at"]) for r in history.rows
+                   if r["started_at"] is not None and r["finished_at"] is not None)
     busy, covered = 0.0, -math.inf
     for start, end in spans:
         busy += max(0.0, end - max(start, covered))
