@@ -12,10 +12,11 @@ Reads a multirun sweep of searches, one per agent and seed, for example
 and prints, per agent, the best early-stop reward at equal numbers of trained blocks and the test accuracy of
 each run's top-1 block trained longer (``blockqnn.train``'s training on the search's own dataset and template,
 ``--epochs`` of the final recipe), with one-sided Mann-Whitney U tests across seeds (Q-learning above each other
-agent; exact for small samples, no normality assumed) and the machine-hours the searches took. ``--hand``: the best
-block found and the paper's residual and Inception blocks, each trained with ``--hand-seeds`` seeds the same way,
-test accuracy and parameters side by side. Each training is a folder SWEEP/claims/HASH-seedN (the block's canonical
-hash), reused when finished and continued when interrupted; ``--jobs`` trains that many at once.
+agent, then the baselines between themselves; exact for small samples, no normality assumed) and the machine-hours
+the searches took (while a candidate trained). ``--hand``: the best block found and the paper's residual and
+Inception blocks, each trained with ``--hand-seeds`` seeds the same way, test accuracy and parameters side by side.
+Each training is a folder SWEEP/claims/HASH-seedN (the block's canonical hash), reused when finished and continued
+when interrupted; ``--jobs`` trains that many at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -102,12 +104,20 @@ def agents_table(histories: list[analysis.History], tests: dict[Path, float]) ->
         hours = sum(analysis.busy_hours(h) for h in runs)
         tested = spread(test[agent]) if test[agent] else "-"
         print(f"{agent} | {len(runs)} | {spread(best[agent])} | {tested} | {hours:.2f}")
-    for other in (a for a in groups if a != LEARNER and LEARNER in groups):
-        p_best = one_sided(best[LEARNER], best[other])
-        line = f"{LEARNER} above {other} (one-sided Mann-Whitney U): best reward p = {p_best:.4f}"
-        if test[LEARNER] and test[other]:
-            line += f", top-1 test accuracy p = {one_sided(test[LEARNER], test[other]):.4f}"
+    for agent, other in compared_pairs(list(groups), best):
+        p_best = one_sided(best[agent], best[other])
+        line = f"{agent} above {other} (one-sided Mann-Whitney U): best reward p = {p_best:.4f}"
+        if test[agent] and test[other]:
+            line += f", top-1 test accuracy p = {one_sided(test[agent], test[other]):.4f}"
         print(line)
+
+
+def compared_pairs(agents: list[str], best: dict[str, list[float]]) -> list[tuple[str, str]]:
+    """Q-learning above each other agent (the paper's claim), then the baselines between themselves, the one with
+    the higher mean best reward above the other."""
+    others = sorted((a for a in agents if a != LEARNER), key=lambda a: -statistics.fmean(best[a]))
+    claimed = [(LEARNER, other) for other in others] if LEARNER in agents else []
+    return claimed + [(a, b) for i, a in enumerate(others) for b in others[i + 1:]]
 
 
 def hand_blocks(histories: list[analysis.History]) -> dict[str, str]:
