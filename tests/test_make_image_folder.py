@@ -23,11 +23,12 @@ def make_tree(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
                           env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=300)
 
 
-def shown_image_folder_search() -> list[str]:
-    """The arguments of the `python -m blockqnn.search ... dataset=imagefolder` example in docs/searching.md."""
+def shown_image_folder_search(folder: str) -> list[str]:
+    """The arguments of the `python -m blockqnn.search ... dataset=imagefolder dataset.source.root=FOLDER` example
+    in docs/searching.md."""
     page = (REPO / "docs" / "searching.md").read_text().replace("\\\n", " ")
-    [command] = [line for line in page.splitlines()
-                 if line.startswith("python -m blockqnn.search") and "dataset=imagefolder" in line]
+    [command] = [line for line in page.splitlines() if line.startswith("python -m blockqnn.search")
+                 and "dataset=imagefolder" in line and f"dataset.source.root={folder}" in line]
     return shlex.split(command)[3:]
 
 
@@ -62,7 +63,7 @@ def test_an_existing_folder_is_refused_and_left_alone(tmp_path):
 def test_the_shown_image_folder_search_runs_on_the_make_target_tree(tmp_path):
     """`make image-folder` writes IMAGE_FOLDER; the page's command reads it from the current folder."""
     folder = re.search(r"^IMAGE_FOLDER \?= (\S+)$", (REPO / "Makefile").read_text(), flags=re.M).group(1)
-    args = shown_image_folder_search()
+    args = shown_image_folder_search(folder)
     assert f"dataset.source.root={folder}" in args
     assert make_tree(folder, cwd=tmp_path).returncode == 0
     small = ["agent.budget=2", "agent.batch_size=2", "trainer.max_epochs=1", "stopping=none", "logger=none",
