@@ -25,11 +25,8 @@ def test_the_agents_claim_runs_end_to_end_on_a_tiny_sweep(tmp_path):
     assert searched.returncode == 0, searched.stderr[-2000:]
 
     def claim(*jobs: str) -> str:
-        done = subprocess.run([sys.executable, "experiments/claim_agents_real_images.py", str(sweep), "--epochs", "1",
-                               "--hand", "--hand-seeds", "1", *jobs, "--train", "trainer.limit_train_batches=2"],
-                              cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
+        return run_script("experiments/claim_agents_real_images.py", str(sweep), "--epochs", "1", "--hand",
+                          "--hand-seeds", "1", *jobs, "--train", "trainer.limit_train_batches=2")
 
     printed = claim("--jobs", "2")
     runs = [line for line in printed.splitlines() if line.split(":")[0].isdigit()]
