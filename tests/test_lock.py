@@ -71,13 +71,14 @@ def test_a_sigkilled_holder_releases_the_folder_at_once(tmp_path):
 def test_a_forked_worker_does_not_hold_the_folder_of_a_killed_search(tmp_path):
     """CPU workers fork from the search (blockqnn.executors.local.start_method): a worker still training when the
     search is SIGKILLed must not keep the folder locked through the lock file it inherited."""
-    code = ("import multiprocessing as mp, sys, time; from blockqnn.lock import exclusive\n"
+    code = ("import multiprocessing as mp, os, sys, time; from blockqnn.lock import exclusive\n"
+            "def train():\n"
+            "    print(os.getpid(), flush=True); time.sleep(120)\n"
             f"with exclusive({str(tmp_path)!r}):\n"
-            "    worker = mp.get_context('fork').Process(target=time.sleep, args=(120,)); worker.start()\n"
-            "    print(worker.pid, flush=True); sys.stdin.read()")
+            "    mp.get_context('fork').Process(target=train).start(); sys.stdin.read()")
     search = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=cli_env(), stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
-    worker = int(search.stdout.readline())
+    worker = int(search.stdout.readline())  # printed by the worker itself: it runs (its fork hooks have run)
     try:
         search.kill()
         assert search.wait() == -signal.SIGKILL
