@@ -60,7 +60,11 @@ NSC_SPACES = [NSCSpace(), NSCSpace(max_index=5, types=[1, 3, 5, 7], kernels={"co
 def test_an_nsc_mutation_changes_one_aspect_of_one_layer_and_keeps_the_block_valid(seed, space):
     rng = np.random.default_rng(seed)
     parent = explore(space, rng)
-    child = space.mutate(parent, rng)
+    assert_one_nsc_change(space, parent, space.mutate(parent, rng))
+
+
+def assert_one_nsc_change(space: NSCSpace, parent: list, child: list) -> None:
+    """``child`` is ``parent`` with one aspect of one layer changed (type, kernel or an input), and valid."""
     Block.of(child, space.max_index)  # raises if not a valid block
     assert legal(space, child) and len(child) == len(parent)
     changed = [(a, b) for a, b in zip(parent, child) if a != b]
@@ -76,6 +80,28 @@ def test_an_nsc_mutation_changes_one_aspect_of_one_layer_and_keeps_the_block_val
 
 
 @settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(NSC_SPACES))
+def test_the_nsc_neighbours_are_the_blocks_one_mutation_away(seed, space):
+    rng = np.random.default_rng(seed)
+    parent = explore(space, rng)
+    neighbours = [tuple(n) for n in space.neighbours(parent)]
+    for child in neighbours:
+        assert_one_nsc_change(space, parent, list(child))
+    assert len(set(neighbours)) == len(neighbours)
+    mutations = {tuple(space.mutate(parent, rng)) for _ in range(100)}
+    assert mutations - {tuple(parent)} <= set(neighbours)
+
+
+def test_mutations_reach_every_neighbour():
+    rng = np.random.default_rng(0)
+    space = NSC_SPACES[1]
+    parent = space.encode("[(1,1,3,0,0), (2,3,3,1,0), (3,5,0,1,2), (4,1,3,3,0), (5,7,0,0,0)]")
+    neighbours = {tuple(n) for n in space.neighbours(parent)}
+    assert len(neighbours) >= 10
+    assert {tuple(space.mutate(parent, rng)) for _ in range(3000)} == neighbours
+
+
+@settings(max_examples=100, deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_a_table_mutation_changes_one_edge(table, seed):
     rng = np.random.default_rng(seed)
@@ -85,10 +111,20 @@ def test_a_table_mutation_changes_one_edge(table, seed):
     assert sum(a != b for a, b in zip(parent, child)) == 1
 
 
+def test_the_table_neighbours_are_the_cells_one_edge_op_away(table):
+    parent = explore(table, np.random.default_rng(0))
+    neighbours = {tuple(n) for n in table.neighbours(parent)}
+    assert len(neighbours) == 6 * 4
+    assert all(legal(table, list(n)) and sum(a != b for a, b in zip(parent, n)) == 1 for n in neighbours)
+    rng = np.random.default_rng(1)
+    assert {tuple(table.mutate(parent, rng)) for _ in range(1000)} == neighbours
+
+
 def test_a_block_no_layer_of_which_can_change_comes_back_unchanged():
     space = NSCSpace(max_index=2, types=[1, 7], kernels={"conv": [3]})
     parent = explore(space, np.random.default_rng(0))
     assert space.mutate(parent, np.random.default_rng(0)) == parent
+    assert space.neighbours(parent) == []
 
 
 def test_random_until_the_population_is_full_then_children_of_tournament_winners(table):

@@ -28,7 +28,7 @@ from blockqnn.agents.base import PAPER_ITERATIONS, STATE_FORMAT, Iterations, che
 from blockqnn.agents.state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
 from blockqnn.schema import POSITIVE, declared, member, setting
-from blockqnn.spaces import Action, SearchSpace, explore
+from blockqnn.spaces import Action, SearchSpace, checked_trajectory, explore
 
 _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "population": list, "rng": dict}
 
@@ -127,15 +127,7 @@ class RegularizedEvolution(Iterations):
 
     def _member(self, actions: Sequence[Action], reward: float) -> tuple[str, list[Action], float]:
         reward = checked_reward(reward)
-        text = self.space.decode(actions)
-        state = self.space.start
-        for action in actions:
-            if action not in self.space.actions(state):
-                raise ValueError(f"{action!r} is not a legal action after {state!r} in {text}")
-            state = action
-        if not actions or not self.space.is_final(actions[-1]):
-            raise ValueError(f"trajectory {text} does not end in a final action")
-        return text, list(actions), reward
+        return checked_trajectory(self.space, actions), list(actions), reward
 
     def _join(self, member: tuple[str, list[Action], float]) -> None:
         self.population.append(member)

@@ -3,7 +3,7 @@
 A space is Markov: the state is the last action taken (the NSC tuple of the current layer), as in the paper,
 so an agent needs nothing but ``start``, ``actions(state)``, ``exploration_probs(state)`` and ``is_final``.
 Architectures travel through the rest of the system as text (``decode``), identified by ``canonical_hash``;
-evolution changes one a little (``mutate``).
+evolution changes one a little (``mutate``), local search walks among those one change away (``neighbours``).
 
 A space says how its architectures are scored: ``tabular`` spaces (a benchmark such as NAS-Bench-201) look every
 accuracy up in a table (``TabularSpace``); the others are built into networks and trained.
@@ -41,6 +41,9 @@ class SearchSpace(Protocol):
 
     def mutate(self, actions: Sequence[Action], rng: np.random.Generator) -> list[Action]: ...
 
+    def neighbours(self, actions: Sequence[Action]) -> list[list[Action]]:
+        """Every architecture one legal change away: each one ``mutate`` can draw."""
+
 
 def explore(space: SearchSpace, rng: np.random.Generator) -> list[Action]:
     """One trajectory drawn with the space's exploration distribution: what a random step at epsilon 1 takes."""
@@ -50,6 +53,20 @@ def explore(space: SearchSpace, rng: np.random.Generator) -> list[Action]:
         state = options[rng.choice(len(options), p=space.exploration_probs(state))]
         actions.append(state)
     return actions
+
+
+def checked_trajectory(space: SearchSpace, actions: Sequence[Action]) -> str:
+    """The text of ``actions`` if they are a complete architecture of ``space`` (each action legal after the one
+    before, the last final); ValueError otherwise. What an agent checks before it learns from a block."""
+    text = space.decode(actions)
+    state = space.start
+    for action in actions:
+        if action not in space.actions(state):
+            raise ValueError(f"{action!r} is not a legal action after {state!r} in {text}")
+        state = action
+    if not actions or not space.is_final(actions[-1]):
+        raise ValueError(f"trajectory {text} does not end in a final action")
+    return text
 
 
 class TabularSpace(SearchSpace, Protocol):

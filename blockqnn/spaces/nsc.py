@@ -124,7 +124,7 @@ class NSCSpace:
         """The inputs of an add/concat at ``index``: two different earlier layers, in order."""
         return list(itertools.combinations(range(index), 2))
 
-    # ---- evolution ----------------------------------------------------------------------------------------------
+    # ---- evolution and local search -------------------------------------------------------------------------------
     def mutate(self, actions: Sequence[Layer], rng: np.random.Generator) -> list[Layer]:
         """One legal change of one layer: a layer drawn uniformly, then one of its aspects that can change (type,
         kernel, an input) uniformly, then a new value uniformly among those this space allows. The block keeps
@@ -138,6 +138,14 @@ class NSCSpace:
                 layers[position] = aspect[int(rng.integers(len(aspect)))]
                 return layers
         return layers
+
+    def neighbours(self, actions: Sequence[Layer]) -> list[list[Layer]]:
+        """Every block ``mutate`` can draw from this one: one layer's type, kernel or one input changed, in every
+        legal way (the same length, valid)."""
+        layers = list(actions)
+        return [layers[:position] + [other] + layers[position + 1:]
+                for position in range(len(layers) - 1)
+                for aspect in self._changes(layers[position]) for other in aspect]
 
     def _changes(self, layer: Layer) -> list[list[Layer]]:
         """The other legal tuples at the layer's index that change only its type, only its kernel or only one
