@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockqnn.codes import Block
 from blockqnn.errors import UserError
+from blockqnn.frames import run_folders
 from blockqnn.report.analysis import (
     History,
     best_after,
@@ -25,7 +26,7 @@ from blockqnn.report.analysis import (
 )
 from blockqnn.report.drawing import draw_block, wrap_code
 from blockqnn.report.plots import plot_agents, plot_best_so_far, plot_curves, plot_rewards, plot_timeline
-from blockqnn.store import Store, is_run
+from blockqnn.store import is_run
 from blockqnn.tracking import wandb_mode
 
 
@@ -193,17 +194,10 @@ def report(run_dir: str | Path, top_k: int = 5, wandb: bool = True) -> list[Path
     """A search folder's report, or a multirun folder's (every numbered run in it, and the comparison)."""
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
-    run_dir = Path(run_dir)
+    runs = run_folders(run_dir)  # refuses a path that is neither
     if is_run(run_dir):
         return report_run(run_dir, top_k, wandb)
-    runs = sorted((p for p in run_dir.iterdir() if is_run(p)), key=_run_order) if run_dir.is_dir() else []
-    if not runs:
-        Store.open(run_dir, readonly=True)  # raises the store's own message: not a folder / not a run
-    return report_multirun(run_dir, runs, top_k, wandb)
-
-
-def _run_order(path: Path) -> tuple[int, str]:
-    return (int(path.name), "") if path.name.isdigit() else (sys.maxsize, path.name)
+    return report_multirun(Path(run_dir), runs, top_k, wandb)
 
 
 # ---- W&B ---------------------------------------------------------------------------------------------------------
