@@ -278,9 +278,10 @@ def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:
 
 
 @hydra_app("train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """One training; returns its test accuracy, what a sweep that optimises (``hydra/sweeper=optuna``) maximises."""
     hydra = HydraConfig.get()
-    train(cfg, Path(hydra.runtime.output_dir), override_keys(hydra.overrides.task))
+    return train(cfg, Path(hydra.runtime.output_dir), override_keys(hydra.overrides.task))["test_acc"]
 
 
 if __name__ == "__main__":

@@ -101,6 +101,27 @@ def test_multirun_gives_each_search_its_own_folder_and_wandb_group(table_search,
 
 
 @pytest.mark.slow
+def test_an_optuna_sweep_maximises_the_best_reward_each_search_returns(nb201_table, tmp_path):
+    """conf/hparams_search/nasbench201.yaml for three trials: the value Optuna records for each is its search's
+    best reward, so the best trial is the search with the highest."""
+    import yaml
+
+    import blockqnn
+
+    sweep = tmp_path / "sweep"
+    out = run_cli("hparams_search=nasbench201", f"space.table={nb201_table}", "hydra.sweeper.n_trials=3",
+                  "agent.budget=20", "progress.mode=off", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    frame = blockqnn.history(sweep)
+    best = frame.groupby("run")["reward"].max()
+    assert len(best) == 3 and found["best_value"] == pytest.approx(best.max())
+    winner = frame[frame["run"] == best.idxmax()].iloc[0]
+    assert found["best_params"] == {key: winner[key] for key in found["best_params"]}
+    assert set(found["best_params"]) == {"agent.alpha", "agent.epsilon_end", "agent.replay_size"}
+
+
+@pytest.mark.slow
 def test_quickstart_ends_with_the_best_block_and_the_run_folder(tmp_path):
     out = run_cli("experiment=quickstart", "agent.batch_size=2", "agent.budget=4", "trainer.max_epochs=1",
                   "stopping=none", "logger=none", f"output_root={tmp_path}", cwd=tmp_path)

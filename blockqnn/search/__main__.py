@@ -56,7 +56,9 @@ def all_failed(run_dir: Path) -> str:
 
 
 @hydra_app("search")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """One search; returns its best reward, what a sweep that optimises (``hydra/sweeper=optuna``,
+    ``conf/hparams_search/``) maximises."""
     hydra = HydraConfig.get()
     run_dir = Path(cfg.resume or hydra.runtime.output_dir)
     group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
@@ -70,6 +72,7 @@ def main(cfg: DictConfig) -> None:
     print(summary(best, run_dir), flush=True)
     if best is None:
         fail(all_failed(run_dir))
+    return float(best["reward"])
 
 
 @contextlib.contextmanager
