@@ -28,6 +28,15 @@ Random search (``conf/agent/random.yaml``) is this same class with ``epsilon_ove
 and schedule length, so both agents spend the same budget. Regularized evolution (``blockqnn.agents.evolution``) speaks
 the same protocol (``Iterations``, ``sample``, ``update``, ``state_dict``).
 
+Planning with a reward model (``model``, off by default; docs/method.md#planning-with-a-reward-model) [ours]: a
+random forest (``blockqnn.models``) is fitted on the remembered blocks once ``warmup`` of them are scored, and again
+each time the memory has grown by ``refit_growth`` since the last fit. With ``proposals`` K > 1 each trained block
+is the best of K epsilon-greedy proposals by predicted reward plus ``kappa`` times the forest's spread (blocks not
+yet scored first); with ``planning`` P > 0 every real result is followed by P simulated trajectories (Dyna) whose
+*predicted* rewards update Q, never remembered nor replayed as real. The model is a deterministic function of the
+memory, so a restored agent refits it from the saved memory (``state_dict`` keeps only how many blocks the fit saw,
+and the simulated blocks that reached a state no real block did).
+
 Q-values live per state in a list aligned with ``space.actions(state)``, created lazily with ``q_init``, beside
 their largest value (kept up to date, so that a replayed step costs a few float operations). Greedy ties (every
 untried action shares ``q_init``) are broken at random with the space's exploration distribution, so a fresh agent
@@ -51,13 +60,35 @@ from blockqnn.agents.base import (
     iteration_sizes,
 )
 from blockqnn.agents.schedule import SCHEDULES, shaped_schedule
-from blockqnn.agents.state import check_state, checked_rng_state, memory_entries, q_entries
+from blockqnn.agents.state import check_state, checked_rng_state, memory_entries, model_entries, q_entries
 from blockqnn.errors import AgentStateError
+from blockqnn.models import RewardModel
 from blockqnn.schema import COUNT, FRACTION, POSITIVE, check, declared, member, setting
 from blockqnn.spaces import Action, SearchSpace, State
 
 REPLAY_EVERY = ("block", "iteration")
 _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
+
+
+@member
+class ModelSettings:
+    """``agent.model``: the reward model and how the agent plans with it (``proposals`` 1 and ``planning`` 0: off)."""
+
+    proposals: int = setting(**POSITIVE)
+    kappa: float = setting(ge=0)
+    planning: int = setting(**COUNT)
+    warmup: int = setting(**POSITIVE)
+    refit_growth: float = setting(ge=0)
+    trees: int = setting(**POSITIVE)
+    max_features: float = setting(gt=0, le=1)
+
+    @property
+    def active(self) -> bool:
+        return self.proposals > 1 or self.planning > 0
+
+
+MODEL_OFF = {"proposals": 1, "kappa": 0.0, "planning": 0, "warmup": 10, "refit_growth": 0.0, "trees": 50,
+             "max_features": 0.5}
 
 
 @member
@@ -79,6 +110,7 @@ class QLearningSettings:
     epsilon_start: float = setting(**FRACTION)
     epsilon_end: float = setting(**FRACTION)
     epsilon_override: float | None = setting(**FRACTION)
+    model: ModelSettings | None = setting()
 
     @staticmethod
     def rule(values: Mapping[str, Any]) -> str | None:
@@ -148,6 +180,7 @@ class QLearningAgent(Iterations):
         epsilon_end: float = 0.1,
         epsilon_override: float | None = None,
         budget: int | None = None,
+        model: Mapping[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
         self.space = space
@@ -166,6 +199,12 @@ class QLearningAgent(Iterations):
         self._nodes: dict[State, _Node] = {}
         self._memory: list[tuple[list[tuple[_Node, int]], float]] = []
         self._memory_text: list[str] = []
+        self.planner = ModelSettings(**{**MODEL_OFF, **(model or {})})
+        check(ModelSettings, "agent.model", vars(self.planner))
+        self.model = RewardModel(self.planner.trees, self.planner.max_features) if self.planner.active else None
+        self._scored: set[str] = set()  # canonical hashes of the remembered blocks
+        self._visited: set[_Node] = set()  # states on a remembered or saved simulated trajectory
+        self._planned: list[str] = []  # simulated blocks that reached a state no remembered block visits
 
     # ---- schedule ---------------------------------------------------------------------------------------------
     @property
@@ -180,14 +219,31 @@ class QLearningAgent(Iterations):
         self._check_running()
         n = self.sizes[self.iteration] if n is None else n
         self.sampled += n
-        return [self._trajectory(self.epsilon) for _ in range(n)]
+        chosen: set[str] = set()
+        return [self._proposed(self.epsilon, chosen) for _ in range(n)]
 
     def sample_one(self) -> list[Action]:
         """One epsilon-greedy trajectory at the epsilon of the blocks sampled so far (asynchronous search)."""
         self._check_running()
-        trajectory = self._trajectory(self.epsilon)
+        trajectory = self._proposed(self.epsilon, set())
         self._count_one()
         return trajectory
+
+    def _proposed(self, epsilon: float, chosen: set[str]) -> list[Action]:
+        """One block to train: an epsilon-greedy trajectory, or, planning with a fitted model, the best of
+        ``proposals`` of them by predicted reward plus ``kappa`` x spread, among those neither scored nor already
+        ``chosen`` this iteration when there are any (the chosen block's hash joins ``chosen``)."""
+        if self.model is None or not self.model.ready or self.planner.proposals == 1:
+            return self._trajectory(epsilon)
+        proposals = [self._trajectory(epsilon) for _ in range(self.planner.proposals)]
+        texts = [self.space.decode(t) for t in proposals]
+        hashes = [self.space.canonical_hash(t) for t in texts]
+        mean, spread = self.model.predict(texts)
+        score = mean + self.planner.kappa * spread
+        fresh = [h not in self._scored and h not in chosen for h in hashes]
+        best = int(np.argmax(np.where(fresh, score, -np.inf))) if any(fresh) else int(np.argmax(score))
+        chosen.add(hashes[best])
+        return proposals[best]
 
     def _trajectory(self, epsilon: float) -> list[Action]:
         state, actions = self.space.start, []
@@ -227,6 +283,7 @@ class QLearningAgent(Iterations):
             self._learn_block(*entry)
         if self.replay_every == "iteration":
             self._replay(self.replay_size)
+        self._plan(len(entries))
         self.iteration += 1
 
     def incorporate(self, trajectory: Sequence[Action], reward: float) -> None:
@@ -234,6 +291,35 @@ class QLearningAgent(Iterations):
         self._learn_block(*self._entry(trajectory, reward))
         if self.replay_every == "iteration":
             self._replay(-(-self.replay_size // self.batch_size))
+        self._plan(1)
+
+    # ---- planning with the reward model ------------------------------------------------------------------------
+    def _plan(self, results: int) -> None:
+        """After ``results`` new real results: refit the model when due, then ``planning`` simulated trajectories
+        per result, each learnt from its predicted reward (Dyna); they are not remembered."""
+        if self.model is None:
+            return
+        if self._refit_due():
+            self._refit(len(self._memory))
+        if not self.model.ready or not self.planner.planning:
+            return
+        trajectories = [self._trajectory(self.epsilon) for _ in range(self.planner.planning * results)]
+        texts = [self.space.decode(t) for t in trajectories]
+        for actions, text, predicted in zip(trajectories, texts, self.model.predict(texts)[0]):
+            path = self._path(actions, text)
+            self._learn(path, float(predicted))
+            new = {node for node, i in path} - self._visited
+            if new:
+                self._visited |= new
+                self._planned.append(text)
+
+    def _refit_due(self) -> bool:
+        n, fitted = len(self._memory), self.model.fitted_on
+        return n >= self.planner.warmup and n > fitted and n >= fitted * (1 + self.planner.refit_growth)
+
+    def _refit(self, n: int) -> None:
+        """Fit the model on the first ``n`` remembered blocks."""
+        self.model.fit(self._memory_text[:n], [reward for _, reward in self._memory[:n]])
 
     def _learn_block(self, text: str, path: list[tuple[_Node, int]], reward: float) -> None:
         """Remember one scored block and learn from it, then replay the memory when replaying after every block."""
@@ -263,6 +349,9 @@ class QLearningAgent(Iterations):
     def _remember(self, text: str, path: list[tuple[_Node, int]], reward: float) -> None:
         self._memory.append((path, reward))
         self._memory_text.append(text)
+        if self.model is not None:
+            self._scored.add(self.space.canonical_hash(text))
+            self._visited.update(node for node, _ in path)
 
     def _path(self, actions: Sequence[Action], text: str) -> list[tuple[_Node, int]]:
         """The (state node, action index) pairs of a trajectory, checked against the space."""
@@ -311,6 +400,8 @@ class QLearningAgent(Iterations):
             "q": q,
             "memory": [[text, reward] for text, (_, reward) in zip(self._memory_text, self._memory)],
             "rng": self.rng.bit_generator.state,
+            **({} if self.model is None else
+               {"model": {"fitted_on": self.model.fitted_on, "planned": list(self._planned)}}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -322,14 +413,19 @@ class QLearningAgent(Iterations):
         """
         check_state(state, STATE_FORMAT, _STATE_TYPES, self.num_iterations)
         rng_state = checked_rng_state(state["rng"], self.rng)
-        previous = self._nodes, self._memory, self._memory_text
-        self._nodes, self._memory, self._memory_text = {}, [], []
+        fitted_on, planned = model_entries(state.get("model"), len(state["memory"]))
+        previous = self._nodes, self._memory, self._memory_text, self._scored, self._visited, self._planned
+        self._nodes, self._memory, self._memory_text, self._scored, self._visited = {}, [], [], set(), set()
+        self._planned = []
         try:
             self._restore_memory(state["memory"])
+            self._restore_planned(planned)
             self._restore_q(state["q"])
         except AgentStateError:
-            self._nodes, self._memory, self._memory_text = previous
+            self._nodes, self._memory, self._memory_text, self._scored, self._visited, self._planned = previous
             raise
+        if self.model is not None and fitted_on:
+            self._refit(fitted_on)
         self.iteration, self.sampled = state["iteration"], state["sampled"]
         self.rng.bit_generator.state = rng_state
 
@@ -341,6 +437,17 @@ class QLearningAgent(Iterations):
             except (TypeError, ValueError) as e:
                 message = f"saved agent state remembers {text}, which this agent cannot replay: {e}"
                 raise AgentStateError(message) from None
+
+    def _restore_planned(self, planned: list[str]) -> None:
+        """Rebuild the states that only simulated blocks reached, so that their saved Q-values have a place."""
+        for text in planned:
+            try:
+                path = self._path(self.space.encode(text), text)
+            except (TypeError, ValueError) as e:
+                message = f"saved agent state planned {text}, which this agent cannot replay: {e}"
+                raise AgentStateError(message) from None
+            self._visited.update(node for node, _ in path)
+            self._planned.append(text)
 
     def _restore_q(self, q: dict) -> None:
         """Set the saved Q-values on the nodes the memory rebuilt (keyed by ``repr``, as ``state_dict`` wrote)."""

@@ -66,5 +66,18 @@ def q_entries(q: dict, known_states: Mapping[str, Any]) -> Iterator[tuple[str, d
         yield key, values
 
 
+def model_entries(saved: Any, remembered: int) -> tuple[int, list[str]]:
+    """A saved reward model's record (``{"fitted_on": n, "planned": [block, ...]}``, absent when the agent had none):
+    how many remembered blocks its last fit saw, and the simulated blocks whose states the Q-values need."""
+    if saved is None:
+        return 0, []
+    fitted_on, planned = (saved.get("fitted_on"), saved.get("planned")) if isinstance(saved, Mapping) else (None, None)
+    if not (isinstance(fitted_on, int) and not isinstance(fitted_on, bool) and 0 <= fitted_on <= remembered
+            and isinstance(planned, list) and all(isinstance(text, str) for text in planned)):
+        raise AgentStateError(f"saved agent state has a reward model record {saved!r:.80} that is not "
+                              f"{{fitted_on: 0..{remembered}, planned: [block, ...]}}")
+    return fitted_on, planned
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
