@@ -36,6 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.config import CONF_DIR, check_conf_dir
 from blockqnn.errors import UserError
+from blockqnn.help import register_help_resolvers
 from blockqnn.schema import check_config
 from blockqnn.threads import machine_cores, share_cores
 
@@ -116,6 +117,9 @@ def prog(module: str) -> str:
     that is what runs, else ``python -m <module>``."""
     name = Path(sys.argv[0]).name
     return name if name.startswith("blockqnn-") else f"python -m {module}"
+
+
+register_help_resolvers(prog)  # the --help pages name the command as the user typed it
 
 
 def fail(message: str, code: int = 1) -> None:

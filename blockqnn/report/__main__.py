@@ -18,10 +18,24 @@ import sys
 from blockqnn.cli import one_line_errors, prog
 from blockqnn.report.summary import report
 
+DESCRIPTION = """\
+What a search found, written into its folder: the search curve, the best reward against trained blocks, the
+learning curves (stops marked), a drawing of each top-k block and summary.md (top-k table, settings, what the good
+blocks have in common). For a multirun folder: each run's report, and the agents compared at equal numbers of
+trained blocks (agents.png, summary.md). Read-only on the histories: a running search may be reported."""
+EPILOG = """examples:
+  {prog} runs/search/2026-01-01_12-00-00
+  {prog} runs/multirun/2026-01-01_12-00-00 --top-k 3
+
+The same runs as a pandas DataFrame: blockqnn.history(RUN_DIR). Docs: docs/reporting.md and docs/analysis.md in
+the repository."""
+
 
 # ---- command line ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog("blockqnn.report"), description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog("blockqnn.report"), description=DESCRIPTION,
+                                     epilog=EPILOG.format(prog=prog("blockqnn.report")),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a search run folder, or a multirun folder holding several")
     parser.add_argument("--top-k", type=int, default=5, help="blocks to tabulate and draw (default 5)")
     parser.add_argument("--no-wandb", action="store_true", help="do not send the pictures to the run's W&B run")
