@@ -1,5 +1,5 @@
 """Shared fixtures: composed configs, a small generated NAS-Bench-201 table, generated CIFAR-10 files, one torch
-thread per test.
+thread per test; and the guard that no test leaves a process behind.
 
 W&B never touches the network in tests: runs are forced offline here, before anything imports wandb, and stage
 their artifacts in a temporary folder.
@@ -7,10 +7,14 @@ their artifacts in a temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
+import signal
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,74 @@ os.environ.pop("WANDB_API_KEY", None)
 os.environ.setdefault("WANDB_DATA_DIR", tempfile.mkdtemp(prefix="blockqnn-tests-wandb-"))
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+LEFTOVER_GRACE_S = 15  # how long a process that is on its way out (a killed search's worker) may take to go
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_tests():
+    """Fail the session if any process a test started is still alive at its end, so that a worker outliving its
+    search (issue 27) cannot come back unseen.
+
+    Orphans count: this process adopts its descendants' orphans (``PR_SET_CHILD_SUBREAPER``), so the workers of a
+    search subprocess a test SIGKILLed stay descendants of the session instead of slipping away to init. The rule
+    for what a test may leave running for a while: only what a library keeps for this process itself (Ray's
+    daemons while this process has Ray initialised, W&B's service, joblib's loky pool, multiprocessing's resource
+    tracker); at the end these are closed through their own libraries, and then every descendant must be gone
+    within ``LEFTOVER_GRACE_S``. Checked once per session (per xdist worker): a module-scoped Ray instance
+    legitimately outlives single tests. What is left is named (pid and command line) and killed."""
+    from blockqnn.executors.lifetime import adopt_orphans
+
+    adopt_orphans()
+    yield
+    close_library_daemons()
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := descendants()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        pytest.fail(f"{len(left)} process(es) outlived the tests: " + "; ".join(
+            f"pid {pid}: {command}" for pid, command in left.items()), pytrace=False)
+
+
+def close_library_daemons() -> None:
+    """Stop, through their libraries, the helper processes libraries keep for this process (those it loaded)."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    if loky is not None and loky._executor is not None:
+        loky._executor.shutdown(wait=True, kill_workers=True)
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    if tracker is not None and tracker._resource_tracker._pid is not None:
+        tracker._resource_tracker._stop()
+
+
+def descendants() -> dict[int, str]:
+    """This process's live descendants (zombies left out), pid -> command line, read from ``/proc``."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        if text:
+            state, ppid = text[text.rindex(")") + 2:].split()[:2]
+            if state != "Z":
+                parents[int(entry)] = int(ppid)
+    found, frontier = {}, {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
+        for pid in frontier:
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                found[pid] = "?"
+    return {pid: command for pid, command in found.items() if Path(f"/proc/{pid}").exists()}
 
 
 @pytest.fixture(autouse=True)

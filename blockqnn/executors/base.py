@@ -20,6 +20,7 @@ This package imports neither torch nor ray at load: worker processes set ``CUDA_
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -92,6 +93,57 @@ def failed_result(error: str) -> Any:
     from blockqnn.result import Result
 
     return Result(status="failed", error=error)
+
+
+class TimeLimit:
+    """How long a candidate may run (``executor.candidate_timeout``) before it is given up: recorded failed ("timed
+    out after N s") and its worker killed and replaced, so that a hang (a deadlocked data loader, a stuck collective,
+    a frozen node) never stalls the search.
+
+    ``timeout``: seconds, None (no limit) or ``auto``: ``multiple`` x the slowest candidate finished so far (by its
+    own ``wall_time``; failures left out), never less than ``floor`` seconds, which is the whole limit until the
+    first candidate has finished. A real hang is caught after at most that, and a legitimately slow candidate, up
+    to ``multiple`` times the slowest seen, is not (training times of a space's blocks spread widely:
+    docs/scaling.md#synchronous-or-asynchronous-searchmode)."""
+
+    def __init__(self, timeout: float | str | None, multiple: float, floor: float) -> None:
+        self.timeout, self.multiple, self.floor = timeout, float(multiple), float(floor)
+        self.slowest = 0.0
+
+    def seconds(self) -> float | None:
+        """The limit now (None: none)."""
+        if self.timeout is None:
+            return None
+        if self.timeout == "auto":
+            return max(self.floor, self.multiple * self.slowest)
+        return float(self.timeout)
+
+    def observe(self, result: Any) -> None:
+        """A finished candidate: its time raises an ``auto`` limit."""
+        wall_time = getattr(result, "wall_time", None)
+        if getattr(result, "status", None) != "failed" and isinstance(wall_time, int | float):
+            self.slowest = max(self.slowest, float(wall_time))
+
+    def left(self, since: Iterable[float]) -> float | None:
+        """Seconds until the first of candidates started at (monotonic) ``since`` runs out (0 if one has); None
+        when nothing can time out."""
+        limit, starts = self.seconds(), list(since)
+        if limit is None or not starts:
+            return None
+        return max(0.0, min(starts) + limit - time.monotonic())
+
+    def expired(self, since: float) -> bool:
+        limit = self.seconds()
+        return limit is not None and time.monotonic() - since >= limit
+
+    def given_up(self, since: float) -> Any:
+        """The failed result of a candidate started at ``since`` and given up now."""
+        result = failed_result(f"{TIMED_OUT} {self.seconds():.0f} s")
+        result.wall_time = time.monotonic() - since
+        return result
+
+
+TIMED_OUT = "timed out after"  # how a given-up candidate's error starts (progress line, report)
 
 
 def call(evaluator: Evaluator, arch: str, cutoffs: Cutoffs = None) -> Any:

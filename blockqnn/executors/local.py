@@ -10,11 +10,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from blockqnn.executors.base import STOP_SIGNALS, Batches, Cutoffs, Evaluator, EvaluatorFactory, call, failed_result
+from blockqnn.executors.base import (
+    STOP_SIGNALS,
+    Batches,
+    Cutoffs,
+    Evaluator,
+    EvaluatorFactory,
+    TimeLimit,
+    call,
+    failed_result,
+)
+from blockqnn.executors.lifetime import die_with, private, release
 from blockqnn.schema import AUTO, declared, member, setting
 from blockqnn.threads import cpu_threads, cpu_workers, policy_env
 
@@ -42,6 +53,9 @@ class LocalSettings:
     threads: int | str = setting(ge=1, pattern=AUTO)
     flops_per_thread: float = setting(ge=0)
     workers_per_gpu: int = setting(ge=1)
+    candidate_timeout: float | str | None = setting(gt=0, pattern=AUTO)
+    timeout_multiple: float = setting(gt=0)
+    timeout_floor: float = setting(gt=0)
 
 
 @declared("executor", LocalSettings)
@@ -55,13 +69,17 @@ class LocalExecutor(Batches):
     torch threads a worker's candidates may use (``auto``: the cores this process may use divided among the
     workers, ``blockqnn.threads``); ``flops_per_thread``: a candidate gets one thread per that many forward FLOPs
     per image, within that budget (0: always the whole budget).
-    Workers pay imports, CUDA start-up and data loading once, then serve candidates until the search ends.
+    Workers pay imports, CUDA start-up and data loading once, then serve candidates until the search ends; a worker
+    whose candidate runs past ``candidate_timeout`` (``TimeLimit``) is killed and started again, and the candidate
+    recorded failed. In-process candidates (0 workers) have no time limit: nothing could stop one but the search.
     """
 
     def __init__(self, workers: int | str = "auto", threads: int | str = "auto", workers_per_gpu: int = 1,
-                 flops_per_thread: float = 0.0) -> None:
+                 flops_per_thread: float = 0.0, candidate_timeout: float | str | None = None,
+                 timeout_multiple: float = 10.0, timeout_floor: float = 1800.0) -> None:
         self.workers, self.threads, self.workers_per_gpu = workers, threads, workers_per_gpu
         self.flops_per_thread = float(flops_per_thread)
+        self.limit = TimeLimit(candidate_timeout, timeout_multiple, timeout_floor)
         self._environ: dict[str, str | None] = {}
         self._pool: list[_Worker] = []
         self._queue: deque[tuple[Any, str, Cutoffs]] = deque()  # (key, arch, cutoffs) waiting for a worker
@@ -147,10 +165,18 @@ class LocalExecutor(Batches):
                 worker.submit(key, arch, cutoffs)
 
     def _collect(self) -> None:
+        """Wait for a result, a dead worker or the first candidate past its time limit."""
         busy = list(self._busy)
-        ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-        for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
-            self._finished.append(worker.receive(self._busy.pop(worker)))
+        ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
+                     timeout=self.limit.left(w.since for w in busy))
+        for worker in busy:
+            if worker.conn in ready or worker.process.sentinel in ready:
+                key, result = worker.receive(self._busy.pop(worker))
+                self.limit.observe(result)
+                self._finished.append((key, result))
+            elif self.limit.expired(worker.since):
+                self._finished.append((self._busy.pop(worker), self.limit.given_up(worker.since)))
+                worker.replace()
         self._feed()
 
 
@@ -180,8 +206,9 @@ class _Worker:
     def _start(self, method: str = "spawn") -> None:
         context = mp.get_context(method)
         self.conn, child = context.Pipe()
+        private(self.conn.fileno())  # the search's end: no worker forked later keeps it
         self.process = context.Process(
-            target=_serve, args=(child, self.env), name=f"blockqnn-worker-{self.index}", daemon=True
+            target=_serve, args=(child, self.env, os.getpid()), name=f"blockqnn-worker-{self.index}", daemon=True
         )
         # Started with Ctrl-C and SIGTERM blocked, the child inherits the mask from its first instruction: a signal
         # sent to the process group while it is still starting (importing torch) cannot print its traceback.
@@ -209,6 +236,7 @@ class _Worker:
     def submit(self, position: int, arch: str, cutoffs: Cutoffs) -> None:
         if not self.process.is_alive():
             self._restart()
+        self.since = time.monotonic()
         self.conn.send((position, arch, cutoffs))
 
     def receive(self, position: int) -> tuple[int, Any]:
@@ -224,9 +252,14 @@ class _Worker:
             raise result
         return position, result
 
+    def replace(self) -> None:
+        """A new process in place of this one, which is killed: it hangs (or is stopped) past its time limit."""
+        self.process.kill()
+        self._restart()
+
     def _restart(self) -> None:
         """A new process in place of a dead one, with its evaluator built again."""
-        self.conn.close()
+        self._close()
         self.process.join()
         self._start()
         if getattr(self, "_factory", None) is not None:
@@ -243,17 +276,24 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
         self.process.join()
+        self._close()
+
+    def _close(self) -> None:
+        release(self.conn.fileno())
         self.conn.close()
 
 
-def _serve(conn: Connection, env: dict[str, str]) -> None:
+def _serve(conn: Connection, env: dict[str, str], search: int) -> None:
     """A worker's life: set its device, build the evaluator from the factory it is sent, then evaluate candidates
-    until told to stop. Ctrl-C (sent to the whole process group by a terminal) and SIGTERM are blocked: the search
-    process decides, and stops its workers."""
+    until told to stop, or until the search (pid ``search``) is gone. Ctrl-C (sent to the whole process group by a
+    terminal) and SIGTERM are blocked: the search process decides, and stops its workers. A search that dies
+    without stopping them (SIGKILL, out of memory) takes them along (``blockqnn.executors.lifetime``): the kernel
+    kills them on Linux, and elsewhere their pipe ends (a forked worker keeps no other end of it)."""
+    die_with(search)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     os.environ.update(env)
     evaluator = None
-    while (message := conn.recv()) is not None:
+    while (message := _next(conn)) is not None:
         if isinstance(message, bytes):  # a factory: build the evaluator, then say ready (or why not)
             try:
                 evaluator = pickle.loads(message)()
@@ -267,5 +307,13 @@ def _serve(conn: Connection, env: dict[str, str]) -> None:
         except Exception as e:  # bad input, raised again in the search process
             result = e
         conn.send((position, result))
+
+
+def _next(conn: Connection) -> Any:
+    """The next message from the search; None (stop) when the search is gone."""
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
 
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import Any
 
 from blockqnn.errors import UserError
-from blockqnn.executors.base import Batches, Cutoffs, Evaluator, EvaluatorFactory, call, failed_result, first_line
-from blockqnn.schema import COUNT, declared, member, setting
+from blockqnn.executors.base import (
+    Batches,
+    Cutoffs,
+    Evaluator,
+    EvaluatorFactory,
+    TimeLimit,
+    call,
+    failed_result,
+    first_line,
+)
+from blockqnn.schema import AUTO, COUNT, declared, member, setting
 
 
 @member
@@ -28,6 +39,9 @@ class RaySettings:
     num_cpus: float = setting(ge=0)
     max_retries: int = setting(**COUNT)
     init: RayInitSettings | None = setting()
+    candidate_timeout: float | str | None = setting(gt=0, pattern=AUTO)
+    timeout_multiple: float = setting(gt=0)
+    timeout_floor: float = setting(gt=0)
 
 
 @declared("executor", RaySettings)
@@ -38,7 +52,10 @@ class RayExecutor(Batches):
     (``init`` holds its ``ray.init`` options); ``auto`` joins the cluster this machine belongs to; or a
     ``ray://`` address. Ray retries a candidate whose worker or node died ``max_retries`` times (on another
     node where one is left); after that it is recorded failed. Ray's worker processes are reused, so evaluators'
-    per-process caches (data on the device) survive between candidates.
+    per-process caches (data on the device) survive between candidates. A task running past ``candidate_timeout``
+    (``TimeLimit``) is cancelled, its worker process killed (Ray starts another), and recorded failed. The executor
+    hands Ray no more tasks than the cluster runs at once (``capacity``, read again as tasks finish), so that a
+    task's clock starts when it starts, not while it waits for a free slot.
     """
 
     def __init__(
@@ -48,9 +65,13 @@ class RayExecutor(Batches):
         num_gpus: float = 0,
         max_retries: int = 2,
         init: dict[str, Any] | None = None,
+        candidate_timeout: float | str | None = None,
+        timeout_multiple: float = 10.0,
+        timeout_floor: float = 1800.0,
     ) -> None:
         self.address, self.num_cpus, self.num_gpus, self.max_retries = address, num_cpus, num_gpus, max_retries
         self.init = {k: v for k, v in dict(init or {}).items() if v is not None}
+        self.limit = TimeLimit(candidate_timeout, timeout_multiple, timeout_floor)
         self._started = False
 
     def __enter__(self) -> RayExecutor:
@@ -65,7 +86,8 @@ class RayExecutor(Batches):
         options = dict(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)
         self._task = ray.remote(**options)(_evaluate)
         self._probe = ray.remote(**options)(_built)
-        self._pending: dict[Any, Any] = {}
+        self._running: dict[Any, tuple[Any, float]] = {}  # Ray object ref -> (key, when it was handed to Ray)
+        self._queue: deque[tuple[Any, str, Cutoffs]] = deque()  # waiting for a slot
         self._factory: Any = None
         return self
 
@@ -80,7 +102,7 @@ class RayExecutor(Batches):
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._running) + len(self._queue)
 
     def serve(self, factory: EvaluatorFactory) -> None:
         """The factory goes to the object store once; each Ray worker process builds its evaluator at its first
@@ -91,18 +113,45 @@ class RayExecutor(Batches):
         self._get(self._probe.remote(self._factory))
 
     def submit(self, key: Any, arch: str, cutoffs: Cutoffs = None) -> None:
-        self._pending[self._task.remote(self._factory, arch, cutoffs)] = key
+        self._queue.append((key, arch, cutoffs))
+        self._feed()
+
+    def _feed(self) -> None:
+        capacity = self.capacity if self._queue else 0
+        while self._queue and len(self._running) < capacity:
+            key, arch, cutoffs = self._queue.popleft()
+            self._running[self._task.remote(self._factory, arch, cutoffs)] = (key, time.monotonic())
 
     def next_finished(self) -> tuple[Any, Any]:
+        """The first task to finish, or the first past its time limit (cancelled, its worker process killed)."""
         import ray
         from ray.exceptions import RayError
 
-        (ref,), _ = ray.wait(list(self._pending), num_returns=1)
-        key = self._pending.pop(ref)
+        while True:
+            left = self.limit.left(since for _, since in self._running.values())
+            done, _ = ray.wait(list(self._running), num_returns=1, timeout=left)
+            if done:
+                break
+            expired = [ref for ref, (_, since) in self._running.items() if self.limit.expired(since)]
+            if expired:
+                return self._give_up(expired[0])
+        key, _ = self._running.pop(done[0])
+        self._feed()
         try:
-            return key, self._get(ref)
+            result = self._get(done[0])
         except RayError as e:
             return key, failed_result(f"lost after {self.max_retries} retries: {first_line(e)}")
+        self.limit.observe(result)
+        return key, result
+
+    def _give_up(self, ref: Any) -> tuple[Any, Any]:
+        """Cancel a task past its time limit, killing the worker process that runs it (Ray starts another)."""
+        import ray
+
+        ray.cancel(ref, force=True)
+        key, since = self._running.pop(ref)
+        self._feed()
+        return key, self.limit.given_up(since)
 
     @staticmethod
     def _get(ref: Any) -> Any:

@@ -1,0 +1,95 @@
+"""Workers never outlive their search: the search process alone SIGKILLed (as the out-of-memory killer does, which
+picks the largest process) while its workers train, forked or spawned, synchronous or asynchronous, on the command
+line: 5 s later none of its workers is alive (``blockqnn.executors.lifetime``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, cli_env, finished_count
+from tests.timed import SLOWDOWN_ENV
+
+pytestmark = pytest.mark.slow
+TINY_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=8",
+               "trainer.max_epochs=3", "agent.batch_size=4", "agent.budget=400", "progress.mode=off", "logger=none"]
+
+
+def children(pid: int) -> set[int]:
+    """The live (not zombie) child processes of ``pid``, from ``/proc``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = proc_stat(int(entry))
+            if stat and stat[1] == str(pid) and stat[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """``[state, ppid, ...]`` of a process, None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def alive(pid: int) -> bool:
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def kill_search_alone(command: list[str], run: Path, env: dict, workers: int = 2) -> list[int]:
+    """Start ``command``, SIGKILL it (not its group) once ``workers`` workers run and it has stored a candidate;
+    the worker pids still alive 5 s later."""
+    with (run.parent / "search.err").open("w") as err:
+        search = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_until(lambda: (len(children(search.pid)) >= workers and finished_count(run) >= 1)
+                   or search.poll() is not None, 300, "workers at work")
+        assert search.poll() is None, (run.parent / "search.err").read_text()[-3000:]
+        pids = children(search.pid)
+    finally:
+        search.kill()
+        search.wait()
+    time.sleep(5)
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:  # the test fails, and leaves nothing behind
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_forked_workers_die_with_a_sigkilled_search(table_search, tmp_path, mode):
+    """The table space's candidates through ``tests.timed`` (no torch: a second to start), each 2-16 s."""
+    command = [sys.executable, "-m", "tests.timed", str(tmp_path / "run"), *table_search, "executor.workers=2",
+               f"search.mode={mode}"]
+    assert kill_search_alone(command, tmp_path / "run", cli_env({SLOWDOWN_ENV: "400"})) == []
+
+
+def test_spawned_workers_die_with_a_sigkilled_search(table_search, tmp_path):
+    """Two visible GPUs as far as the executor can tell: its workers spawn (CUDA does not survive a fork)."""
+    command = [sys.executable, "-m", "tests.timed", str(tmp_path / "run"), *table_search, "executor.workers=2"]
+    env = cli_env({SLOWDOWN_ENV: "400", "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert kill_search_alone(command, tmp_path / "run", env) == []
+
+
+def test_training_workers_die_with_a_sigkilled_command_line_search(tmp_path):
+    """``python -m blockqnn.search`` as a user runs it, real training on two forked CPU workers."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "blockqnn.search", *TINY_SEARCH, "executor.workers=2", f"hydra.run.dir={run}"]
+    assert kill_search_alone(command, run, cli_env()) == []
