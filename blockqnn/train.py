@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from blockqnn.cli import hydra_app
 from blockqnn.codes import Block
 from blockqnn.data import channel_stats, datamodule
 from blockqnn.errors import UserError
+from blockqnn.executors.lifetime import die_with
 from blockqnn.fit import (
     Classifier,
     EpochRecord,
@@ -280,6 +282,8 @@ def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:
 @hydra_app("train")
 def main(cfg: DictConfig) -> float:
     """One training; returns its test accuracy, what a sweep that optimises (``hydra/sweeper=optuna``) maximises."""
+    if int(os.environ.get("LOCAL_RANK") or 0) > 0:  # a DDP rank its launcher started (Lightning, torchrun)
+        die_with(os.getppid())  # dies with it: a rank 0 SIGKILLed must not leave the others waiting in a collective
     hydra = HydraConfig.get()
     return train(cfg, Path(hydra.runtime.output_dir), override_keys(hydra.overrides.task))["test_acc"]
 
