@@ -1,9 +1,10 @@
 """Agents that choose blocks: the protocol the loops speak and what every agent shares (``base``), checks of a
-saved state (``state``), BlockQNN's Q-learning (``qlearning``, random search at epsilon 1) and regularized
-evolution (``evolution``)."""
+saved state (``state``), BlockQNN's Q-learning (``qlearning``, random search at epsilon 1), regularized
+evolution (``evolution``) and local search (``local``)."""
 
 from blockqnn.agents.base import BatchAgent, StreamAgent
 from blockqnn.agents.evolution import RegularizedEvolution
+from blockqnn.agents.local import LocalSearch
 from blockqnn.agents.qlearning import QLearningAgent
 
-__all__ = ["BatchAgent", "QLearningAgent", "RegularizedEvolution", "StreamAgent"]
+__all__ = ["BatchAgent", "LocalSearch", "QLearningAgent", "RegularizedEvolution", "StreamAgent"]
