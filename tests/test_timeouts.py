@@ -4,6 +4,7 @@ candidate trained; a resume does not train it again."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -16,6 +17,8 @@ from blockqnn.executors.base import TIMED_OUT, TimeLimit
 from blockqnn.result import Result
 from blockqnn.search import search
 from blockqnn.store import Store
+from blockqnn.tracking import Progress
+from tests.helpers import report_cli
 from tests.timed import timed_evaluate
 
 HUNG_ENV = "BLOCKQNN_TEST_HUNG"  # the file the first evaluation creates, naming its block and process, then hangs
@@ -64,15 +67,22 @@ def check_one_timed_out(run: Path, hung: Path, limit: int) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_a_stopped_worker_is_given_up_and_the_search_goes_on(compose, table_search, tmp_path, monkeypatch, mode):
+def test_a_stopped_worker_is_given_up_and_the_search_goes_on(compose, table_search, tmp_path, monkeypatch, caplog,
+                                                            capsys, mode):
     hung, run = tmp_path / "hung", tmp_path / "run"
     monkeypatch.setenv(HUNG_ENV, str(hung))
     # 10 s: the spawned replacement reads the table at its first candidate, a few seconds on a busy machine
     cfg = compose(*table_search, "executor.workers=2", f"search.mode={mode}", "executor.candidate_timeout=10")
     started = time.monotonic()
-    search(cfg, run, evaluate=hangs_first)
+    with caplog.at_level(logging.WARNING, logger="blockqnn.search.loop"):
+        search(cfg, run, evaluate=hangs_first)
     assert time.monotonic() - started < 120
     check_one_timed_out(run, hung, 10)
+    arch = hung.read_text().split("\t")[0]
+    assert f"candidate {arch} {TIMED_OUT} 10 s (executor.candidate_timeout)" in caplog.text
+    assert report_cli([str(run)], capsys, monkeypatch)[0] == 0
+    assert f"- timed out (executor.candidate_timeout), recorded failed: 1\n  - `{arch}` (iteration " in (
+        run / "summary.md").read_text()
     evaluated = []  # a resume trains nothing again, the timed-out candidate included
     search(compose(*table_search, f"resume={run}"), run, evaluate=lambda arch, cfg: evaluated.append(arch))
     assert evaluated == []
@@ -103,3 +113,12 @@ def test_auto_is_a_multiple_of_the_slowest_finished_candidate_with_a_floor():
     assert limit.expired(since) and limit.left([since, time.monotonic()]) == 0
     given_up = limit.given_up(since)
     assert (given_up.status, given_up.error) == ("failed", f"{TIMED_OUT} 16 s") and given_up.wall_time >= 20
+
+
+def test_the_progress_line_counts_timed_out_candidates_once_there_are_any():
+    progress = Progress(mode="off")
+    counts = dict(iteration=0, iterations=2, epsilon=1.0, done=3, total=16, cached=0, failed=2, best=0.5)
+    progress.update(**counts)
+    assert "(cached 0, failed 2, in flight 0)" in progress.text
+    progress.update(**counts, timed_out=1)
+    assert "(cached 0, failed 2 (1 timed out), in flight 0)" in progress.text

@@ -9,17 +9,19 @@ loops, ``sync`` and ``asynchronous``, differ in when blocks are sampled and when
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import defaultdict
 from typing import Any
 
 from blockqnn.agents import BatchAgent, StreamAgent
-from blockqnn.executors.base import Executor
+from blockqnn.executors.base import TIMED_OUT, Executor
 from blockqnn.spaces import SearchSpace
 from blockqnn.stopping import STOPPED, Cutoffs, NoStopping, Rungs
 from blockqnn.store import Store
 from blockqnn.tracking import Progress, Tracker
 
+log = logging.getLogger(__name__)
 
 # ---- the loop -------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(kw_only=True)
@@ -73,6 +75,9 @@ class Search:
         return row
 
     def _announce(self, row: dict[str, Any]) -> None:
+        if timed_out(row):
+            log.warning("candidate %s %s (executor.candidate_timeout): recorded failed, its worker replaced",
+                        row["arch"], row["error"])
         self._count(row)
         self.tracker.log_candidate(row, self.counts["done"], self.best, self.utilization)
         self._show_progress(new=1)
@@ -81,6 +86,7 @@ class Search:
         self.counts["done"] += 1
         self.counts["cached"] += row["cached"]
         self.counts["failed"] += row["status"] == "failed"
+        self.counts["timed_out"] += timed_out(row)
         if not row["cached"] and row["status"] != "failed":  # a failure may be transient (OOM, lost worker): retry
             self.seen.setdefault(row["hash"], row)
         if not row["cached"] and row["status"] == STOPPED:
@@ -106,7 +112,13 @@ class Search:
             failed=self.counts["failed"], best=None if self.best is None else self.best["reward"], new=new,
             final=final, in_flight=self.executor.pending, utilization=self.utilization,
             stopped=(self.counts["stopped"], self.counts["epochs_saved"]) if self.stopping.rungs else None,
+            timed_out=self.counts["timed_out"],
         )
+
+
+def timed_out(row: dict[str, Any]) -> bool:
+    """A trained candidate given up at the time limit (``executor.candidate_timeout``)."""
+    return not row["cached"] and row["status"] == "failed" and (row["error"] or "").startswith(TIMED_OUT)
 
 
 def cached_copy(first: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
