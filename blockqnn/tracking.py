@@ -268,9 +268,11 @@ class Progress:
 
     def update(self, *, iteration: int, iterations: int, epsilon: float, done: int, total: int, cached: int,
                failed: int, best: float | None, new: int = 0, final: bool = False, in_flight: int = 0,
-               utilization: float | None = None, stopped: tuple[int, int] | None = None) -> None:
+               utilization: float | None = None, stopped: tuple[int, int] | None = None, timed_out: int = 0
+               ) -> None:
         """Refresh after ``new`` more candidates of this session (``done`` of ``total`` in the whole search);
-        ``stopped``: candidates stopped at a rung and the candidate-epochs that saved (when stopping is on)."""
+        ``stopped``: candidates stopped at a rung and the candidate-epochs that saved (when stopping is on);
+        ``timed_out``: failed ones given up at the time limit (``executor.candidate_timeout``), shown once any is."""
         self._session_done += new
         now = time.monotonic()
         elapsed = now - self._started
@@ -278,10 +280,11 @@ class Progress:
         eta = (total - done) / rate if rate > 0 else math.nan
         best_text = "-" if best is None else f"{best:.4f}"
         busy = "" if utilization is None else f"workers busy {utilization:.0%}  "
+        late = f" ({timed_out} timed out)" if timed_out else ""
         stops = "" if stopped is None else f"stopped {stopped[0]} (-{stopped[1]} epochs), "
         self.text = (
             f"iteration {min(iteration + 1, iterations)}/{iterations}  epsilon {epsilon:.2f}  "
-            f"candidates {done}/{total} (cached {cached}, failed {failed}, {stops}in flight {in_flight})  "
+            f"candidates {done}/{total} (cached {cached}, failed {failed}{late}, {stops}in flight {in_flight})  "
             f"best reward {best_text}  {busy}elapsed {_clock(elapsed)}  remaining {_clock(eta)}"
         )
         if self.mode == "line":

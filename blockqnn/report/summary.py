@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockqnn.codes import Block
 from blockqnn.errors import UserError
+from blockqnn.executors.base import TIMED_OUT
 from blockqnn.frames import run_folders
 from blockqnn.report.analysis import (
     History,
@@ -74,6 +75,17 @@ def settings_lines(history: History) -> list[str]:
     return lines
 
 
+def timed_out_lines(history: History) -> list[str]:
+    """The candidates given up at the time limit (``executor.candidate_timeout``), each named: a hang is worth a
+    look (a deadlocked data loader, a stuck collective, a frozen node)."""
+    late = [r for r in history.rows if not r["cached"] and (r["error"] or "").startswith(TIMED_OUT)]
+    if not late:
+        return []
+    return [f"- timed out (executor.candidate_timeout), recorded failed: {len(late)}",
+            *(f"  - `{r['arch']}` (iteration {r['iteration'] + 1}, position {r['position'] + 1}): {r['error']}"
+              for r in late)]
+
+
 def _flat(section: DictConfig) -> str:
     """A config section's own plain settings in one line (``eta=3, rungs=[1, 3]``): its target and subsections
     left out."""
@@ -109,7 +121,8 @@ def write_summary(history: History, images: dict[str, Path], drawings: list[Path
     for r in history.rows:
         seen.setdefault(r["hash"] or r["arch"], parse_block(r["arch"]))
     population = [b for b in seen.values() if b is not None]
-    lines = [f"# Search report: {history.run_dir.name}", "", "## Run settings", *settings_lines(history), "",
+    lines = [f"# Search report: {history.run_dir.name}", "", "## Run settings", *settings_lines(history),
+             *timed_out_lines(history), "",
              *stopping_lines(history)]
     lines += [f"## Top {len(history.best)} blocks", "",
               "| rank | NSC | reward | accuracy | FLOPs | params | density |", "|---|---|---|---|---|---|---|"]
