@@ -35,10 +35,13 @@ class History:
 
     @property
     def agent(self) -> str:
-        """``evolution`` (regularized evolution), ``random`` (Q-learning's sampler with epsilon fixed at 1), or
-        ``q-learning``."""
-        if str(OmegaConf.select(self.config, "agent._target_")).endswith(".RegularizedEvolution"):
+        """``evolution`` (regularized evolution), ``local`` (local search), ``random`` (Q-learning's sampler with
+        epsilon fixed at 1), or ``q-learning``."""
+        target = str(OmegaConf.select(self.config, "agent._target_"))
+        if target.endswith(".RegularizedEvolution"):
             return "evolution"
+        if target.endswith(".LocalSearch"):
+            return "local"
         override = OmegaConf.select(self.config, "agent.epsilon_override")
         return "random" if override is not None and float(override) >= 1.0 else "q-learning"
 
