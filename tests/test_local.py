@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 
 from blockqnn.agents import BatchAgent, LocalSearch, StreamAgent
 from blockqnn.errors import AgentStateError, StoreError
+from blockqnn.report.analysis import load_history
 from blockqnn.search import search
 from blockqnn.spaces.nasbench201 import NASBench201Space
 from blockqnn.store import Store
@@ -184,6 +185,7 @@ def test_a_table_search_from_the_command_line(nb201_table, tmp_path):
     assert [r["epsilon"] for r in rows[:10]] == [1.0] * 10 and rows[10]["epsilon"] == 0.0
     best = max(rows, key=lambda r: r["reward"])
     assert f"best block: {best['arch']}" in out.stdout
+    assert load_history(run, 1).agent == "local"  # as the report and the agents' comparison name it
 
 
 @pytest.mark.slow
