@@ -37,6 +37,7 @@ from omegaconf.errors import OmegaConfBaseException
 from blockqnn.config import CONF_DIR, check_conf_dir
 from blockqnn.errors import UserError
 from blockqnn.help import register_help_resolvers
+from blockqnn.leftovers import forget, remove_new_empty_folders
 from blockqnn.schema import check_config
 from blockqnn.threads import machine_cores, share_cores
 
@@ -204,10 +205,15 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
             load_dotenv(find_dotenv(usecwd=True))
             full = full_error_wanted()
             os.environ[FULL_ERROR_ENV] = "1"  # Hydra then re-raises instead of printing its own report
+            forget()
             try:
                 with one_line_errors(full):
                     check_conf_dir()
                     return hydra_main()
+            except SystemExit as refused:
+                if refused.code:  # an error: line: no folder this start created stays behind empty
+                    remove_new_empty_folders()
+                raise
             finally:
                 if not full:
                     os.environ.pop(FULL_ERROR_ENV, None)

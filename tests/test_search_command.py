@@ -188,9 +188,40 @@ def test_bad_input_gives_one_error_line_and_touches_nothing(tmp_path, args, mess
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
     assert "Traceback" not in out.stderr + out.stdout
-    after = folder_digest(tmp_path)
-    assert {k: v for k, v in after.items() if not k.startswith("runs")} == before
-    assert set(after) - set(before) <= {"runs", "runs/search"}  # at most the output root: no run folder
+    assert folder_digest(tmp_path) == before  # not even the output root's runs/search/
+
+
+# Downloads fail at once, as offline: a proxy on a closed port of this machine.
+OFFLINE = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("multirun", [[], ["-m", "seed=0,1"]], ids=["run", "multirun"])
+def test_a_refused_first_start_leaves_no_folder_it_created(tmp_path, multirun):
+    """dataset=cifar10 offline: Hydra made runs/search/ (or the sweep folder and its multirun.yaml), torchvision
+    made data/; the refusal removes them all."""
+    out = run_cli(*multirun, "dataset=cifar10", "logger=none", cwd=tmp_path,
+                  env=OFFLINE | {"BLOCKQNN_DATA": str(tmp_path / "data")})
+    assert out.returncode == 1 and out.stderr.startswith("error: CIFAR10 not found"), out.stderr
+    assert out.stderr.count("\n") == 1
+    assert not any(tmp_path.iterdir()), sorted(folder_digest(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_multirun_with_an_unknown_member_leaves_no_sweep_folder_and_keeps_what_was_there(tmp_path):
+    (tmp_path / "runs" / "multirun").mkdir(parents=True)
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    before = folder_digest(tmp_path)
+    out = run_cli("-m", "agent=qlearning,nonexistent", "logger=none", cwd=tmp_path)
+    assert out.returncode == 1 and "Could not find 'agent/nonexistent'" in out.stderr
+    assert folder_digest(tmp_path) == before  # runs/multirun/ was there before: kept, empty
+
+
+@pytest.mark.slow
+def test_a_refused_training_leaves_no_folder_it_created(tmp_path):
+    out = run_cli("block=/no/such/run:1", "logger=none", cwd=tmp_path, module="train")
+    assert out.returncode == 1 and "/no/such/run" in out.stderr, out.stderr
+    assert not any(tmp_path.iterdir()), sorted(folder_digest(tmp_path))
 
 
 @pytest.mark.slow
