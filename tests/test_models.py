@@ -24,7 +24,7 @@ from tests.helpers import REPO, cli_env, history, run_cli, stored_count
 from tests.test_search_async import check_async_history
 from tests.test_search_command import _signal_midway
 
-PLANNING = {"proposals": 8, "kappa": 0.5, "planning": 4, "warmup": 6}
+PLANNING = {"proposals": 8, "kappa": 0.5, "planning": 4, "warmup": 6, "trees": 10, "refit_growth": 0.2}
 MODEL_ON = [f"agent.model.{key}={value}" for key, value in PLANNING.items()]
 
 

@@ -251,12 +251,17 @@ def test_experiment_script_searches_as_the_search_loop_does(nb201_table, tmp_pat
 @pytest.mark.slow
 def test_experiment_script_runs_on_a_synthetic_table(tmp_path):
     png = tmp_path / "plot.png"
-    cmd = [sys.executable, "experiments/agent_vs_random_table.py", "--synthetic", "--seeds", "2", "--budgets", "16",
-           "32", "--output", str(png)]
+    cmd = [sys.executable, "experiments/agent_vs_random_table.py", "--synthetic", "--seeds", "3", "--budgets", "16",
+           "32", "--output", str(png), "--agents", "qlearning+model", "qlearning", "random", "evolution",
+           "qlearning+model:agent.model.proposals=4", "qlearning+model:agent.model.warmup=5"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=_env(), check=True)
-    rows = {line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")}
-    assert {"q-learning", "random", "evolution", "q-learning, budget 32 read at M"} <= rows
+    lines = done.stdout.splitlines()
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert {"q-learning+model", "q-learning", "random", "evolution", "q-learning, budget 32 read at M"} <= set(rows)
     assert any(row.startswith("16 (") for row in rows) and any(row.startswith("32 (") for row in rows)
+    assert rows["q-learning+model"].split("|")[3] != rows["q-learning"].split("|")[3]  # its overrides applied
+    tests = [line for line in lines if line.startswith("- M = ")]
+    assert len(tests) == 2 and all(line.count(" p = ") == 3 and "q-learning+model" in line for line in tests)
     assert png.stat().st_size > 10_000
 
 
