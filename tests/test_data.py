@@ -2,6 +2,7 @@
 
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -10,6 +11,7 @@ from torchvision import datasets
 
 from blockqnn.config import compose
 from blockqnn.data import (
+    Arrays,
     Crops,
     DataError,
     DeviceData,
@@ -20,9 +22,13 @@ from blockqnn.data import (
     datamodule,
     load_source,
     synthetic,
+    torchvision_dataset,
     validation_split,
 )
+from blockqnn.export import load
+from blockqnn.store import Store
 from tests.conftest import no_download
+from tests.helpers import run_cli
 
 
 def dataset_cfg(name: str, *overrides: str):
@@ -41,6 +47,41 @@ def write_image_tree(root, classes, per_class, size, suffixes=(".png",)):
             suffix = suffixes[i % len(suffixes)]
             Image.new("RGB", size, colour).save(root / name / f"{i}{suffix}", quality=100)
     return colours
+
+
+def write_mnist(root, n_train, n_test, rng):
+    """torchvision's MNIST layout, ROOT/MNIST/raw/*-ubyte in the IDX format; returns the images and labels."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    written = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + np.array([n, 28, 28], ">i4").tobytes()
+                                                         + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + np.array([n], ">i4").tobytes()
+                                                         + labels.tobytes())
+        written[split] = torch.from_numpy(images), torch.from_numpy(labels).long()
+    return written
+
+
+def write_svhn(root, monkeypatch, n_train, n_test, rng):
+    """SVHN's .mat files (X: 32x32x3xN, y: 1..10 with 10 for the digit 0), with torchvision's checksums set to
+    theirs so its real integrity check passes; a download attempt fails the test."""
+    import hashlib
+
+    from scipy.io import savemat
+
+    root.mkdir(parents=True, exist_ok=True)
+    split_list, written = {}, {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, digits = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), rng.integers(0, 10, n)
+        savemat(root / f"{split}_32x32.mat", {"X": images, "y": np.where(digits == 0, 10, digits)[:, None]})
+        md5 = hashlib.md5((root / f"{split}_32x32.mat").read_bytes()).hexdigest()
+        split_list[split] = ["http://no.download/", f"{split}_32x32.mat", md5]
+        written[split] = torch.from_numpy(images).permute(3, 2, 0, 1), torch.from_numpy(digits).long()
+    monkeypatch.setattr(datasets.SVHN, "split_list", split_list)
+    monkeypatch.setattr(datasets.svhn, "download_url", no_download)
+    return written
 
 
 # ---- loaders ---------------------------------------------------------------------------------------------------
@@ -104,6 +145,96 @@ def test_a_cut_larger_than_a_class_is_one_clear_error(cifar_files):
     root, _ = cifar_files
     with pytest.raises(DataError, match=r"train_size=40 asks for 4 images of a class, but the smallest class has"):
         cifar(str(root), classes=10, train_size=40)
+
+
+def test_a_torchvision_dataset_with_a_train_argument_loads_by_name(tmp_path):
+    written = write_mnist(tmp_path, 12, 5, np.random.default_rng(0))
+    arrays = torchvision_dataset("MNIST", str(tmp_path), image_size=28, channels=1)
+    assert torch.equal(arrays.train_images[:, 0], written["train"][0])
+    assert torch.equal(arrays.test_labels, written["t10k"][1])
+    assert arrays.classes == tuple(datasets.MNIST.classes)
+    rgb = torchvision_dataset("MNIST", str(tmp_path), image_size=14, channels=3)
+    assert rgb.train_images.shape == (12, 3, 14, 14) and torch.equal(rgb.train_images[:, 0], rgb.train_images[:, 2])
+
+
+def test_a_torchvision_dataset_with_a_split_argument_loads_by_name(tmp_path, monkeypatch):
+    written = write_svhn(tmp_path, monkeypatch, 10, 4, np.random.default_rng(1))
+    arrays = torchvision_dataset("SVHN", str(tmp_path), image_size=32)
+    assert torch.equal(arrays.train_images, written["train"][0]) and torch.equal(arrays.train_labels,
+                                                                                 written["train"][1])
+    assert torch.equal(arrays.test_images, written["test"][0])
+    assert arrays.classes == tuple(str(d) for d in range(max(written["train"][1].max(), written["test"][1].max()) + 1))
+    with pytest.raises(DataError, match="SVHN: Unknown value 'nope' for argument split"):
+        torchvision_dataset("SVHN", str(tmp_path), image_size=32, test_split="nope")
+
+
+def test_the_torchvision_dataset_config_builds_device_data(tmp_path):
+    write_mnist(tmp_path, 30, 6, np.random.default_rng(2))
+    cfg = dataset_cfg("torchvision", "dataset.source.name=MNIST", f"data_dir={tmp_path}", "dataset.channels=1",
+                      "dataset.image_size=28", "dataset.val_size=6")
+    data = datamodule(cfg, batch_size=8)
+    data.setup("fit")
+    assert cfg.name == "MNIST" and data.num_classes == 10 and len(data.splits.val_labels) == 6
+    x, _ = next(iter(data.train_dataloader()))
+    assert x.shape == (8, 1, 28, 28)
+
+
+def test_a_torchvision_dataset_absent_and_offline_is_one_clear_error(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(datasets.svhn, "download_url", offline)
+    with pytest.raises(DataError) as err:
+        torchvision_dataset("SVHN", str(tmp_path / "nowhere"), image_size=32)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(f"SVHN not found under {tmp_path / 'nowhere'} and download failed")
+    monkeypatch.setattr(datasets.svhn, "download_url", no_download)
+    with pytest.raises(DataError, match="SVHN not found under .* set dataset.source.download=true"):
+        torchvision_dataset("SVHN", str(tmp_path / "nowhere"), image_size=32, download=False)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("Nope", "dataset.source.name=Nope: not a torchvision dataset"),
+    ("EuroSAT", "takes no split= or train= argument"),
+])
+def test_a_name_torchvision_cannot_split_is_one_clear_error(tmp_path, name, message):
+    with pytest.raises(DataError, match=message):
+        torchvision_dataset(name, str(tmp_path), image_size=32)
+
+
+def own_source(n: int, seed: int = 0) -> Arrays:
+    """A user's own source, as docs/training.md#your-own-data shows one: 8x8 grey images whose brightness is
+    their class."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    images = (labels[:, None, None, None] * 100 + torch.randint(0, 40, (n, 1, 8, 8), generator=gen)).to(torch.uint8)
+    cut = n * 4 // 5
+    return Arrays(images[:cut], labels[:cut], images[cut:], labels[cut:], ("dark", "grey", "light"))
+
+
+@pytest.mark.slow
+def test_a_search_reads_the_users_own_source(tmp_path):
+    out = run_cli("dataset=custom", "dataset.source._target_=tests.test_data.own_source", "+dataset.source.n=120",
+                  "dataset.channels=1", "dataset.image_size=8", "dataset.val_size=20", "trainer=smoke",
+                  "agent.batch_size=2", "agent.budget=2", "logger=none", "progress.mode=off",
+                  f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    with Store.open(tmp_path / "run", readonly=True) as store:
+        assert [row["status"] for row in store.candidates()] == ["ok", "ok"]
+        assert store.config().dataset.source.n == 120
+
+
+@pytest.mark.slow
+def test_a_found_block_trains_on_a_torchvision_dataset_by_name(tmp_path):
+    """The transfer docs/training.md shows, on generated MNIST files: the class names reach the exported model."""
+    write_mnist(tmp_path / "data", 40, 10, np.random.default_rng(3))
+    out = run_cli('block="[(1,1,3,0,0),(2,7,0,0,0)]"', "dataset=torchvision", "dataset.source.name=MNIST",
+                  "dataset.channels=1", "dataset.image_size=28", "dataset.val_size=8", "template=tiny",
+                  "trainer=smoke", "logger=none", "onnx=null", "program=null", f"data_dir={tmp_path / 'data'}",
+                  f"hydra.run.dir={tmp_path / 'train'}", module="train")
+    assert out.returncode == 0, out.stderr[-2000:]
+    model = load(tmp_path / "train" / "model.pt")
+    assert model.classes == tuple(datasets.MNIST.classes)
 
 
 def test_image_folder_tree_is_resized_and_labelled_by_folder(tmp_path):

@@ -10,11 +10,20 @@ The configs (``conf/dataset/*.yaml``) and stored runs name targets as ``blockqnn
 
 from blockqnn.data.augment import Augment, Crops, DeviceLoader, cutout
 from blockqnn.data.modules import DeviceData, DeviceSplits, StreamedData, channel_stats, datamodule, device_splits
-from blockqnn.data.sources import Arrays, cifar, digits, image_folder, load_source, synthetic, validation_split
+from blockqnn.data.sources import (
+    Arrays,
+    cifar,
+    digits,
+    image_folder,
+    load_source,
+    synthetic,
+    torchvision_dataset,
+    validation_split,
+)
 from blockqnn.errors import DataError
 
 __all__ = [
     "Arrays", "Augment", "Crops", "DataError", "DeviceData", "DeviceLoader", "DeviceSplits", "StreamedData",
     "channel_stats", "cifar", "cutout", "datamodule", "device_splits", "digits", "image_folder", "load_source",
-    "synthetic", "validation_split",
+    "synthetic", "torchvision_dataset", "validation_split",
 ]

@@ -1,17 +1,20 @@
 """Data sources: each loads a dataset's raw splits as uint8 tensors (``Arrays``), once per process.
 
 A source is what ``dataset.source`` instantiates (``conf/dataset/*.yaml``): torchvision's CIFAR archives
-(downloaded when absent), any image-folder tree, scikit-learn's bundled digits, or generated patterns. The
+(downloaded when absent), any other torchvision classification dataset by name, any image-folder tree,
+scikit-learn's bundled digits, generated patterns, or the user's own function returning ``Arrays``. The
 validation split is carved from the training set with a fixed seed, the same for every candidate of a run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cache
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from PIL.Image import Image
 from torch import Tensor
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -139,14 +143,11 @@ def image_folder(
                 f"image folder not found: {Path(root) / split} (expected {train_dir}/<class>/*.png|jpg and "
                 f"{test_dir}/<class>/* under dataset.source.root; set dataset.source.root=/path/to/tree)"
             )
-    mode = {1: "L", 3: "RGB"}[channels]
-    to_tensor = v2.Compose([v2.Resize(image_size), v2.CenterCrop(image_size), v2.PILToTensor()])
+    to_tensor = _image_to_tensor(image_size, channels)
 
     def load(split: str, class_to_idx: dict[str, int] | None = None) -> tuple[Tensor, Tensor, list[str]]:
         try:
-            folder = datasets.ImageFolder(
-                str(Path(root) / split), loader=lambda p: datasets.folder.pil_loader(p).convert(mode)
-            )
+            folder = datasets.ImageFolder(str(Path(root) / split), loader=datasets.folder.pil_loader)
         except FileNotFoundError as e:  # no class folders, or class folders without images
             raise DataError(f"image folder {Path(root) / split}: {e}") from None
         if class_to_idx is not None and set(folder.class_to_idx) - set(class_to_idx):
@@ -160,6 +161,96 @@ def image_folder(
     train_images, train_labels, classes = load(train_dir)
     test_images, test_labels, _ = load(test_dir, {c: i for i, c in enumerate(classes)})
     return Arrays(train_images, train_labels, test_images, test_labels, tuple(classes)).balanced(train_size)
+
+
+def _image_to_tensor(image_size: int, channels: int) -> Callable[[Image], Tensor]:
+    """A PIL image -> uint8 (channels, image_size, image_size): grey or RGB, the shorter side resized, the centre
+    cropped."""
+    mode = {1: "L", 3: "RGB"}[channels]
+    shape = v2.Compose([v2.Resize(image_size), v2.CenterCrop(image_size), v2.PILToTensor()])
+    return lambda image: shape(image.convert(mode))
+
+
+@member
+class TorchvisionSettings:
+    """``dataset.source`` of torchvision, and ``torchvision_dataset``'s arguments."""
+
+    name: str = setting()
+    root: str | Path = setting()
+    download: bool = setting()
+    train_split: str = setting()
+    test_split: str = setting()
+    arguments: dict | None = setting()
+    image_size: int = setting(**POSITIVE)
+    channels: int = setting(choices=(1, 3))
+    train_size: int | None = setting(**POSITIVE)
+
+
+@declared("dataset.source", TorchvisionSettings)
+def torchvision_dataset(
+    name: str, root: str, image_size: int, channels: int = 3, download: bool = True, train_split: str = "train",
+    test_split: str = "test", arguments: dict | None = None, train_size: int | None = None,
+) -> Arrays:
+    """Any torchvision classification dataset by name (``torchvision.datasets.<name>``: SVHN, MNIST, STL10, ...)
+    under ``root``, downloaded there when absent; its splits by the dataset's own argument (``split=`` where it
+    has one, else ``train=``), ``arguments`` passed as given (EMNIST's ``split``, STL10's ``folds``); each image
+    grey or RGB, resized (shorter side) and centre-cropped to ``image_size``; ``train_size``: a class-balanced cut
+    of the training images. Class names from the dataset where it has them, else the label numbers."""
+    kind = getattr(datasets, name, None)
+    if not isinstance(kind, type) or not issubclass(kind, datasets.VisionDataset):
+        raise DataError(f"dataset.source.name={name}: not a torchvision dataset (torchvision.datasets.<name>, e.g. "
+                        "MNIST, FashionMNIST, SVHN, STL10, Flowers102)")
+    to_tensor = _image_to_tensor(image_size, channels)
+    train = _open(kind, root, train_split, download, dict(arguments or {}))
+    test = _open(kind, root, test_split, download, dict(arguments or {}))
+    (train_images, train_labels), (test_images, test_labels) = _read(train, to_tensor), _read(test, to_tensor)
+    found = int(max(train_labels.max(), test_labels.max())) + 1
+    classes = tuple(getattr(train, "classes", None) or map(str, range(found)))
+    return Arrays(train_images, train_labels, test_images, test_labels, classes).balanced(train_size)
+
+
+def _open(kind: type, root: str, split: str, download: bool, arguments: dict) -> datasets.VisionDataset:
+    """One split of a torchvision dataset: as found under ``root``, else downloaded there (when allowed)."""
+    name, parameters = kind.__name__, inspect.signature(kind).parameters
+    downloads = "download" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())  # EMNIST
+    if "split" in parameters and "split" not in arguments:
+        arguments["split"] = split
+    elif "train" in parameters or "split" in arguments:
+        if split not in ("train", "test"):
+            raise DataError(f"torchvision.datasets.{name} has a training and a test split only (train= True or "
+                            f"False): dataset.source.train_split / test_split must be train or test, got {split}")
+        arguments["train"] = split == "train"
+    else:
+        raise DataError(f"torchvision.datasets.{name} takes no split= or train= argument: it has no test split to "
+                        "score on; save it as an image folder (dataset=imagefolder) or write your own source")
+    folder = Path(root).resolve()
+    try:
+        return kind(root, **arguments, **({"download": False} if downloads else {}))
+    except ValueError as e:  # a split or argument the dataset does not have
+        raise DataError(f"torchvision.datasets.{name}: {e}") from None
+    except (RuntimeError, OSError) as e:  # not there (or damaged)
+        if not download or not downloads:
+            raise DataError(f"{name} not found under {folder} ({e}); put its files there, point data_dir=... (or "
+                            "BLOCKQNN_DATA) at a folder that has them, or set dataset.source.download=true") from None
+    try:
+        return kind(root, **arguments, download=True)
+    except Exception as e:  # offline, a corrupt archive, a full disk: all mean "not available"
+        raise DataError(f"{name} not found under {folder} and download failed: {e}. Put its files there, point "
+                        "data_dir=... (or BLOCKQNN_DATA) at a folder that has them, or choose another dataset "
+                        "(e.g. dataset=digits).") from None
+
+
+def _read(dataset: datasets.VisionDataset, to_tensor: Callable[[Image], Tensor]) -> tuple[Tensor, Tensor]:
+    """Every image of a split as one uint8 tensor, and its labels; a dataset whose targets are not class numbers
+    (detection, segmentation) is refused."""
+    images, labels = [], []
+    for image, label in dataset:
+        if not isinstance(label, Integral):
+            raise DataError(f"torchvision.datasets.{type(dataset).__name__} is not a classification dataset (its "
+                            f"targets are {type(label).__name__}, not class numbers)")
+        images.append(to_tensor(image))
+        labels.append(int(label))
+    return torch.stack(images), _labels(labels)
 
 
 @member
