@@ -31,6 +31,16 @@ class FolderInUse(StoreError):
     touched, naming the holder (``blockqnn.lock``)."""
 
 
+class RunFolderUnwritable(StoreError):
+    """A run folder that stopped taking writes mid-run: its disk full, made read-only, or removed. What was stored
+    stays (each write is one transaction); the message says what to do, and ``resumable`` whether the run can go on
+    from its folder afterwards."""
+
+    def __init__(self, message: str, resumable: bool = True) -> None:
+        super().__init__(message)
+        self.resumable = resumable
+
+
 class AgentStateError(StoreError, ValueError):
     """A saved agent state this agent cannot restore: damaged, or saved with another space or schedule. A
     ``StoreError`` since it comes from a run's history."""

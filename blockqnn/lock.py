@@ -59,7 +59,8 @@ def exclusive(folder: str | Path) -> Iterator[None]:
             _take_back(folder, new_folder, new_file)
             raise
         finally:
-            os.ftruncate(fd, 0)  # free again: the next holder writes its own details
+            with contextlib.suppress(OSError):  # a full or read-only disk: the lock goes with the descriptor anyway
+                os.ftruncate(fd, 0)  # free again: the next holder writes its own details
     finally:
         _held.discard(fd)
         os.close(fd)  # releases the lock (the kernel does the same when the process dies)

@@ -26,10 +26,12 @@ since read as None); a search continues only today's version, and version 3 afte
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.config import current_config
-from blockqnn.errors import StoreError
+from blockqnn.errors import RunFolderUnwritable, StoreError
+from blockqnn.executors.lifetime import private_file, release_file
 
 DB_NAME = "history.sqlite"
 # 2: the event log of asynchronous search (running candidates, numbered events). 3: exact canonical hashes, and the
@@ -93,9 +96,12 @@ def check(run_dir: str | Path) -> None:
 class Store:
     """One run's history. Create with ``Store.create`` or ``Store.open``; use as a context manager to close."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, writing: bool = False) -> None:
         self.conn = conn
         self.path = path
+        self._inode = os.stat(path).st_ino if writing else None  # the file this store writes, to notice its removal
+        if writing:
+            private_file(path)  # a forked worker drops its copies of the history's descriptors
 
     # ---- opening ------------------------------------------------------------------------------------------------
     @classmethod
@@ -105,9 +111,9 @@ class Store:
         if path.exists():
             raise StoreError(f"{run_dir} already holds a search history; resume it or choose another folder")
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = _connect(path)
-        conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
-        store = cls(conn, path)
+        store = cls(_connect(path), path, writing=True)
+        with store._writing():
+            store.conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
         store.set("config", OmegaConf.to_yaml(OmegaConf.create(config), resolve=True))
         store.set("schema_version", SCHEMA_VERSION)
         store.set("created_at", str(time.time()))
@@ -133,20 +139,56 @@ class Store:
         if readonly:
             return cls(conn, path)
         conn.close()
-        store = cls(_connect(path), path)
+        store = cls(_connect(path), path, writing=True)
         store._upgrade(version)
         return store
 
     def _upgrade(self, version: str) -> None:
         """An older history this blockqnn can continue gets the columns it lacks, in one transaction."""
-        with self.conn:
+        with self._writing():
             for column in READABLE[version]:
                 self.conn.execute(f"ALTER TABLE candidates ADD COLUMN {column}")
             if version != SCHEMA_VERSION:
                 self.conn.execute("UPDATE run SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
+        if self._inode is not None:
+            release_file(self.path)
         self.conn.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction (``with conn``: committed at the end, rolled back on an error). A run folder that stops
+        taking writes (a full disk, made read-only, removed) raises ``RunFolderUnwritable``, saying what to do,
+        instead of SQLite's error: every write before this one is stored."""
+        try:
+            with self.conn:
+                yield
+        except sqlite3.OperationalError as e:
+            if self._inode is None:  # a reader asked to write: a bug, not the folder's state
+                raise
+            raise self._gone() or _unwritable(self.path.parent, e) from None
+        gone = self._gone()
+        if gone:
+            raise gone
+
+    def _gone(self) -> RunFolderUnwritable | None:
+        """Whether the history file was removed (its folder with it) under this open store; if so, the history it
+        still holds is written back where it was, so that nothing is lost."""
+        try:
+            if self._inode is None or os.stat(self.path).st_ino == self._inode:
+                return None
+        except FileNotFoundError:
+            pass
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.snapshot(self.path)
+        except (OSError, sqlite3.Error) as e:
+            return RunFolderUnwritable(f"run folder {folder} was removed while the search ran, and its history "
+                                       f"could not be written back ({e}): it is lost", resumable=False)
+        return RunFolderUnwritable(f"run folder {folder} was removed while the search ran: its history (every "
+                                   f"candidate stored so far) was written back to {self.path}")
 
     def snapshot(self, path: str | Path) -> Path:
         """A consistent copy of the history at ``path`` (SQLite's online backup: every commit so far, the WAL's
@@ -170,7 +212,7 @@ class Store:
         return None if row is None else row[0]
 
     def set(self, key: str, value: str) -> None:
-        with self.conn:
+        with self._writing():
             self.conn.execute("INSERT OR REPLACE INTO run (key, value) VALUES (?, ?)", (key, value))
 
     def config(self) -> DictConfig:
@@ -180,14 +222,14 @@ class Store:
     # ---- candidates ---------------------------------------------------------------------------------------------
     def record(self, row: Mapping[str, Any]) -> None:
         """Store one finished (or cached) candidate; columns missing from ``row`` are NULL."""
-        with self.conn:
+        with self._writing():
             self.conn.execute(_INSERT, _values(row))
 
     def write(self, rows: Sequence[Mapping[str, Any]], checkpoint: tuple[int, Mapping[str, Any]] | None = None
               ) -> None:
         """Store (or replace: a ``running`` row by its result) ``rows`` and, when given, the agent checkpoint
         ``(key, state)``, in one transaction: the asynchronous loop's unit of progress."""
-        with self.conn:
+        with self._writing():
             self.conn.executemany(_UPSERT, [_values(row) for row in rows])
             if checkpoint is not None:
                 self._checkpoint(*checkpoint)
@@ -220,7 +262,7 @@ class Store:
     # ---- agent checkpoints --------------------------------------------------------------------------------------
     def checkpoint(self, iteration: int, state: Mapping[str, Any]) -> None:
         """Mark ``iteration`` done with the agent's state after it, in one transaction (older states dropped)."""
-        with self.conn:
+        with self._writing():
             self._checkpoint(iteration, state)
 
     def _checkpoint(self, key: int, state: Mapping[str, Any]) -> None:
@@ -254,6 +296,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     return conn
+
+
+def _unwritable(folder: Path, error: sqlite3.OperationalError) -> RunFolderUnwritable:
+    """What SQLite's refusal to write means for the run folder, and what to do about it."""
+    kind = getattr(error, "sqlite_errorname", "")
+    if kind == "SQLITE_FULL":
+        return RunFolderUnwritable(f"the disk holding run folder {folder} is full ({error}): free space on it")
+    if kind.startswith("SQLITE_READONLY"):
+        return RunFolderUnwritable(f"run folder {folder} became read-only ({error}): make it writable")
+    return RunFolderUnwritable(f"run folder {folder} cannot be written ({error}): check its disk")
 
 
 def _corrupt(path: Path, detail: str) -> StoreError:

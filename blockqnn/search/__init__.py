@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from blockqnn.agents.base import StreamAgent
-from blockqnn.errors import UserError
+from blockqnn.errors import RunFolderUnwritable, UserError
 from blockqnn.executors.base import EvaluatorFactory, bound, factory
 from blockqnn.lock import writer
 from blockqnn.resume import check_same_table, open_search_run
@@ -50,7 +50,13 @@ def search(
     (benchmarks: a simulated cluster).
     ``overridden``: the config keys the command line set; on resume the rest comes from the history."""
     with writer(run_dir, foreign=cfg.resume is not None and not is_run(run_dir)):
-        return _search(cfg, run_dir, group, evaluate, overridden, executor, evaluator)
+        try:
+            return _search(cfg, run_dir, group, evaluate, overridden, executor, evaluator)
+        except RunFolderUnwritable as e:  # a full disk, a read-only or removed folder: what to do, in one line
+            if not e.resumable:
+                raise
+            raise RunFolderUnwritable(f"{e}, then continue with: python -m blockqnn.search resume={run_dir} "
+                                      "(nothing stored is lost)") from None
 
 
 def _search(cfg: DictConfig, run_dir: Path, group: str | None, evaluate: Callable[[str, DictConfig], Any] | None,
