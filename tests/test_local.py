@@ -11,7 +11,7 @@ import signal
 import pytest
 from hydra.utils import instantiate
 
-from blockqnn.agents import BatchAgent, LocalSearch, StreamAgent
+from blockqnn.agents import BatchAgent, GuidedEvolution, LocalSearch, StreamAgent
 from blockqnn.errors import AgentStateError, StoreError
 from blockqnn.report.analysis import load_history
 from blockqnn.search import search
@@ -38,7 +38,7 @@ def walk(agent: LocalSearch, reward=closeness) -> list[dict]:
     """The whole search, one block at a time: each block with the epsilon and incumbent it was drawn at."""
     steps = []
     while not agent.done:
-        epsilon, incumbent = agent.epsilon, agent.incumbent
+        epsilon, incumbent = agent.epsilon, getattr(agent, "incumbent", None)
         [block] = agent.sample()
         steps.append(dict(block=block, epsilon=epsilon, incumbent=incumbent, reward=reward(block)))
         agent.update([block], [reward(block)])
@@ -232,3 +232,48 @@ def test_async_search_interrupted_resumes_to_the_uninterrupted_history(compose, 
     rows, (_, state) = untimed(tmp_path / "killed")
     assert len(rows) == state["sampled"] == 80 and {r["epsilon"] for r in rows} == {0.0, 1.0}
     assert len({r["hash"] for r in rows if not r["cached"]}) == sum(not r["cached"] for r in rows)
+
+
+# ---- predictor-guided evolution (agent=guided_evolution) --------------------------------------------------------
+def guided(table, **kw) -> GuidedEvolution:
+    return GuidedEvolution(table, **{"num_init": 5, "num_candidates": 30, "trees": 5, "batch_size": 1,
+                                     "budget": 40, "seed": 0} | kw)
+
+
+def test_guided_evolution_trains_the_mutation_of_the_best_that_the_model_rates_best(table):
+    agent = guided(table)
+    steps = walk(agent)
+    assert [s["epsilon"] for s in steps] == [1.0] * 5 + [0.0] * 35
+    archs = [table.decode(s["block"]) for s in steps]
+    assert len({table.canonical_hash(a) for a in archs}) == len(archs)  # nothing sampled twice
+    for i, step in enumerate(steps[5:], start=5):  # one mutation from one of the 2 best so far
+        best = sorted(steps[:i], key=lambda s: -s["reward"])[:2]
+        assert min(sum(a != b for a, b in zip(p["block"], step["block"])) for p in best) == 1
+    twin = guided(table, seed=0)  # the choice is the model's: with the same candidates, kappa changes it
+    other = guided(table, seed=0, kappa=50.0)
+    assert [table.decode(s["block"]) for s in walk(twin)] == archs
+    assert [table.decode(s["block"]) for s in walk(other)] != archs
+
+
+def test_guided_evolution_restores_its_model_and_continues_identically(table):
+    agent = guided(table, batch_size=4, budget=80, refit_growth=0.0)
+    stream(agent, 30, late=2, table=table)
+    assert agent.model.fitted_on == len(agent.results) == 28
+    twin = guided(table, batch_size=4, budget=80, refit_growth=0.0, seed=7)
+    twin.load_state_dict(json.loads(json.dumps(agent.state_dict())))
+    assert stream(twin, 30, late=1, table=table) == stream(agent, 30, late=1, table=table)
+    saved = agent.state_dict()
+    with pytest.raises(AgentStateError, match="fitted on 99 of"):
+        twin.load_state_dict(saved | {"fitted_on": 99})
+
+
+def test_a_guided_table_search_resumes_after_an_interruption(compose, table_search, tmp_path):
+    args = [a for a in table_search if not a.startswith("agent.")] + [
+        "agent=guided_evolution", "agent.num_init=5", "agent.trees=5", "agent.batch_size=4", "agent.budget=40"]
+    search(compose(*args), tmp_path / "reference")
+    with pytest.raises(KeyboardInterrupt):
+        search(compose(*args), tmp_path / "killed", evaluate=dying_after(19))
+    search(compose(*args, f"resume={tmp_path / 'killed'}"), tmp_path / "killed")
+    assert history(tmp_path / "killed") == history(tmp_path / "reference")
+    rows, _ = history(tmp_path / "killed")
+    assert len(rows) == 40 and {r["epsilon"] for r in rows} == {0.0, 1.0}
