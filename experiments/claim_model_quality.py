@@ -63,7 +63,7 @@ def report(name: str, archs: list[str], rewards: np.ndarray, repeats: int, held_
            top_share: float | None) -> None:
     print(f"\n### {name}: {len(archs)} distinct blocks\n")
     print("| blocks fitted on | Spearman | Kendall |" + (" Spearman in the top 20% |" if top_share else "")
-          + " CPU s per fit and prediction |")
+          + " CPU s per split |")
     print("|---|---|---|---|" + ("---|" if top_share else ""))
     for n in SIZES:
         if n >= len(archs) - 10:

@@ -22,6 +22,7 @@ def test_presets_compose_to_what_they_promise(compose, nb201_table):
     assert (paper.dataset.name, paper.template.stages, paper.trainer.max_epochs) == ("cifar100", 3, 12)
     assert (agent_of(paper).num_iterations, agent_of(paper).total_samples) == (178, 11392)
     assert agent_of(paper).schedule == epsilon_schedule("paper") and agent_of(paper).alpha == 0.01
+    assert agent_of(paper).model is None  # the paper's agent: no reward model
     table = compose("experiment=nasbench201", f"space.table={nb201_table}")
     space = instantiate(table.space)
     assert 0 < space.lookup(space.decode(agent_of(table).sample(1)[0])) < 1
