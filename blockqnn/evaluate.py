@@ -11,11 +11,12 @@ and every candidate would fail alike.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
 
@@ -134,7 +135,7 @@ def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result,
                                         recipe, gpu)
         rungs = RungStop(cutoffs or {})
         try:
-            with quiet(), torch_threads(candidate_threads(result.flops)):
+            with quiet(), torch_threads(candidate_threads(result.flops)), _gpu_peak(result, gpu):
                 fit(module, data, recipe, callbacks=[rungs] if cutoffs else ())
         finally:
             result.epochs = len(module.history)
@@ -144,6 +145,21 @@ def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result,
                          "trainer.limit_val_batches is 0)")
     result.accuracy = module.history[-1]["val_acc"]
     return rungs.stopped_at is not None
+
+
+@contextlib.contextmanager
+def _gpu_peak(result: Result, gpu: bool) -> Iterator[None]:
+    """On a GPU, the most memory the block's training allocated into ``result.gpu_memory`` (MiB): what a candidate
+    needs, in the history, to see how many pack onto one GPU (``executor.workers_per_gpu``). The memory its worker
+    already held (the data kept on the device) is counted in: the figure is what the worker needed at the most."""
+    if not gpu:
+        yield
+        return
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        yield
+    finally:
+        result.gpu_memory = torch.cuda.max_memory_allocated() / 2**20
 
 
 def _release_memory() -> None:

@@ -12,7 +12,8 @@ class Result:
 
     accuracy is the validation accuracy (a fraction) after the last epoch trained; flops are forward FLOPs per
     image; epochs counts the epochs completed and curve holds the validation accuracy after each of them (None
-    where the recipe did not validate); fields not reached before a failure stay None.
+    where the recipe did not validate); gpu_memory is the most GPU memory its training allocated, in MiB (None on
+    a CPU); fields not reached before a failure stay None.
     """
 
     status: str  # "ok" | "stopped" (at a rung, blockqnn.stopping) | "failed"
@@ -25,3 +26,4 @@ class Result:
     wall_time: float = 0.0
     error: str | None = None
     curve: list[float | None] | None = None
+    gpu_memory: float | None = None

@@ -15,13 +15,15 @@ Tables (``blockqnn.report`` reads them by these names):
   (asynchronous mode), with its epsilon and ``dispatched_at``, not finished yet; status ``stopped``: stopped at a
   rung (``blockqnn.stopping``), a finished outcome; ``curve`` is the validation accuracy after each epoch trained
   (JSON, a list in the rows read); ``sampled_event`` and ``incorporated_event`` number the agent's asynchronous
-  events (see ``blockqnn.search.asynchronous``);
+  events (see ``blockqnn.search.asynchronous``); ``gpu_memory`` is the most GPU memory the candidate's training
+  allocated, in MiB (None on a CPU);
 * ``agent_checkpoints(iteration, state)``: the agent's JSON state after ``iteration`` finished (asynchronous mode:
   after event number ``iteration``). Writing it is what marks the iteration done; only the latest one is kept
   (states grow with the replay memory).
 
 A history of any schema version this project wrote reads read-only (the report of an old search; columns added
-since read as None); a search continues only today's version, and version 3 after adding its one missing column.
+since read as None); a search continues only today's version, and versions 3 and 4 after adding the columns they
+lack.
 """
 
 from __future__ import annotations
@@ -48,19 +50,21 @@ DB_NAME = "history.sqlite"
 # NSC space's add/concat take two different inputs in order, so an older history gives the same block other hashes
 # and its agent state names actions the space no longer has. 4: learning curves (curve) and the status stopped; a
 # version-3 history is upgraded in place when a search opens it for writing (the column added, nothing rewritten).
-SCHEMA_VERSION = "4"
+# 5: each candidate's peak GPU memory (gpu_memory); a version-3 or 4 history is upgraded in place likewise.
+SCHEMA_VERSION = "5"
 RUNNING = "running"
 EVENT_COLUMNS = ("dispatched_at", "sampled_event", "incorporated_event")
 # Every version this project wrote -> the candidate columns a history of it may lack; a reader gets None for each.
 # Version 2 was written with the event log's columns (asynchronous search) and without them (exact hashes, on a
 # branch merged into 3). Statuses were only ever added (running in 2, stopped in 4), never renamed.
-READABLE = {"1": (*EVENT_COLUMNS, "curve"), "2": (*EVENT_COLUMNS, "curve"), "3": ("curve",), SCHEMA_VERSION: ()}
-UPGRADABLE = {"3"}  # what a search continues after adding the columns it lacks
+READABLE = {"1": (*EVENT_COLUMNS, "curve", "gpu_memory"), "2": (*EVENT_COLUMNS, "curve", "gpu_memory"),
+            "3": ("curve", "gpu_memory"), "4": ("gpu_memory",), SCHEMA_VERSION: ()}
+UPGRADABLE = {"3", "4"}  # what a search continues after adding the columns it lacks
 
 CANDIDATE_COLUMNS = (
     "iteration", "position", "arch", "hash", "status", "accuracy", "reward", "flops", "params", "density",
     "epsilon", "epochs", "wall_time", "error", "cached", "started_at", "finished_at", "dispatched_at",
-    "sampled_event", "incorporated_event", "curve",
+    "sampled_event", "incorporated_event", "curve", "gpu_memory",
 )
 _SCHEMA = """
 CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT);
@@ -68,7 +72,7 @@ CREATE TABLE candidates (
     iteration INTEGER, position INTEGER, arch TEXT, hash TEXT, status TEXT, accuracy REAL, reward REAL,
     flops REAL, params INTEGER, density REAL, epsilon REAL, epochs INTEGER, wall_time REAL, error TEXT,
     cached INTEGER, started_at REAL, finished_at REAL, dispatched_at REAL, sampled_event INTEGER,
-    incorporated_event INTEGER, curve TEXT, PRIMARY KEY (iteration, position));
+    incorporated_event INTEGER, curve TEXT, gpu_memory REAL, PRIMARY KEY (iteration, position));
 CREATE INDEX candidates_hash ON candidates (hash);
 CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
 """

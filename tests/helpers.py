@@ -201,7 +201,7 @@ NEWER = str(int(SCHEMA_VERSION) + 1)
 FOREIGN = {
     "newer-version": (f"UPDATE run SET value = '{NEWER}' WHERE key = 'schema_version'",
                       f"has history schema version {NEWER}, unknown to this blockqnn (it reads versions 1, 2, 3, "
-                      f"{SCHEMA_VERSION})"),
+                      f"4, {SCHEMA_VERSION})"),
     "other-tables": ("DROP TABLE run; DROP TABLE candidates; DROP TABLE agent_checkpoints; CREATE TABLE n (t TEXT)",
                      "is corrupt or not a search history (missing tables: run, candidates, agent_checkpoints)"),
 }

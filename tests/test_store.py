@@ -192,3 +192,33 @@ def test_a_history_of_an_older_schema_is_refused_in_one_line_by_its_version(tmp_
                      "WHERE key = 'schema_version'")  # what the first schema's searches left
     with pytest.raises(StoreError, match=f"schema version 1, this blockqnn continues version {SCHEMA_VERSION}"):
         Store.open(tmp_path)
+
+
+def test_a_version_4_history_continues_after_adding_its_gpu_memory_column(tmp_path):
+    small_run(tmp_path)
+    damage(tmp_path, "ALTER TABLE candidates DROP COLUMN gpu_memory; UPDATE run SET value = '4' "
+                     "WHERE key = 'schema_version'")  # what a search of version 4 left
+    with Store.open(tmp_path, readonly=True) as store:  # read as it is: the column reads as None
+        assert [r["gpu_memory"] for r in store.candidates()] == [None, None]
+    with Store.open(tmp_path) as store:
+        assert store.get("schema_version") == SCHEMA_VERSION
+        store.record(row(1, 0, 0.4, gpu_memory=812.5))
+        assert [r["gpu_memory"] for r in store.candidates(1)] == [812.5]
+
+
+def test_a_candidates_peak_gpu_memory_is_measured_around_its_training(monkeypatch):
+    """The figure is torch's peak since the candidate started (a stand-in for the CUDA calls: no GPU here)."""
+    import torch
+
+    from blockqnn.evaluate import _gpu_peak
+    from blockqnn.result import Result
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: calls.append("peak") or 300 * 2**20)
+    on_gpu, on_cpu = Result(status="failed"), Result(status="failed")
+    with _gpu_peak(on_gpu, True):
+        calls.append("training")
+    with _gpu_peak(on_cpu, False):
+        pass
+    assert calls == ["reset", "training", "peak"] and on_gpu.gpu_memory == 300 and on_cpu.gpu_memory is None
