@@ -2,10 +2,13 @@
 
 W&B: one run per search, stored under the run folder (``RUN_DIR/wandb``), grouped by the multirun folder so a
 sweep's runs sit together. Every finished candidate is logged as it finishes (x-axis ``candidate``) with the
-workers' utilization so far (busy time / (capacity x elapsed)), a table of all candidates with their NSC every
-``table_every`` iterations and at the end, and the best block so far in the summary. At the end (a stopped search's
+workers' utilization so far (busy time / (capacity x elapsed)); a table of all candidates with their NSC and a
+chart of their learning curves (validation accuracy per epoch, a stopped candidate's line ending where it stopped
+and named so) every ``table_every`` iterations and at the end; the best block so far in the summary, and its
+drawing (``best_block``) whenever it changes. At the end (a stopped search's
 too) the history (``history.sqlite``) and the ``top_k`` best blocks (``top_blocks.json``) are logged as artifacts,
-and a training's model files likewise (``log_model_artifact``); offline, ``wandb sync`` uploads them with the run.
+and a training's model files likewise (``log_model_artifact``), with the search's artifacts as its inputs
+(``record_lineage``); offline, ``wandb sync`` uploads them with the run.
 The run id is kept in the search history, so a resumed search continues the same W&B run. Runs are offline unless
 the environment says otherwise (``WANDB_MODE``, or ``WANDB_API_KEY`` for online; see ``.env.example``).
 """
@@ -131,6 +134,7 @@ class WandbTracker(NoTracker):
         self.tags, self.table_every, self.console = list(tags), table_every, console
         self.artifacts, self.top_k, self.init_timeout = artifacts, top_k, init_timeout
         self.run: Any = None
+        self._drawn: tuple[int, int] | None = None  # the best block last drawn, by (iteration, position)
 
     def start(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> None:
         import wandb
@@ -163,10 +167,30 @@ class WandbTracker(NoTracker):
             metrics["utilization"] = utilization
         if best is not None:
             metrics["best_reward"] = best["reward"]
-        with self._tolerated():
+        with self._tolerated(), tempfile.TemporaryDirectory() as tmp:
             if best is not None:
                 self.run.summary.update({f"best_{k}": best[k] for k in BEST_SUMMARY})
-            self.run.log(metrics)
+                metrics.update(self._drawing(best, Path(tmp)))
+            self.run.log(metrics)  # copies the drawing into the run
+
+    def _drawing(self, best: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+        """``best_block``: the best block drawn into ``folder``, when it changed since the last drawing (an NSC
+        block: a table space's cell has no drawing)."""
+        import wandb
+
+        from blockqnn.codes import Block, NSCError
+        from blockqnn.drawing import draw_block, wrap_code
+
+        where = (best["iteration"], best["position"])
+        if where == self._drawn:
+            return {}
+        self._drawn = where
+        try:
+            block = Block.parse(best["arch"], max_index=None)
+        except NSCError:
+            return {}
+        caption = f"reward {best['reward']:.4f}, accuracy {best['accuracy']:.4f}\n{wrap_code(str(block))}"
+        return {"best_block": wandb.Image(str(draw_block(block, folder / "best_block.png", caption)), caption=caption)}
 
     def end_iteration(self, iteration: int, store: Store) -> None:
         if self.table_every and (iteration + 1) % self.table_every == 0:
@@ -207,11 +231,46 @@ class WandbTracker(NoTracker):
             self.run.log_artifact(blocks)
 
     def _log_table(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """The candidates table, and the learning curves of those that trained."""
         import wandb
 
         data = [[row.get(c) for c in TABLE_COLUMNS] for row in rows]
+        logged = {"candidates": wandb.Table(columns=list(TABLE_COLUMNS), data=data)}
+        trained = [row for row in rows if not row["cached"] and row.get("curve")]
         with self._tolerated():
-            self.run.log({"candidates": wandb.Table(columns=list(TABLE_COLUMNS), data=data)})
+            if trained:
+                logged["learning_curves"] = wandb.plot.line_series(
+                    xs=[list(range(1, len(row["curve"]) + 1)) for row in trained], ys=[row["curve"] for row in trained],
+                    keys=[curve_name(row) for row in trained], xname="epoch",
+                    title="Validation accuracy per epoch (stopped candidates end where they stopped)")
+            self.run.log(logged)
+
+
+def curve_name(row: Mapping[str, Any]) -> str:
+    """A candidate's line in the learning-curves chart: where it was sampled (counted from 1, as the progress line
+    counts), and where it was stopped."""
+    name = f"iteration {row['iteration'] + 1} #{row['position'] + 1}"
+    return f"{name} stopped at epoch {len(row['curve'])}" if row["status"] == STOPPED else name
+
+
+def record_lineage(run: Any, search_run: str | Path) -> None:
+    """A training's input, when its block came from a tracked search: that search's history and top-blocks
+    artifacts. Online, they become the run's inputs in W&B's lineage graph (``use_artifact``); W&B refuses
+    artifacts as inputs offline, so their names also go into the run's config (``lineage``), which ``wandb sync``
+    uploads. A search tracked offline and not synced yet has no artifacts to link: one warning."""
+    with Store.open(search_run, readonly=True) as store:
+        search_id = store.get("wandb_run_id")
+    if search_id is None:
+        return
+    inputs = {"history": f"history-{search_id}:latest", "top_blocks": f"top-blocks-{search_id}:latest"}
+    run.config.update({"lineage": {"search_run": str(search_run), "search_wandb_run": search_id, **inputs}})
+    if run.offline or run.disabled:
+        return
+    for name in inputs.values():
+        try:
+            run.use_artifact(name)
+        except Exception as e:  # noqa: BLE001 - not synced yet, no access: the config still names it
+            log.warning("W&B lineage: %s not linked (%s)", name, str(e).strip().splitlines()[0] if str(e) else e)
 
 
 def log_model_artifact(run: Any, files: Sequence[Path], metadata: Mapping[str, Any]) -> None:

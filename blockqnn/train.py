@@ -59,7 +59,7 @@ from blockqnn.resume import (
     save_config,
 )
 from blockqnn.store import Store
-from blockqnn.tracking import WandbTracker, log_model_artifact, online_or_offline, wandb_mode
+from blockqnn.tracking import WandbTracker, log_model_artifact, online_or_offline, record_lineage, wandb_mode
 
 RANKED = re.compile(r"(?P<run>[^()\[\]]+):(?P<rank>-?\d+)")
 RESULT_FILE = "result.json"
@@ -253,6 +253,8 @@ def publish(cfg: DictConfig, folder: Path, block: Block, module: Classifier, dat
     files = [model_file, *other_formats(cfg, folder, model_file)]  # after the result: an export may be refused
     if isinstance(logger, WandbLogger):
         run = logger.experiment
+        if result.get("search_run"):  # a block from a search: its history and top blocks are this run's input
+            record_lineage(run, result["search_run"])
         run.summary.update({k: v for k, v in result.items() if v is not None})
         if cfg.logger.get("artifacts", True):  # a folder trained before the setting existed: on
             log_model_artifact(run, files, result)

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from blockqnn.codes import Block
+from blockqnn.drawing import BOX_H, BOX_W, depths, draw_block, layout, polyline
 from blockqnn.report import analysis, plots
 from blockqnn.report import summary as report
-from blockqnn.report.drawing import BOX_H, BOX_W, depths, draw_block, layout, polyline
 from blockqnn.spaces import NSCSpace
 from blockqnn.store import DB_NAME, Store
 from tests.blocks import INCEPTION, RESIDUAL, random_block
@@ -194,7 +194,7 @@ def test_the_report_leaves_the_users_matplotlib_backend_and_figures_alone(tmp_pa
     figures from them (a fresh interpreter: this one has imported them already)."""
     code = (f"import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
             f"from blockqnn.codes import Block\n"
-            f"from blockqnn.report import drawing, plots, summary\n"
+            f"from blockqnn import drawing\nfrom blockqnn.report import plots, summary\n"
             f"drawing.draw_block(Block.parse({RESIDUAL!r}), {str(tmp_path / 'block.png')!r})\n"
             f"print(matplotlib.get_backend(), len(plt.get_fignums()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -296,7 +296,7 @@ def test_multirun_compares_agents_at_equal_numbers_of_trained_blocks(tmp_path):
 
 def label_margins(block, title):
     """Pixels between each label and its box's edge, left and right, in the drawing the report makes."""
-    from blockqnn.report.drawing import block_figure, wrap_code
+    from blockqnn.drawing import block_figure, wrap_code
 
     fig, boxes = block_figure(block, f"{title}\n{wrap_code(str(block))}")
     fig.canvas.draw()
@@ -321,7 +321,7 @@ def test_every_label_sits_inside_its_box_with_room():
 
 
 def test_edges_between_the_same_two_nodes_are_drawn_side_by_side():
-    from blockqnn.report.drawing import edge_lines
+    from blockqnn.drawing import edge_lines
 
     block = Block.parse("[(1,1,3,0,0),(2,5,0,1,1),(3,6,0,2,2),(4,7,0,0,0)]")  # add(x, x), concat(y, y)
     pos, routes = layout(block)
@@ -333,7 +333,7 @@ def test_layer_colours_are_told_apart():
     """CIE76 colour difference (Lab) of every two layer types' colours: 20 is clearly different at a glance."""
     from matplotlib.colors import to_rgb
 
-    from blockqnn.report.drawing import COLOURS
+    from blockqnn.drawing import COLOURS
 
     def lab(colour):
         rgb = np.array(to_rgb(colour))

@@ -12,7 +12,7 @@ import pytest
 
 from blockqnn.search import search
 from blockqnn.store import Store
-from blockqnn.tracking import Progress, WandbTracker, wandb_mode
+from blockqnn.tracking import Progress, WandbTracker, curve_name, wandb_mode
 from tests.helpers import cli_env, read_wandb_file, read_wandb_run, run_cli
 
 STATE = dict(iteration=1, iterations=4, epsilon=0.9, done=10, total=40, cached=2, failed=1, best=0.61234,
@@ -120,6 +120,34 @@ def test_a_search_logs_its_history_and_top_blocks_as_artifacts(compose, table_se
 
     search(compose(*args, "logger.artifacts=false"), tmp_path / "quiet")
     assert [name for name in artifacts(tmp_path / "quiet") if not name.startswith("run-")] == []
+
+
+@pytest.mark.slow
+def test_a_search_shows_learning_curves_with_their_stops_and_draws_each_new_best_block(compose, tmp_path):
+    """A real search that trains (digits, stops at epoch 1): the learning-curves chart holds every trained
+    candidate's validation accuracy per epoch, a stopped one's line named where it stopped; the best block is
+    drawn each time it changes."""
+    cfg = compose("experiment=quickstart", "agent.batch_size=4", "agent.budget=8", "trainer.max_epochs=3",
+                  "stopping=asha", "stopping.rungs=[1]", "executor.workers=0", "progress.mode=off",
+                  "logger.table_every=1")
+    search(cfg, tmp_path)
+    with Store.open(tmp_path, readonly=True) as store:
+        trained = [r for r in store.candidates() if not r["cached"]]
+        best = store.best(1)[0]
+    [run] = read_wandb_run(tmp_path)
+    [curves] = [t for t in run["tables"][::-1] if t["columns"] == ["step", "lineKey", "lineVal"]][:1]
+    lines: dict[str, list] = {}
+    for epoch, key, value in curves["data"]:
+        lines.setdefault(key, []).append((epoch, round(value, 6)))
+    assert lines == {curve_name(r): [(e, round(v, 6)) for e, v in enumerate(r["curve"], start=1)] for r in trained}
+    assert any(key.endswith("stopped at epoch 1") for key in lines), sorted(lines)  # some were stopped
+    logged = [h for h in run["history"] if "reward" in h]
+    rewards = [h["reward"] for h in logged if not h["cached"] and h.get("failed") == 0]
+    improvements = sum(r > max(rewards[:i], default=-1) for i, r in enumerate(rewards))
+    drawn = [h for h in logged if "best_block/path" in h]
+    assert len(drawn) == improvements >= 1
+    assert drawn[-1]["best_block/caption"].startswith(f"reward {best['reward']:.4f}")
+    assert (run["folder"] / "files" / drawn[-1]["best_block/path"]).is_file()
 
 
 def test_tracker_without_a_run_finishes_quietly(tmp_path):

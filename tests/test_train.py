@@ -401,3 +401,37 @@ def test_cli_block_from_a_search_says_what_it_took_from_it_and_logs_to_train_log
     assert saved.dataset.name == "synthetic" and saved.template.F == 4
     log = (out / "train.log").read_text()
     assert "dataset and template as searched there" in log and "test accuracy" in log
+
+
+def test_a_training_names_the_search_artifacts_it_took_its_block_from(tmp_path):
+    """Lineage: offline, the training run's config names the search's history and top-blocks artifacts (W&B takes
+    artifacts as inputs only online; there ``use_artifact`` links them, as the stand-in run records)."""
+    import wandb
+
+    from blockqnn.tracking import record_lineage
+
+    run = searched_run(tmp_path / "search")
+    with Store.open(run) as store:
+        store.set("wandb_run_id", "search123")
+    args = [f"block={run}:1", "trainer=smoke", "trainer.limit_train_batches=2", "logger=wandb", "onnx=null",
+            "program=null"]
+    train(compose("train", args), tmp_path / "out", override_keys(args))
+    wandb.teardown()  # W&B's service writes the offline log behind the run: stopping it flushes the file
+    [log] = (tmp_path / "out" / "wandb").glob("offline-run-*/*.wandb")
+    config = {item.key: json.loads(item.value_json) for record in read_wandb_file(log)
+              if record.WhichOneof("record_type") == "config" for item in record.config.update}
+    assert config["lineage"] == {"search_run": str(run.resolve()), "search_wandb_run": "search123",
+                                 "history": "history-search123:latest", "top_blocks": "top-blocks-search123:latest"}
+
+    class OnlineRun:
+        offline = disabled = False
+
+        def __init__(self):
+            self.config, self.used = {}, []
+
+        def use_artifact(self, name):
+            self.used.append(name)
+
+    online = OnlineRun()
+    record_lineage(online, run)
+    assert online.used == ["history-search123:latest", "top-blocks-search123:latest"]

@@ -17,8 +17,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from blockqnn.codes import Block, LayerType
+from blockqnn.drawing import NAMES, depths
 from blockqnn.errors import NSCError, StoreError
-from blockqnn.report.drawing import NAMES, depths
 from blockqnn.stopping import STOPPED
 from blockqnn.store import Store
 

@@ -16,8 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from blockqnn.drawing import figure
 from blockqnn.report.analysis import History, best_so_far, by_agent
-from blockqnn.report.drawing import figure
 from blockqnn.stopping import STOPPED
 
 

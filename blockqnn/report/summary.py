@@ -11,6 +11,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from blockqnn.codes import Block
+from blockqnn.drawing import draw_block, wrap_code
 from blockqnn.errors import UserError
 from blockqnn.executors.base import TIMED_OUT
 from blockqnn.frames import run_folders
@@ -25,7 +26,6 @@ from blockqnn.report.analysis import (
     parse_block,
     stopping_effect,
 )
-from blockqnn.report.drawing import draw_block, wrap_code
 from blockqnn.report.plots import plot_agents, plot_best_so_far, plot_curves, plot_rewards, plot_timeline
 from blockqnn.store import is_run
 from blockqnn.tracking import wandb_mode
