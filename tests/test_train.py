@@ -435,3 +435,18 @@ def test_a_training_names_the_search_artifacts_it_took_its_block_from(tmp_path):
     online = OnlineRun()
     record_lineage(online, run)
     assert online.used == ["history-search123:latest", "top-blocks-search123:latest"]
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_over_trainings_receives_each_test_accuracy(tmp_path):
+    """python -m blockqnn.train returns the test accuracy, so hydra/sweeper=optuna can tune a training."""
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    proc = cli('block="[(1,1,3,0,0),(2,7,0,0,0)]"', "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+               "hydra.sweeper.direction=maximize", "trainer.optimizer.lr=interval(0.01,0.1)",
+               f"hydra.sweep.dir={sweep}", f"data_dir={tmp_path / 'data'}", cwd=tmp_path, smoke=["-m", *SMOKE])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    accuracies = [json.loads((sweep / str(n) / "result.json").read_text())["test_acc"] for n in range(2)]
+    assert found["best_value"] == pytest.approx(max(accuracies))
