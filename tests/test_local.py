@@ -192,7 +192,8 @@ def test_a_table_search_from_the_command_line(nb201_table, tmp_path):
 def test_an_nsc_search_trains_its_blocks_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     out = run_cli(*[a for a in TINY_TRAINING if not a.startswith("agent.")], "agent=local", "agent.num_init=2",
-                  "agent.batch_size=2", "agent.budget=5", "trainer.max_epochs=1", f"hydra.run.dir={run}")
+                  "agent.batch_size=2", "agent.budget=5", "trainer.max_epochs=1", "search.mode=sync",
+                  f"hydra.run.dir={run}")
     assert out.returncode == 0, out.stderr
     rows, (_, state) = history(run)
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
@@ -277,3 +278,16 @@ def test_a_guided_table_search_resumes_after_an_interruption(compose, table_sear
     assert history(tmp_path / "killed") == history(tmp_path / "reference")
     rows, _ = history(tmp_path / "killed")
     assert len(rows) == 40 and {r["epsilon"] for r in rows} == {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_a_guided_nsc_search_trains_its_blocks_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    out = run_cli(*[a for a in TINY_TRAINING if not a.startswith("agent.")], "agent=guided_evolution",
+                  "agent.num_init=2", "agent.trees=5", "agent.batch_size=2", "agent.budget=5", "trainer.max_epochs=1",
+                  "search.mode=sync", f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr
+    rows, (_, state) = history(run)
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows) and state["fitted_on"] == 5  # fits at 2, 4, 5
+    assert [r["epsilon"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert len({r["hash"] for r in rows}) == 5
