@@ -1,6 +1,7 @@
 """Workers never outlive their search: the search process alone SIGKILLed (as the out-of-memory killer does, which
 picks the largest process) while its workers train, forked or spawned, synchronous or asynchronous, on the command
-line: 5 s later none of its workers is alive (``blockqnn.executors.lifetime``)."""
+line: 5 s later none of its workers is alive (``blockqnn.executors.lifetime``); likewise the DDP ranks of a
+training whose rank 0 is SIGKILLed."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tests.timed import SLOWDOWN_ENV
 pytestmark = pytest.mark.slow
 TINY_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=8",
                "trainer.max_epochs=3", "agent.batch_size=4", "agent.budget=400", "progress.mode=off", "logger=none"]
+TINY_TRAINING = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=4",
+                 "trainer.max_epochs=400", "logger=none", "onnx=null", "program=null"]
 
 
 def children(pid: int) -> set[int]:
@@ -93,3 +96,26 @@ def test_training_workers_die_with_a_sigkilled_command_line_search(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "blockqnn.search", *TINY_SEARCH, "executor.workers=2", f"hydra.run.dir={run}"]
     assert kill_search_alone(command, run, cli_env()) == []
+
+
+def test_ddp_ranks_die_with_a_sigkilled_rank_0(tmp_path):
+    """``python -m blockqnn.train`` with DDP on two CPU processes: Lightning starts rank 1 from rank 0; rank 0
+    SIGKILLed must not leave rank 1 waiting in a collective."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "blockqnn.train", "block=[[1,1,3,0,0],[2,7,0,0,0]]", *TINY_TRAINING,
+               "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={out}"]
+    with (tmp_path / "train.err").open("w") as err:
+        rank0 = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_until(lambda: children(rank0.pid) or rank0.poll() is not None, 300, "rank 1")
+        assert rank0.poll() is None, (tmp_path / "train.err").read_text()[-3000:]
+        wait_until(lambda: (out / "metrics.csv").is_file() or rank0.poll() is not None, 300, "training")
+        ranks = children(rank0.pid)
+    finally:
+        rank0.kill()
+        rank0.wait()
+    time.sleep(5)
+    left = [pid for pid in ranks if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
