@@ -171,8 +171,9 @@ def test_a_bad_setting_is_a_clear_error(table):
 
 
 # ---- through the search loop and the command line -------------------------------------------------------------
-def local_table_search(table_search: list[str], *extra: str) -> list[str]:
-    return [a for a in table_search if not a.startswith("agent.")] + ["agent=local", *extra]
+def table_search_by(agent: str, table_search: list[str], *extra: str) -> list[str]:
+    """The table search's overrides for ``agent`` (Q-learning's own settings left out)."""
+    return [a for a in table_search if not a.startswith("agent.")] + [f"agent={agent}", *extra]
 
 
 def test_a_table_search_from_the_command_line(nb201_table, tmp_path):
@@ -218,7 +219,7 @@ def test_sigkilled_search_resumes_to_exactly_the_uninterrupted_history(compose, 
 
 
 def test_async_search_interrupted_resumes_to_the_uninterrupted_history(compose, table_search, tmp_path):
-    args = local_table_search(table_search, "agent.num_init=5", "agent.batch_size=4", "agent.budget=80",
+    args = table_search_by("local", table_search, "agent.num_init=5", "agent.batch_size=4", "agent.budget=80",
                               "search.mode=async")
     search(compose(*args), tmp_path / "reference")
     with pytest.raises(KeyboardInterrupt):
@@ -269,8 +270,8 @@ def test_guided_evolution_restores_its_model_and_continues_identically(table):
 
 
 def test_a_guided_table_search_resumes_after_an_interruption(compose, table_search, tmp_path):
-    args = [a for a in table_search if not a.startswith("agent.")] + [
-        "agent=guided_evolution", "agent.num_init=5", "agent.trees=5", "agent.batch_size=4", "agent.budget=40"]
+    args = table_search_by("guided_evolution", table_search, "agent.num_init=5", "agent.trees=5",
+                           "agent.batch_size=4", "agent.budget=40")
     search(compose(*args), tmp_path / "reference")
     with pytest.raises(KeyboardInterrupt):
         search(compose(*args), tmp_path / "killed", evaluate=dying_after(19))
@@ -291,3 +292,8 @@ def test_a_guided_nsc_search_trains_its_blocks_from_the_command_line(tmp_path):
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows) and state["fitted_on"] == 5  # fits at 2, 4, 5
     assert [r["epsilon"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0]
     assert len({r["hash"] for r in rows}) == 5
+
+
+def test_a_guided_search_reads_as_its_agent_in_the_report(compose, table_search, tmp_path):
+    search(compose(*table_search_by("guided_evolution", table_search, "agent.budget=8", "agent.num_init=4")), tmp_path)
+    assert load_history(tmp_path, 1).agent == "guided_evolution"

@@ -35,13 +35,12 @@ class History:
 
     @property
     def agent(self) -> str:
-        """``evolution`` (regularized evolution), ``local`` (local search), ``random`` (Q-learning's sampler with
-        epsilon fixed at 1), or ``q-learning``."""
-        target = str(OmegaConf.select(self.config, "agent._target_"))
-        if target.endswith(".RegularizedEvolution"):
-            return "evolution"
-        if target.endswith(".LocalSearch"):
-            return "local"
+        """``evolution`` (regularized evolution), ``local`` (local search), ``guided_evolution`` (predictor-guided
+        evolution), ``random`` (Q-learning's sampler with epsilon fixed at 1), or ``q-learning``."""
+        target = str(OmegaConf.select(self.config, "agent._target_")).rpartition(".")[2]
+        named = {"RegularizedEvolution": "evolution", "LocalSearch": "local", "GuidedEvolution": "guided_evolution"}
+        if target in named:
+            return named[target]
         override = OmegaConf.select(self.config, "agent.epsilon_override")
         return "random" if override is not None and float(override) >= 1.0 else "q-learning"
 
