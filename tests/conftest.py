@@ -45,12 +45,13 @@ def no_process_outlives_the_tests():
     within ``LEFTOVER_GRACE_S``. Checked once per session (per xdist worker): a module-scoped Ray instance
     legitimately outlives single tests. What is left is named (pid and command line) and killed."""
     from blockqnn.executors.lifetime import adopt_orphans
+    from tests.helpers import process_tree
 
     adopt_orphans()
     yield
     close_library_daemons()
     deadline = time.monotonic() + LEFTOVER_GRACE_S
-    while (left := descendants()) and time.monotonic() < deadline:
+    while (left := process_tree(os.getpid())) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
@@ -72,29 +73,6 @@ def close_library_daemons() -> None:
     tracker = sys.modules.get("multiprocessing.resource_tracker")
     if tracker is not None and tracker._resource_tracker._pid is not None:
         tracker._resource_tracker._stop()
-
-
-def descendants() -> dict[int, str]:
-    """This process's live descendants (zombies left out), pid -> command line, read from ``/proc``."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
-        except OSError:
-            continue
-        if text:
-            state, ppid = text[text.rindex(")") + 2:].split()[:2]
-            if state != "Z":
-                parents[int(entry)] = int(ppid)
-    found, frontier = {}, {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
-        for pid in frontier:
-            try:
-                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except OSError:
-                found[pid] = "?"
-    return {pid: command for pid, command in found.items() if Path(f"/proc/{pid}").exists()}
 
 
 @pytest.fixture(autouse=True)

@@ -53,6 +53,30 @@ def report_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+# ---- processes ------------------------------------------------------------------------------------------------------
+def process_tree(root: int) -> dict[int, str]:
+    """The live descendants of process ``root`` (zombies left out), pid -> command line, read from ``/proc``."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        if text:
+            state, ppid = text[text.rindex(")") + 2:].split()[:2]
+            if state != "Z":
+                parents[int(entry)] = int(ppid)
+    found, frontier = {}, {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
+        for pid in frontier:
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                found[pid] = "?"
+    return {pid: command for pid, command in found.items() if Path(f"/proc/{pid}").exists()}
+
+
 # ---- offline W&B runs ---------------------------------------------------------------------------------------------
 def read_wandb_file(path: Path) -> list:
     """The records of an offline ``.wandb`` file, parsed with wandb's own protobuf ``Record``.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, cli_env, finished_count
+from tests.helpers import REPO, cli_env, finished_count, process_tree
 from tests.timed import SLOWDOWN_ENV
 
 pytestmark = pytest.mark.slow
@@ -22,17 +22,6 @@ TINY_SEARCH = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.l
                "trainer.max_epochs=3", "agent.batch_size=4", "agent.budget=400", "progress.mode=off", "logger=none"]
 TINY_TRAINING = ["dataset=synthetic", "template=tiny", "trainer=smoke", "trainer.limit_train_batches=4",
                  "trainer.max_epochs=400", "logger=none", "onnx=null", "program=null"]
-
-
-def children(pid: int) -> set[int]:
-    """The live (not zombie) child processes of ``pid``, from ``/proc``."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = proc_stat(int(entry))
-            if stat and stat[1] == str(pid) and stat[0] != "Z":
-                found.add(int(entry))
-    return found
 
 
 def proc_stat(pid: int) -> list[str] | None:
@@ -62,10 +51,10 @@ def kill_search_alone(command: list[str], run: Path, env: dict, workers: int = 2
     with (run.parent / "search.err").open("w") as err:
         search = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        wait_until(lambda: (len(children(search.pid)) >= workers and finished_count(run) >= 1)
+        wait_until(lambda: (len(process_tree(search.pid)) >= workers and finished_count(run) >= 1)
                    or search.poll() is not None, 300, "workers at work")
         assert search.poll() is None, (run.parent / "search.err").read_text()[-3000:]
-        pids = children(search.pid)
+        pids = set(process_tree(search.pid))
     finally:
         search.kill()
         search.wait()
@@ -107,10 +96,10 @@ def test_ddp_ranks_die_with_a_sigkilled_rank_0(tmp_path):
     with (tmp_path / "train.err").open("w") as err:
         rank0 = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err)
     try:
-        wait_until(lambda: children(rank0.pid) or rank0.poll() is not None, 300, "rank 1")
+        wait_until(lambda: process_tree(rank0.pid) or rank0.poll() is not None, 300, "rank 1")
         assert rank0.poll() is None, (tmp_path / "train.err").read_text()[-3000:]
         wait_until(lambda: (out / "metrics.csv").is_file() or rank0.poll() is not None, 300, "training")
-        ranks = children(rank0.pid)
+        ranks = set(process_tree(rank0.pid))
     finally:
         rank0.kill()
         rank0.wait()

@@ -17,7 +17,7 @@ import pytest
 from blockqnn.errors import FolderInUse
 from blockqnn.lock import LOCK_FILE, exclusive
 from blockqnn.train import METRICS_FILE
-from tests.helpers import REPO, cli_env, finished_count, folder_digest, read_wandb_run, run_cli
+from tests.helpers import REPO, cli_env, finished_count, folder_digest, process_tree, read_wandb_run, run_cli
 
 IN_USE = "run folder {folder} is in use by pid {pid} on {host} since "
 WAY_OUT = ": wait for it, or stop it; a killed run releases the folder by itself"
@@ -98,16 +98,20 @@ def start(module: str, folder: Path, *args: str) -> subprocess.Popen:
 
 
 def paused_once(proc: subprocess.Popen, folder: Path, ready) -> None:
-    """Wait until ``proc`` holds ``folder`` and ``ready()``, then stop it and its children (SIGSTOP to the group)
-    so that the folder stands still."""
+    """Wait until ``proc`` holds ``folder`` and ``ready()``, then stop it and every process under it so that the
+    folder stands still: its group (SIGSTOP), then the rest, which W&B's service is (it starts its own session)."""
     deadline = time.monotonic() + 300
     while not (holder_of(folder).get("pid") == proc.pid and ready()):
         assert proc.poll() is None and time.monotonic() < deadline, folder.with_suffix('.err').read_text()[-2000:]
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGSTOP)
+    for pid in process_tree(proc.pid):
+        os.kill(pid, signal.SIGSTOP)
 
 
 def the_first_run_ends(proc: subprocess.Popen) -> None:
+    for pid in process_tree(proc.pid):
+        os.kill(pid, signal.SIGCONT)
     os.killpg(proc.pid, signal.SIGCONT)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
