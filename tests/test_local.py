@@ -297,3 +297,22 @@ def test_a_guided_nsc_search_trains_its_blocks_from_the_command_line(tmp_path):
 def test_a_guided_search_reads_as_its_agent_in_the_report(compose, table_search, tmp_path):
     search(compose(*table_search_by("guided_evolution", table_search, "agent.budget=8", "agent.num_init=4")), tmp_path)
     assert load_history(tmp_path, 1).agent == "guided_evolution"
+
+
+@pytest.mark.parametrize("preset", ["quickstart", "nasbench201", "paper_cifar100", "cifar10_small"])
+def test_both_agents_run_under_every_preset_with_its_budget(compose, nb201_table, preset):
+    space = f"space.table={nb201_table}" if preset == "nasbench201" else "space=nsc"
+    budgets = set()
+    for agent in ("qlearning", "local", "guided_evolution"):
+        cfg = compose(f"experiment={preset}", f"agent={agent}", space)
+        budgets.add(instantiate(cfg.agent, space=instantiate(cfg.space), seed=0).total_samples)
+    assert len(budgets) == 1
+
+
+@pytest.mark.parametrize("make", [lambda t, budget: LocalSearch(t, batch_size=4, budget=budget),
+                                  lambda t, budget: guided(t, batch_size=4, budget=budget)], ids=["local", "guided"])
+def test_restoring_into_a_different_budget_is_refused(table, make):
+    agent = make(table, 40)
+    stream(agent, 10, late=0, table=table)
+    with pytest.raises(AgentStateError, match="iterations"):
+        make(table, 80).load_state_dict(agent.state_dict())
