@@ -195,3 +195,13 @@ def test_cpu_workers_fork_from_the_search_and_gpu_workers_spawn(monkeypatch):
     assert start_method([]) == "fork" and start_method(["0"]) == "spawn"
     monkeypatch.setattr(sys, "platform", "darwin")
     assert start_method([]) == "spawn"
+
+
+@pytest.mark.slow
+def test_the_worker_memory_benchmark_reports_the_workers_resident_memory():
+    out = subprocess.run([sys.executable, "experiments/bench_worker_memory.py", "--candidates", "2",
+                          "dataset=synthetic", "trainer=smoke", "template=tiny", "logger=none"], cwd=REPO,
+                         env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    resident = [float(mb) for mb in re.findall(r"candidate \d+: worker RSS ([\d.]+) MB \(ok\)", out.stdout)]
+    assert len(resident) == 2 and all(mb > 50 for mb in resident), out.stdout
