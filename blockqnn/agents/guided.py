@@ -104,6 +104,8 @@ class GuidedEvolution(Iterations):
         return architecture
 
     def _draw(self) -> list[Action]:
+        """The candidate rated best, or a random architecture: one of the first ``num_init``, one while no model
+        is fitted, or (rarely, at epsilon 0.0) one when every candidate was sampled before."""
         candidates = self._candidates() if self.epsilon == 0.0 else []
         if candidates:
             mean, spread = self.model.predict([self.space.decode(c) for c in candidates])
