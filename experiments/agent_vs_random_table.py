@@ -47,7 +47,7 @@ from blockqnn.spaces.nasbench201 import NASBench201Space, write_synthetic_table
 ROOT = Path(__file__).resolve().parents[1]
 # Every agent of conf/agent/, the long-standing three first (in the order the tables have always shown them).
 AGENTS = tuple(sorted((p.stem for p in (ROOT / "conf" / "agent").glob("*.yaml")),
-                      key=lambda a: (("qlearning", "random", "evolution") + (a,)).index(a)))
+                      key=lambda a: ((("qlearning", "random", "evolution") + (a,)).index(a), a)))
 LABELS = {"qlearning": "q-learning"}
 COLOURS = ("#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#e7298a", "#a6761d", "#1b9e77")
 
