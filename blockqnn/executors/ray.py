@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 from blockqnn.errors import UserError
@@ -53,9 +52,10 @@ class RayExecutor(Batches):
     ``ray://`` address. Ray retries a candidate whose worker or node died ``max_retries`` times (on another
     node where one is left); after that it is recorded failed. Ray's worker processes are reused, so evaluators'
     per-process caches (data on the device) survive between candidates. A task running past ``candidate_timeout``
-    (``TimeLimit``) is cancelled, its worker process killed (Ray starts another), and recorded failed. The executor
-    hands Ray no more tasks than the cluster runs at once (``capacity``, read again as tasks finish), so that a
-    task's clock starts when it starts, not while it waits for a free slot.
+    (``TimeLimit``) is cancelled, its worker process killed (Ray starts another), and recorded failed. Ray runs
+    tasks in the order they were submitted as slots free up, so a task's clock starts once fewer than ``capacity``
+    tasks submitted before it are still unfinished: not while it waits for a free slot (a synchronous batch is
+    submitted whole).
     """
 
     def __init__(
@@ -86,8 +86,8 @@ class RayExecutor(Batches):
         options = dict(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries)
         self._task = ray.remote(**options)(_evaluate)
         self._probe = ray.remote(**options)(_built)
-        self._running: dict[Any, tuple[Any, float]] = {}  # Ray object ref -> (key, when it was handed to Ray)
-        self._queue: deque[tuple[Any, str, Cutoffs]] = deque()  # waiting for a slot
+        # Ray object ref -> (key, when it could start: None while capacity tasks submitted before it are unfinished)
+        self._pending: dict[Any, tuple[Any, float | None]] = {}
         self._factory: Any = None
         return self
 
@@ -102,7 +102,7 @@ class RayExecutor(Batches):
 
     @property
     def pending(self) -> int:
-        return len(self._running) + len(self._queue)
+        return len(self._pending)
 
     def serve(self, factory: EvaluatorFactory) -> None:
         """The factory goes to the object store once; each Ray worker process builds its evaluator at its first
@@ -113,14 +113,17 @@ class RayExecutor(Batches):
         self._get(self._probe.remote(self._factory))
 
     def submit(self, key: Any, arch: str, cutoffs: Cutoffs = None) -> None:
-        self._queue.append((key, arch, cutoffs))
-        self._feed()
+        self._pending[self._task.remote(self._factory, arch, cutoffs)] = (key, None)
 
-    def _feed(self) -> None:
-        capacity = self.capacity if self._queue else 0
-        while self._queue and len(self._running) < capacity:
-            key, arch, cutoffs = self._queue.popleft()
-            self._running[self._task.remote(self._factory, arch, cutoffs)] = (key, time.monotonic())
+    def _start_clocks(self) -> list[float]:
+        """The first ``capacity`` unfinished tasks in submission order run now: their clocks start if they had not;
+        the start times of all running ones."""
+        running = list(self._pending)[:self.capacity] if self.limit.seconds() is not None else []
+        for ref in running:
+            key, since = self._pending[ref]
+            if since is None:
+                self._pending[ref] = (key, time.monotonic())
+        return [self._pending[ref][1] for ref in running]
 
     def next_finished(self) -> tuple[Any, Any]:
         """The first task to finish, or the first past its time limit (cancelled, its worker process killed)."""
@@ -128,15 +131,15 @@ class RayExecutor(Batches):
         from ray.exceptions import RayError
 
         while True:
-            left = self.limit.left(since for _, since in self._running.values())
-            done, _ = ray.wait(list(self._running), num_returns=1, timeout=left)
+            left = self.limit.left(self._start_clocks())
+            done, _ = ray.wait(list(self._pending), num_returns=1, timeout=left)
             if done:
                 break
-            expired = [ref for ref, (_, since) in self._running.items() if self.limit.expired(since)]
+            expired = [ref for ref, (_, since) in self._pending.items()
+                       if since is not None and self.limit.expired(since)]
             if expired:
                 return self._give_up(expired[0])
-        key, _ = self._running.pop(done[0])
-        self._feed()
+        key, _ = self._pending.pop(done[0])
         try:
             result = self._get(done[0])
         except RayError as e:
@@ -149,8 +152,7 @@ class RayExecutor(Batches):
         import ray
 
         ray.cancel(ref, force=True)
-        key, since = self._running.pop(ref)
-        self._feed()
+        key, since = self._pending.pop(ref)
         return key, self.limit.given_up(since)
 
     @staticmethod
