@@ -45,24 +45,29 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def kill_search_alone(command: list[str], run: Path, env: dict, workers: int = 2) -> list[int]:
-    """Start ``command``, SIGKILL it (not its group) once ``workers`` workers run and it has stored a candidate;
-    the worker pids still alive 5 s later."""
-    with (run.parent / "search.err").open("w") as err:
-        search = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+def killed_alone(command: list[str], env: dict, err: Path, ready) -> list[int]:
+    """Start ``command``, SIGKILL it alone (not its group) once ``ready(pid)``; the pids of its descendants at that
+    moment still alive 5 s later (killed then: the test fails, and leaves nothing behind)."""
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_until(lambda: (len(process_tree(search.pid)) >= workers and finished_count(run) >= 1)
-                   or search.poll() is not None, 300, "workers at work")
-        assert search.poll() is None, (run.parent / "search.err").read_text()[-3000:]
-        pids = set(process_tree(search.pid))
+        wait_until(lambda: ready(proc.pid) or proc.poll() is not None, 300, "the processes at work")
+        assert proc.poll() is None, err.read_text()[-3000:]
+        pids = set(process_tree(proc.pid))
     finally:
-        search.kill()
-        search.wait()
+        proc.kill()
+        proc.wait()
     time.sleep(5)
     left = [pid for pid in pids if alive(pid)]
-    for pid in left:  # the test fails, and leaves nothing behind
+    for pid in left:
         os.kill(pid, signal.SIGKILL)
     return left
+
+
+def kill_search_alone(command: list[str], run: Path, env: dict, workers: int = 2) -> list[int]:
+    """``killed_alone`` for a search, once ``workers`` workers run and it has stored a candidate."""
+    return killed_alone(command, env, run.parent / "search.err",
+                        lambda pid: len(process_tree(pid)) >= workers and finished_count(run) >= 1)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -93,18 +98,6 @@ def test_ddp_ranks_die_with_a_sigkilled_rank_0(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "blockqnn.train", "block=[[1,1,3,0,0],[2,7,0,0,0]]", *TINY_TRAINING,
                "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={out}"]
-    with (tmp_path / "train.err").open("w") as err:
-        rank0 = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        wait_until(lambda: process_tree(rank0.pid) or rank0.poll() is not None, 300, "rank 1")
-        assert rank0.poll() is None, (tmp_path / "train.err").read_text()[-3000:]
-        wait_until(lambda: (out / "metrics.csv").is_file() or rank0.poll() is not None, 300, "training")
-        ranks = set(process_tree(rank0.pid))
-    finally:
-        rank0.kill()
-        rank0.wait()
-    time.sleep(5)
-    left = [pid for pid in ranks if alive(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    left = killed_alone(command, cli_env(), tmp_path / "train.err",
+                        lambda pid: process_tree(pid) and (out / "metrics.csv").is_file())  # rank 1 trains
     assert left == []
