@@ -216,9 +216,10 @@ def test_precisions_are_lightnings():
 
 
 def members():
-    """Every group member of conf/ (presets aside) as (file, raw config)."""
+    """Every group member of conf/ (presets aside: experiment/ and hparams_search/, global packages that set other
+    groups' keys and Hydra's) as (file, raw config)."""
     for path in sorted(CONF_DIR.glob("*/*.yaml")):
-        if path.parent.name != "experiment":
+        if path.parent.name not in ("experiment", "hparams_search"):
             yield path, OmegaConf.load(path)
 
 

@@ -108,8 +108,8 @@ class GuidedEvolution(Iterations):
         is fitted, or (rarely, at epsilon 0.0) one when every candidate was sampled before."""
         candidates = self._candidates() if self.epsilon == 0.0 else []
         if candidates:
-            mean, spread = self.model.predict([self.space.decode(c) for c in candidates])
-            actions = candidates[int(np.argmax(mean + self.kappa * spread))]  # the first among equals
+            score = self.model.upper_bound([self.space.decode(c) for c in candidates], self.kappa)
+            actions = candidates[int(np.argmax(score))]  # the first among equals
         else:
             actions = explore(self.space, self.rng)
         self.known.add(self.space.canonical_hash(self.space.decode(actions)))
@@ -148,9 +148,8 @@ class GuidedEvolution(Iterations):
 
     def _refit(self) -> None:
         """Refit on every result once there are ``num_init`` and they have grown by ``refit_growth``."""
-        n, fitted = len(self.results), self.model.fitted_on
-        if n >= self.num_init and n > fitted and n >= fitted * (1 + self.refit_growth):
-            self._fit(n)
+        if self.model.due(len(self.results), self.num_init, self.refit_growth):
+            self._fit(len(self.results))
 
     def _fit(self, n: int) -> None:
         self.model.fit([text for text, _ in self.results[:n]], [reward for _, reward in self.results[:n]])

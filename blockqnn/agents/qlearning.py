@@ -28,17 +28,9 @@ Random search (``conf/agent/random.yaml``) is this same class with ``epsilon_ove
 and schedule length, so both agents spend the same budget. Regularized evolution (``blockqnn.agents.evolution``) speaks
 the same protocol (``Iterations``, ``sample``, ``update``, ``state_dict``).
 
-Planning with a reward model (``model``, off by default; docs/method.md#planning-with-a-reward-model) [ours]: a
-random forest (``blockqnn.models``) is fitted on the remembered blocks once ``warmup`` of them are scored, and again
-each time the memory has grown by ``refit_growth`` since the last fit. With ``proposals`` K > 1 each trained block
-is the best of K epsilon-greedy proposals by predicted reward plus ``kappa`` times the forest's spread (blocks not
-yet scored first); with ``planning`` P > 0 every real result is followed by P simulated trajectories (Dyna) whose
-*predicted* rewards update Q, never remembered nor replayed as real. The model is a deterministic function of the
-memory, so a restored agent refits it from the saved memory (``state_dict`` keeps only how many blocks the fit saw,
-and the simulated blocks that reached a state no real block did).
+Planning with a reward model (``model``, off by default) [ours]: ``blockqnn.agents.planning``.
 
-Q-values live per state in a list aligned with ``space.actions(state)``, created lazily with ``q_init``, beside
-their largest value (kept up to date, so that a replayed step costs a few float operations). Greedy ties (every
+Q-values live in a table of nodes, one per state (``blockqnn.agents.qtable``). Greedy ties (every
 untried action shares ``q_init``) are broken at random with the space's exploration distribution, so a fresh agent
 behaves like exploration rather than like a uniform pick that would favour the many add/concat tuples of the NSC
 space. The whole agent (Q-table, memory, schedule position, random generator) saves to plain JSON data and restores
@@ -59,8 +51,10 @@ from blockqnn.agents.base import (
     checked_reward,
     iteration_sizes,
 )
+from blockqnn.agents.planning import ModelSettings, planner
+from blockqnn.agents.qtable import Node, Path, backup, draw, restore_q, saved_q
 from blockqnn.agents.schedule import SCHEDULES, shaped_schedule
-from blockqnn.agents.state import check_state, checked_rng_state, memory_entries, model_entries, q_entries
+from blockqnn.agents.state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
 from blockqnn.models import RewardModel
 from blockqnn.schema import COUNT, FRACTION, POSITIVE, check, declared, member, setting
@@ -68,27 +62,6 @@ from blockqnn.spaces import Action, SearchSpace, State
 
 REPLAY_EVERY = ("block", "iteration")
 _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "q": dict, "memory": list, "rng": dict}
-
-
-@member
-class ModelSettings:
-    """``agent.model``: the reward model and how the agent plans with it (``proposals`` 1 and ``planning`` 0: off)."""
-
-    proposals: int = setting(**POSITIVE)
-    kappa: float = setting(ge=0)
-    planning: int = setting(**COUNT)
-    warmup: int = setting(**POSITIVE)
-    refit_growth: float = setting(ge=0)
-    trees: int = setting(**POSITIVE)
-    max_features: float = setting(gt=0, le=1)
-
-    @property
-    def active(self) -> bool:
-        return self.proposals > 1 or self.planning > 0
-
-
-MODEL_OFF = {"proposals": 1, "kappa": 0.0, "planning": 0, "warmup": 10, "refit_growth": 0.0, "trees": 50,
-             "max_features": 0.5}
 
 
 @member
@@ -136,27 +109,6 @@ def epsilon_schedule(
 _schedule = epsilon_schedule  # the agent's constructor argument of the same name shadows the function
 
 
-class _Node:
-    """One state's legal actions, exploration distribution and Q-values (aligned sequences), and the largest Q-value
-    (kept up to date by ``QLearningAgent._learn``, which needs it at every step of every replay)."""
-
-    __slots__ = ("actions", "probs", "cum", "q", "top", "_index")
-
-    def __init__(self, actions: Sequence[Action], probs: np.ndarray, q_init: float) -> None:
-        self.actions = actions
-        self.probs = np.asarray(probs, dtype=float)
-        self.cum = np.cumsum(self.probs)
-        self.q = [float(q_init)] * len(actions)  # a list: scalar updates are faster than on a numpy array
-        self.top = float(q_init)
-        self._index: dict[Action, int] | None = None
-
-    def index(self, action: Action) -> int:
-        if self._index is None:
-            self._index = {a: i for i, a in enumerate(self.actions)}
-        return self._index[action]
-
-
-
 @declared("agent", QLearningSettings)
 class QLearningAgent(Iterations):
     """Epsilon-greedy tabular Q-learning over a ``SearchSpace`` (see the module docstring)."""
@@ -196,15 +148,15 @@ class QLearningAgent(Iterations):
         self.iteration = 0
         self.sampled = 0
         self.rng = np.random.default_rng(seed)
-        self._nodes: dict[State, _Node] = {}
-        self._memory: list[tuple[list[tuple[_Node, int]], float]] = []
+        self._nodes: dict[State, Node] = {}
+        self._memory: list[tuple[Path, float]] = []
         self._memory_text: list[str] = []
-        self.planner = ModelSettings(**{**MODEL_OFF, **(model or {})})
-        check(ModelSettings, "agent.model", vars(self.planner))
-        self.model = RewardModel(self.planner.trees, self.planner.max_features) if self.planner.active else None
-        self._scored: set[str] = set()  # canonical hashes of the remembered blocks
-        self._visited: set[_Node] = set()  # states on a remembered or saved simulated trajectory
-        self._planned: list[str] = []  # simulated blocks that reached a state no remembered block visits
+        self.planner = planner(space, model)  # None: the paper's agent, no reward model
+
+    @property
+    def model(self) -> RewardModel | None:
+        """The reward model the agent plans with (None without one)."""
+        return None if self.planner is None else self.planner.model
 
     # ---- schedule ---------------------------------------------------------------------------------------------
     @property
@@ -230,20 +182,11 @@ class QLearningAgent(Iterations):
         return trajectory
 
     def _proposed(self, epsilon: float, chosen: set[str]) -> list[Action]:
-        """One block to train: an epsilon-greedy trajectory, or, planning with a fitted model, the best of
-        ``proposals`` of them by predicted reward plus ``kappa`` x spread, among those neither scored nor already
-        ``chosen`` this iteration when there are any (the chosen block's hash joins ``chosen``)."""
-        if self.model is None or not self.model.ready or self.planner.proposals == 1:
+        """One block to train: an epsilon-greedy trajectory, or the one the planner rates best of ``proposals``."""
+        if self.planner is None or not self.planner.proposes:
             return self._trajectory(epsilon)
-        proposals = [self._trajectory(epsilon) for _ in range(self.planner.proposals)]
-        texts = [self.space.decode(t) for t in proposals]
-        hashes = [self.space.canonical_hash(t) for t in texts]
-        mean, spread = self.model.predict(texts)
-        score = mean + self.planner.kappa * spread
-        fresh = [h not in self._scored and h not in chosen for h in hashes]
-        best = int(np.argmax(np.where(fresh, score, -np.inf))) if any(fresh) else int(np.argmax(score))
-        chosen.add(hashes[best])
-        return proposals[best]
+        proposals = [self._trajectory(epsilon) for _ in range(self.planner.settings.proposals)]
+        return proposals[self.planner.best([self.space.decode(t) for t in proposals], chosen)]
 
     def _trajectory(self, epsilon: float) -> list[Action]:
         state, actions = self.space.start, []
@@ -255,18 +198,18 @@ class QLearningAgent(Iterations):
                 return actions
             state = action
 
-    def _choose(self, node: _Node, epsilon: float) -> int:
+    def _choose(self, node: Node, epsilon: float) -> int:
         if epsilon >= 1.0 or self.rng.random() < epsilon:
-            return _draw(node.cum, self.rng)
+            return draw(node.cum, self.rng)
         ties = [i for i, value in enumerate(node.q) if value == node.top]
         if len(ties) == 1:
             return int(ties[0])
-        return int(ties[_draw(np.cumsum(node.probs[ties]), self.rng)])
+        return int(ties[draw(np.cumsum(node.probs[ties]), self.rng)])
 
-    def _node(self, state: State) -> _Node:
+    def _node(self, state: State) -> Node:
         node = self._nodes.get(state)
         if node is None:
-            node = _Node(self.space.actions(state), self.space.exploration_probs(state), self.q_init)
+            node = Node(self.space.actions(state), self.space.exploration_probs(state), self.q_init)
             self._nodes[state] = node
         return node
 
@@ -297,31 +240,19 @@ class QLearningAgent(Iterations):
     def _plan(self, results: int) -> None:
         """After ``results`` new real results: refit the model when due, then ``planning`` simulated trajectories
         per result, each learnt from its predicted reward (Dyna); they are not remembered."""
-        if self.model is None:
+        if self.planner is None:
             return
-        if self._refit_due():
-            self._refit(len(self._memory))
-        if not self.model.ready or not self.planner.planning:
+        self.planner.refit(self._memory_text, [reward for _, reward in self._memory])
+        if not self.planner.model.ready or not self.planner.settings.planning:
             return
-        trajectories = [self._trajectory(self.epsilon) for _ in range(self.planner.planning * results)]
+        trajectories = [self._trajectory(self.epsilon) for _ in range(self.planner.settings.planning * results)]
         texts = [self.space.decode(t) for t in trajectories]
-        for actions, text, predicted in zip(trajectories, texts, self.model.predict(texts)[0]):
+        for actions, text, predicted in zip(trajectories, texts, self.planner.model.predict(texts)[0]):
             path = self._path(actions, text)
             self._learn(path, float(predicted))
-            new = {node for node, i in path} - self._visited
-            if new:
-                self._visited |= new
-                self._planned.append(text)
+            self.planner.simulated(text, (node for node, _ in path))
 
-    def _refit_due(self) -> bool:
-        n, fitted = len(self._memory), self.model.fitted_on
-        return n >= self.planner.warmup and n > fitted and n >= fitted * (1 + self.planner.refit_growth)
-
-    def _refit(self, n: int) -> None:
-        """Fit the model on the first ``n`` remembered blocks."""
-        self.model.fit(self._memory_text[:n], [reward for _, reward in self._memory[:n]])
-
-    def _learn_block(self, text: str, path: list[tuple[_Node, int]], reward: float) -> None:
+    def _learn_block(self, text: str, path: Path, reward: float) -> None:
         """Remember one scored block and learn from it, then replay the memory when replaying after every block."""
         self._remember(text, path, reward)
         self._learn(path, reward)
@@ -340,20 +271,19 @@ class QLearningAgent(Iterations):
             for i in self.rng.choice(len(self._memory), size=min(size, len(self._memory)), replace=False):
                 self._learn(*self._memory[i])
 
-    def _entry(self, actions: Sequence[Action], reward: float) -> tuple[str, list[tuple[_Node, int]], float]:
+    def _entry(self, actions: Sequence[Action], reward: float) -> tuple[str, Path, float]:
         """A checked memory entry: architecture text, the trajectory's (node, action index) path, reward."""
         reward = checked_reward(reward)
         text = self.space.decode(actions)
         return text, self._path(actions, text), reward
 
-    def _remember(self, text: str, path: list[tuple[_Node, int]], reward: float) -> None:
+    def _remember(self, text: str, path: Path, reward: float) -> None:
         self._memory.append((path, reward))
         self._memory_text.append(text)
-        if self.model is not None:
-            self._scored.add(self.space.canonical_hash(text))
-            self._visited.update(node for node, _ in path)
+        if self.planner is not None:
+            self.planner.remembered(text, (node for node, _ in path))
 
-    def _path(self, actions: Sequence[Action], text: str) -> list[tuple[_Node, int]]:
+    def _path(self, actions: Sequence[Action], text: str) -> Path:
         """The (state node, action index) pairs of a trajectory, checked against the space."""
         if not actions or not self.space.is_final(actions[-1]):
             raise ValueError(f"trajectory {text} does not end in a final action")
@@ -368,40 +298,22 @@ class QLearningAgent(Iterations):
             state = node.actions[i]  # the space's own object: an equal one from encode may differ in repr
         return path
 
-    def _learn(self, path: list[tuple[_Node, int]], reward: float) -> None:
-        """Backward Q-updates along one trajectory: r_T at the end, shaped r_T / T (or 0) before it."""
-        alpha, gamma = self.alpha, self.gamma
-        step_reward = reward / len(path) if self.shaping else 0.0
-        target = reward
-        for node, i in reversed(path):
-            q = node.q
-            old = q[i]
-            new = q[i] = old + alpha * (target - old)
-            if new >= node.top:
-                node.top = new
-            elif old == node.top:  # the largest value went down: another action may hold the maximum now
-                node.top = max(q)
-            target = step_reward + gamma * node.top
+    def _learn(self, path: Path, reward: float) -> None:
+        backup(path, reward, self.alpha, self.gamma, self.shaping)
 
     # ---- persistence ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON data: Q-values that left ``q_init`` (keyed by ``repr`` of state and action), the replay
         memory as architecture text and reward, the schedule position and the generator state."""
-        q = {}
-        for state, node in self._nodes.items():
-            moved = {repr(node.actions[i]): value for i, value in enumerate(node.q) if value != self.q_init}
-            if moved:
-                q[repr(state)] = moved
         return {
             "format": STATE_FORMAT,
             "iteration": self.iteration,
             "sampled": self.sampled,
             "num_iterations": self.num_iterations,
-            "q": q,
+            "q": saved_q(self._nodes, self.q_init),
             "memory": [[text, reward] for text, (_, reward) in zip(self._memory_text, self._memory)],
             "rng": self.rng.bit_generator.state,
-            **({} if self.model is None else
-               {"model": {"fitted_on": self.model.fitted_on, "planned": list(self._planned)}}),
+            **({} if self.planner is None else {"model": self.planner.state_dict()}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -413,19 +325,16 @@ class QLearningAgent(Iterations):
         """
         check_state(state, STATE_FORMAT, _STATE_TYPES, self.num_iterations)
         rng_state = checked_rng_state(state["rng"], self.rng)
-        fitted_on, planned = model_entries(state.get("model"), len(state["memory"]))
-        previous = self._nodes, self._memory, self._memory_text, self._scored, self._visited, self._planned
-        self._nodes, self._memory, self._memory_text, self._scored, self._visited = {}, [], [], set(), set()
-        self._planned = []
+        previous = self._nodes, self._memory, self._memory_text, self.planner
+        self._nodes, self._memory, self._memory_text = {}, [], []
+        self.planner = planner(self.space, self.planner and vars(self.planner.settings))
         try:
             self._restore_memory(state["memory"])
-            self._restore_planned(planned)
-            self._restore_q(state["q"])
+            self._restore_planned(state.get("model"))
+            restore_q(self._nodes, state["q"])
         except AgentStateError:
-            self._nodes, self._memory, self._memory_text, self._scored, self._visited, self._planned = previous
+            self._nodes, self._memory, self._memory_text, self.planner = previous
             raise
-        if self.model is not None and fitted_on:
-            self._refit(fitted_on)
         self.iteration, self.sampled = state["iteration"], state["sampled"]
         self.rng.bit_generator.state = rng_state
 
@@ -438,31 +347,15 @@ class QLearningAgent(Iterations):
                 message = f"saved agent state remembers {text}, which this agent cannot replay: {e}"
                 raise AgentStateError(message) from None
 
-    def _restore_planned(self, planned: list[str]) -> None:
-        """Rebuild the states that only simulated blocks reached, so that their saved Q-values have a place."""
-        for text in planned:
+    def _restore_planned(self, saved: Any) -> None:
+        """Refit the planner's model as saved and rebuild the states that only simulated blocks reached, so that
+        their saved Q-values have a place."""
+        if self.planner is None:
+            return
+        for text in self.planner.restore(saved, self._memory_text, [reward for _, reward in self._memory]):
             try:
                 path = self._path(self.space.encode(text), text)
             except (TypeError, ValueError) as e:
                 message = f"saved agent state planned {text}, which this agent cannot replay: {e}"
                 raise AgentStateError(message) from None
-            self._visited.update(node for node, _ in path)
-            self._planned.append(text)
-
-    def _restore_q(self, q: dict) -> None:
-        """Set the saved Q-values on the nodes the memory rebuilt (keyed by ``repr``, as ``state_dict`` wrote)."""
-        nodes = {repr(s): node for s, node in self._nodes.items()}
-        for key, values in q_entries(q, nodes):
-            node = nodes[key]
-            index = {repr(a): i for i, a in enumerate(node.actions)}
-            for name, value in values.items():
-                if name not in index:
-                    raise AgentStateError(f"saved agent state has action {name} at state {key}, unknown to this space")
-                node.q[index[name]] = value
-            node.top = max(node.q)
-
-
-def _draw(cum: np.ndarray, rng: np.random.Generator) -> int:
-    """Index drawn with probabilities given by a cumulative sum (faster than ``rng.choice(p=...)``)."""
-    return min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(cum) - 1)
-
+            self.planner.replanned(text, (node for node, _ in path))

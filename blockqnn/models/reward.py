@@ -41,6 +41,16 @@ class RewardModel:
         self.fitted_on = len(archs)
         return self
 
+    def due(self, n: int, warmup: int, growth: float) -> bool:
+        """Whether ``n`` scored blocks call for a new fit: at least ``warmup`` of them, and ``growth`` (a share)
+        more than the last fit saw. Refitting on growth, not on every block, keeps the fits' cost logarithmic."""
+        return n >= warmup and n > self.fitted_on and n >= self.fitted_on * (1 + growth)
+
+    def upper_bound(self, archs: Sequence[str], kappa: float) -> np.ndarray:
+        """Predicted reward plus ``kappa`` times its spread: optimism where the model is unsure."""
+        mean, spread = self.predict(archs)
+        return mean + kappa * spread
+
     def predict(self, archs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation over the trees of each block's predicted reward."""
         if self._forest is None:

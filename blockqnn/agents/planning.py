@@ -1,0 +1,112 @@
+"""Planning with a reward model [ours] (``agent.model``; docs/method.md#planning-with-a-reward-model).
+
+A random forest (``blockqnn.models``) is fitted on the Q-learning agent's remembered blocks once ``warmup`` of them
+are scored, and again each time the memory has grown by ``refit_growth`` since the last fit. With ``proposals``
+K > 1 each trained block is the best of K epsilon-greedy proposals by predicted reward plus ``kappa`` times the
+forest's spread (blocks not yet scored first); with ``planning`` P > 0 every real result is followed by P simulated
+trajectories (Dyna) whose *predicted* rewards update Q, never remembered nor replayed as real.
+
+The model is a deterministic function of the memory, so a restored agent refits it from the saved memory: the
+saved record keeps only how many blocks the fit saw, and the simulated blocks that reached a state no real block
+did (their Q-values need a place when the Q-table is rebuilt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from blockqnn.agents.state import model_entries
+from blockqnn.models import RewardModel
+from blockqnn.schema import COUNT, POSITIVE, check, member, setting
+from blockqnn.spaces import SearchSpace
+
+
+@member
+class ModelSettings:
+    """``agent.model``: the reward model and how the agent plans with it (``proposals`` 1 and ``planning`` 0: off)."""
+
+    proposals: int = setting(**POSITIVE)
+    kappa: float = setting(ge=0)
+    planning: int = setting(**COUNT)
+    warmup: int = setting(**POSITIVE)
+    refit_growth: float = setting(ge=0)
+    trees: int = setting(**POSITIVE)
+    max_features: float = setting(gt=0, le=1)
+
+    @property
+    def active(self) -> bool:
+        return self.proposals > 1 or self.planning > 0
+
+
+MODEL_OFF = {"proposals": 1, "kappa": 0.0, "planning": 0, "warmup": 10, "refit_growth": 0.0, "trees": 50,
+             "max_features": 0.5}
+
+
+def planner(space: SearchSpace, settings: Mapping[str, Any] | None) -> Planner | None:
+    """The agent's planner for ``agent.model`` settings, or None when they leave planning off."""
+    chosen = ModelSettings(**{**MODEL_OFF, **(settings or {})})
+    check(ModelSettings, "agent.model", vars(chosen))
+    return Planner(space, chosen) if chosen.active else None
+
+
+class Planner:
+    """One agent's reward model and what planning with it has to remember: the scored blocks (not proposed again
+    while fresh ones exist), the states some trajectory reached, and the simulated blocks that reached new ones."""
+
+    def __init__(self, space: SearchSpace, settings: ModelSettings) -> None:
+        self.space, self.settings = space, settings
+        self.model = RewardModel(settings.trees, settings.max_features)
+        self.scored: set[str] = set()  # canonical hashes of the remembered blocks
+        self.visited: set[Hashable] = set()  # states on a remembered or saved simulated trajectory
+        self.planned: list[str] = []  # simulated blocks that reached a state no remembered block visits
+
+    @property
+    def proposes(self) -> bool:
+        """Whether the next block is chosen among several proposals (a fitted model and K > 1)."""
+        return self.model.ready and self.settings.proposals > 1
+
+    def best(self, texts: Sequence[str], chosen: set[str]) -> int:
+        """Index of the proposal with the best predicted reward + kappa x spread among those neither scored nor
+        already ``chosen`` this iteration when there are any; its hash joins ``chosen``."""
+        hashes = [self.space.canonical_hash(t) for t in texts]
+        score = self.model.upper_bound(texts, self.settings.kappa)
+        fresh = [h not in self.scored and h not in chosen for h in hashes]
+        best = int(np.argmax(np.where(fresh, score, -np.inf))) if any(fresh) else int(np.argmax(score))
+        chosen.add(hashes[best])
+        return best
+
+    def remembered(self, text: str, states: Iterable[Hashable]) -> None:
+        """A real block joined the agent's memory."""
+        self.scored.add(self.space.canonical_hash(text))
+        self.visited.update(states)
+
+    def simulated(self, text: str, states: Iterable[Hashable]) -> None:
+        """A simulated block updated Q: kept (as text) only when it reached a state nothing else did."""
+        new = set(states) - self.visited
+        if new:
+            self.visited |= new
+            self.planned.append(text)
+
+    def replanned(self, text: str, states: Iterable[Hashable]) -> None:
+        """A saved simulated block, its states rebuilt on restore."""
+        self.visited.update(states)
+        self.planned.append(text)
+
+    def refit(self, texts: Sequence[str], rewards: Sequence[float]) -> None:
+        """Fit on the remembered blocks when ``warmup`` and ``refit_growth`` say it is due."""
+        if self.model.due(len(texts), self.settings.warmup, self.settings.refit_growth):
+            self.model.fit(texts, rewards)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fitted_on": self.model.fitted_on, "planned": list(self.planned)}
+
+    def restore(self, saved: Any, texts: Sequence[str], rewards: Sequence[float]) -> list[str]:
+        """Refit on the remembered blocks the saved fit saw; the simulated blocks whose states must be rebuilt.
+        Called once the memory is restored (``remembered`` for each block)."""
+        fitted_on, planned = model_entries(saved, len(texts))
+        if fitted_on:
+            self.model.fit(texts[:fitted_on], rewards[:fitted_on])
+        return planned
