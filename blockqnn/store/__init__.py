@@ -37,47 +37,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from blockqnn.config import current_config
 from blockqnn.errors import RunFolderUnwritable, StoreError
 from blockqnn.executors.lifetime import private_file, release_file
+from blockqnn.store.format import (
+    CANDIDATE_COLUMNS,
+    READABLE,
+    SCHEMA_VERSION,
+    TABLES,
+    continuable,
+    decode_state,
+    parse_config,
+    validate,
+)
 
 DB_NAME = "history.sqlite"
-# 2: the event log of asynchronous search (running candidates, numbered events). 3: exact canonical hashes, and the
-# NSC space's add/concat take two different inputs in order, so an older history gives the same block other hashes
-# and its agent state names actions the space no longer has. 4: learning curves (curve) and the status stopped; a
-# version-3 history is upgraded in place when a search opens it for writing (the column added, nothing rewritten).
-# 5: each candidate's peak GPU memory (gpu_memory); a version-3 or 4 history is upgraded in place likewise.
-SCHEMA_VERSION = "5"
 RUNNING = "running"
-EVENT_COLUMNS = ("dispatched_at", "sampled_event", "incorporated_event")
-# Every version this project wrote -> the candidate columns a history of it may lack; a reader gets None for each.
-# Version 2 was written with the event log's columns (asynchronous search) and without them (exact hashes, on a
-# branch merged into 3). Statuses were only ever added (running in 2, stopped in 4), never renamed.
-READABLE = {"1": (*EVENT_COLUMNS, "curve", "gpu_memory"), "2": (*EVENT_COLUMNS, "curve", "gpu_memory"),
-            "3": ("curve", "gpu_memory"), "4": ("gpu_memory",), SCHEMA_VERSION: ()}
-UPGRADABLE = {"3", "4"}  # what a search continues after adding the columns it lacks
-
-CANDIDATE_COLUMNS = (
-    "iteration", "position", "arch", "hash", "status", "accuracy", "reward", "flops", "params", "density",
-    "epsilon", "epochs", "wall_time", "error", "cached", "started_at", "finished_at", "dispatched_at",
-    "sampled_event", "incorporated_event", "curve", "gpu_memory",
-)
-_SCHEMA = """
-CREATE TABLE run (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE candidates (
-    iteration INTEGER, position INTEGER, arch TEXT, hash TEXT, status TEXT, accuracy REAL, reward REAL,
-    flops REAL, params INTEGER, density REAL, epsilon REAL, epochs INTEGER, wall_time REAL, error TEXT,
-    cached INTEGER, started_at REAL, finished_at REAL, dispatched_at REAL, sampled_event INTEGER,
-    incorporated_event INTEGER, curve TEXT, gpu_memory REAL, PRIMARY KEY (iteration, position));
-CREATE INDEX candidates_hash ON candidates (hash);
-CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
-"""
-# What the code reads and writes, checked on every open; extra tables and columns are harmless.
-_COLUMNS = {"run": ("key", "value"), "candidates": CANDIDATE_COLUMNS, "agent_checkpoints": ("iteration", "state")}
 
 
 def db_path(run_dir: str | Path) -> Path:
@@ -93,7 +69,7 @@ def check(run_dir: str | Path) -> None:
     """Raise ``StoreError`` unless ``run_dir`` holds a history a search can resume (readable, its agent checkpoint
     too), before anything is written into the folder. Opens read-only: changes nothing."""
     with Store.open(run_dir, readonly=True) as store:
-        _continuable(store.get("schema_version"), store.path)
+        continuable(store.get("schema_version"), store.path)
         store.latest_agent_state()
 
 
@@ -117,7 +93,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(_connect(path), path, writing=True)
         with store._writing():
-            store.conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+            store.conn.executescript("BEGIN;" + TABLES + "COMMIT;")
         store.set("config", OmegaConf.to_yaml(OmegaConf.create(config), resolve=True))
         store.set("schema_version", SCHEMA_VERSION)
         store.set("created_at", str(time.time()))
@@ -134,9 +110,9 @@ class Store:
             raise StoreError(f"{run_dir} is not a search run (no {DB_NAME} in it)")
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            version = _validate(conn, path)
+            version = validate(conn, path)
             if not readonly:
-                _continuable(version, path)
+                continuable(version, path)
         except Exception:
             conn.close()
             raise
@@ -221,7 +197,7 @@ class Store:
 
     def config(self) -> DictConfig:
         """The resolved config the run was started with."""
-        return _parse_config(self.get("config"), self.path)
+        return parse_config(self.get("config"), self.path)
 
     # ---- candidates ---------------------------------------------------------------------------------------------
     def record(self, row: Mapping[str, Any]) -> None:
@@ -277,7 +253,7 @@ class Store:
     def latest_agent_state(self) -> tuple[int, dict[str, Any]] | None:
         """``(iteration, state)`` of the last finished iteration, or None before the first one finished."""
         row = self.conn.execute("SELECT iteration, state FROM agent_checkpoints ORDER BY iteration DESC").fetchone()
-        return None if row is None else (row[0], _decode_state(row[1], row[0], self.path))
+        return None if row is None else (row[0], decode_state(row[1], row[0], self.path))
 
 
 def _values(row: Mapping[str, Any]) -> list[Any]:
@@ -310,87 +286,3 @@ def _unwritable(folder: Path, error: sqlite3.OperationalError) -> RunFolderUnwri
     if kind.startswith("SQLITE_READONLY"):
         return RunFolderUnwritable(f"run folder {folder} became read-only ({error}): make it writable")
     return RunFolderUnwritable(f"run folder {folder} cannot be written ({error}): check its disk")
-
-
-def _corrupt(path: Path, detail: str) -> StoreError:
-    return StoreError(f"{path} is corrupt or not a search history ({detail})")
-
-
-def _validate(conn: sqlite3.Connection, path: Path) -> str:
-    """The file's schema version, after refusing, before anything reads or writes it, a file the code could not
-    use: another database (other tables or columns), damaged pages, an unknown schema version, a config that is
-    not YAML."""
-    try:
-        version = _check_version(conn, path)
-        missing = _missing(conn, READABLE.get(version, ()))
-        if missing:
-            raise _corrupt(path, f"missing {missing}")
-        ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-        config = conn.execute("SELECT value FROM run WHERE key = 'config'").fetchone()
-    except sqlite3.DatabaseError as e:
-        raise _corrupt(path, str(e)) from None
-    if ok != "ok":
-        raise _corrupt(path, f"integrity check: {ok}")
-    _parse_config(None if config is None else config[0], path)
-    return version
-
-
-def _check_version(conn: sqlite3.Connection, path: Path) -> str | None:
-    """The version of a history; one written by a newer blockqnn (columns or statuses this one does not know) is
-    refused by it first. None for a file that is no history at all (reported by the table check)."""
-    if _missing(conn).startswith("tables"):
-        return None
-    row = conn.execute("SELECT value FROM run WHERE key = 'schema_version'").fetchone()
-    version = None if row is None else row[0]
-    if version not in READABLE:
-        raise StoreError(f"{path} has history schema version {version}, unknown to this blockqnn (it reads versions "
-                         f"{', '.join(READABLE)}): read it with the blockqnn that wrote it")
-    return version
-
-
-def _continuable(version: str | None, path: Path) -> None:
-    """A search continues only a history of its own version, or one it can upgrade in place: an older one gives
-    the same block other hashes, and its agent state names actions the space no longer has."""
-    if version != SCHEMA_VERSION and version not in UPGRADABLE:
-        raise StoreError(f"{path} has history schema version {version}, this blockqnn continues version "
-                         f"{SCHEMA_VERSION} (and reports on older ones): continue it with the blockqnn that wrote it, "
-                         "or start a new search")
-
-
-def _missing(conn: sqlite3.Connection, lacking: tuple[str, ...] = ()) -> str:
-    """The tables the file lacks, else the columns (as ``table.column``); empty when it has all ``_COLUMNS`` but
-    the candidate columns ``lacking`` (those its version did not have yet)."""
-    found = set(conn.execute("SELECT m.name, p.name FROM sqlite_master AS m, pragma_table_info(m.name) AS p "
-                             "WHERE m.type = 'table'"))
-    found |= {("candidates", c) for c in lacking}
-    tables = [t for t in _COLUMNS if t not in {table for table, _ in found}]
-    if tables:
-        return f"tables: {', '.join(tables)}"
-    columns = [f"{t}.{c}" for t, names in _COLUMNS.items() for c in names if (t, c) not in found]
-    return f"columns: {', '.join(columns)}" if columns else ""
-
-
-def _parse_config(text: str | None, path: Path) -> DictConfig:
-    """The stored config; a history without a readable one cannot be resumed or reported."""
-    if text is None:
-        raise _corrupt(path, "no stored config")
-    try:
-        config = OmegaConf.create(text)
-    except yaml.YAMLError as e:
-        raise _corrupt(path, f"the stored config is not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    except (AssertionError, OmegaConfBaseException):  # a YAML scalar: OmegaConf asserts on what is no container
-        config = None
-    if not isinstance(config, DictConfig):
-        raise _corrupt(path, "the stored config is not a YAML mapping")
-    return current_config(config)
-
-
-def _decode_state(text: Any, iteration: int, path: Path) -> dict[str, Any]:
-    """A stored agent state: a JSON object, or the history is corrupt (the search could not resume from it)."""
-    try:
-        state = json.loads(text)
-    except (TypeError, ValueError):  # JSONDecodeError is a ValueError; TypeError: a NULL or a number, not text
-        state = None
-    if not isinstance(state, dict):
-        raise _corrupt(path, f"the agent checkpoint of iteration {iteration} is not a JSON object")
-    return state
