@@ -22,7 +22,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -163,6 +163,9 @@ def build_trainer(
     gpu = on_gpu(cfg)
     lean = dict(num_sanity_val_steps=0, enable_progress_bar=progress_bar, enable_model_summary=False,
                 enable_checkpointing=enable_checkpointing, default_root_dir=default_root_dir)
+    options = lean | OmegaConf.to_container(cfg.extra, resolve=True)
+    if options["enable_progress_bar"]:  # tqdm's bar, named: Lightning would pick rich's wherever rich is installed
+        callbacks = [*callbacks, TQDMProgressBar()]
     return L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy,
@@ -171,7 +174,7 @@ def build_trainer(
         limit_val_batches=cfg.limit_val_batches, check_val_every_n_epoch=cfg.check_val_every_n_epoch,
         logger=logger if isinstance(logger, bool | Logger) else list(logger), callbacks=list(callbacks),
         benchmark=cfg.cudnn_benchmark if gpu else None, deterministic=cfg.deterministic,
-        **(lean | OmegaConf.to_container(cfg.extra, resolve=True)),
+        **options,
     )
 
 
