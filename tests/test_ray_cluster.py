@@ -4,6 +4,7 @@ on the other node, nothing is lost, nothing finished trains again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -50,16 +51,34 @@ def free_port() -> int:
 
 @contextmanager
 def ray_node(name: str, *args: str, log: Path, env: dict) -> Iterator[subprocess.Popen]:
-    """``ray start --block ARGS``: the node lives as long as this process (killing it kills the node). Its workers
-    inherit ``env`` and log ``name`` beside each block they evaluate."""
+    """``ray start --block ARGS``; every process of the node (raylet, workers; some of them leave the process group)
+    carries a mark of its own in its environment, by which a node's death takes them all (``kill_node``). Its
+    workers inherit ``env`` and log ``name`` beside each block they evaluate. At the end whatever of the node is
+    left (Ray's idle workers) goes too."""
+    mark = f"{name}-{os.getpid()}-{time.monotonic_ns()}"
     with log.open("w") as out:
         node = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
-                                env=cli_env({**env, NODE_ENV: name}), stdout=out, stderr=subprocess.STDOUT)
+                                env=cli_env({**env, NODE_ENV: name, NODE_MARK: mark}), stdout=out,
+                                stderr=subprocess.STDOUT)
+    node.mark = mark
     try:
         yield node
     finally:
         node.terminate()
         node.wait(timeout=60)
+        kill_node(node)
+
+
+NODE_MARK = "BLOCKQNN_TEST_RAY_NODE"
+
+
+def kill_node(node: subprocess.Popen) -> None:
+    """SIGKILL every process of the node, as a machine that dies takes all of them."""
+    marked = f"{NODE_MARK}={node.mark}".encode()
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and marked in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                os.kill(int(entry), signal.SIGKILL)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -101,11 +120,12 @@ def test_a_node_killed_mid_search_costs_nothing_but_time(table_search, tmp_path,
         wait_for(lambda: (stored_count(run) >= 10 and running_on("second", run, log)) or search.poll() is not None,
                  180, "a candidate on the second node")
         assert search.poll() is None, (tmp_path / "search.log").read_text()
-        lost = running_on("second", run, log)
-        second.send_signal(signal.SIGKILL)  # the second node dies, with the candidates it was training
+        lost, seen = running_on("second", run, log), len(evaluations(log))
+        kill_node(second)  # the second node dies, with the candidates it was training
         assert search.wait(timeout=300) == 0, (tmp_path / "search.log").read_text()[-3000:]
         assert alive_nodes(address) == 1
     trained = evaluations(log)
+    lost |= set(evaluations(log, "second", since=seen))  # and those it started between the look and its death
     again = {arch for arch, n in Counter(trained).items() if n > 1}
     assert again and again <= lost, f"only the killed node's candidates run again: {again} of {lost}"
     assert again <= set(evaluations(log, "head"))  # retried on the node that is left

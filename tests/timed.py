@@ -89,10 +89,11 @@ class CurveEvaluator:
                            curve)
 
 
-def evaluations(log: Path, node: str | None = None) -> list[str]:
-    """The blocks evaluated so far, in order (``node``: those on that node only)."""
+def evaluations(log: Path, node: str | None = None, since: int = 0) -> list[str]:
+    """The blocks evaluated so far, in order (``node``: those on that node only; ``since``: from that many
+    evaluations on)."""
     lines = [line.split("\t") for line in (log.read_text().splitlines() if log.exists() else [])]
-    return [arch for arch, where in lines if node is None or where == node]
+    return [arch for arch, where in lines[since:] if node is None or where == node]
 
 
 if __name__ == "__main__":
