@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -24,26 +23,20 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from blockqnn.candidate import Job, Result, Status, candidate_seed
 from blockqnn.codes import Block
 from blockqnn.config import config_key
 from blockqnn.data import datamodule
 from blockqnn.errors import DataError, TemplateMismatch, UserError
 from blockqnn.fit import Classifier, RungStop, fit, on_gpu, quiet
 from blockqnn.network import network_complexity
-from blockqnn.result import Result
-from blockqnn.stopping import STOPPED
 from blockqnn.threads import candidate_threads, torch_threads
 
 IDENTITY_BLOCK = Block.parse("(1,4,0,0,0),(2,7,0,0,0)")
 
 
-def candidate_seed(seed: int, arch_key: str) -> int:
-    """The same in every process for the same run seed and architecture (unlike Python's ``hash``)."""
-    return int(hashlib.sha256(f"{seed}/{arch_key}".encode()).hexdigest()[:8], 16)
-
-
 class CandidateEvaluator:
-    """``evaluator(arch, cutoffs) -> Result`` under the composed search config (dataset, template, space, trainer,
+    """``evaluator(job) -> Result`` under the composed search config (dataset, template, space, trainer,
     reward, seed). Tabular spaces (NAS-Bench-201) give the table's accuracy without training. ``space``: the
     search's own, so that a table is read once; ``trial``: first train one batch of the smallest block here
     (``try_recipe``), so that a recipe, device or dataset that fails where candidates train stops the search."""
@@ -55,40 +48,39 @@ class CandidateEvaluator:
         if trial:
             self.try_recipe()
 
-    def __call__(self, arch: str, cutoffs: Mapping[int, float] | None = None) -> Result:
+    def __call__(self, job: Job) -> Result:
         start = time.perf_counter()
-        result = Result(status="failed")
+        result = Result(status=Status.FAILED)
         try:
             if self.space.tabular:
-                result.accuracy = result.reward = float(self.space.lookup(arch))
-                result.status = "ok"
+                result.accuracy = result.reward = float(self.space.lookup(job.arch))
+                result.status = Status.OK
             else:
-                self._train(arch, result, cutoffs)
+                self._train(job, result)
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - a candidate's failure of any kind is recorded, never raised
             result.error = f"{type(e).__name__}: {e}"
-        if result.status == "failed" or torch.cuda.is_available():
+        if result.status == Status.FAILED or torch.cuda.is_available():
             _release_memory()
         result.wall_time = time.perf_counter() - start
         return result
 
-    def _train(self, arch: str, result: Result, cutoffs: Mapping[int, float] | None) -> None:
+    def _train(self, job: Job, result: Result) -> None:
         """Fill ``result`` step by step, so that whatever was measured before a failure is kept."""
-        block = self.space.parse(arch)
+        block = self.space.parse(job.arch)
         result.density = block.density()
-        seed = candidate_seed(self.cfg.seed, self.space.canonical_hash(arch))
-        stopped = _fit_block(block, self.cfg, seed, result, cutoffs)
+        stopped = _fit_block(block, self.cfg, job.seed, result, job.cutoffs)
         result.reward = float(self.reward(result.accuracy, result.flops, result.density))
-        result.status = STOPPED if stopped else "ok"
+        result.status = Status.STOPPED if stopped else Status.OK
 
     def try_recipe(self) -> Result:
         """Train one batch of the smallest block with the search's recipe: what fails there would fail every
         candidate, so it stops the search as bad input before its history exists."""
         if self.space.tabular:
-            return Result(status="ok")
+            return Result(status=Status.OK)
         try:
-            _fit_block(IDENTITY_BLOCK, _one_batch(self.cfg), self.cfg.seed, Result(status="failed"))
+            _fit_block(IDENTITY_BLOCK, _one_batch(self.cfg), self.cfg.seed, Result(status=Status.FAILED))
         except DataError:
             raise
         except TemplateMismatch as e:
@@ -98,7 +90,7 @@ class CandidateEvaluator:
                             ) from e
         finally:
             _release_memory()
-        return Result(status="ok")
+        return Result(status=Status.OK)
 
 
 @cache
@@ -113,8 +105,10 @@ def evaluator_for(cfg: DictConfig) -> CandidateEvaluator:
 
 def evaluate_candidate(arch: str, cfg: DictConfig) -> Result:
     """Train and score one architecture under ``cfg``, outside a search (a search's workers keep their own
-    ``CandidateEvaluator``)."""
-    return evaluator_for(cfg)(arch)
+    ``CandidateEvaluator``), seeded as a search with ``cfg.seed`` would seed it."""
+    evaluator = evaluator_for(cfg)
+    block_hash = evaluator.space.canonical_hash(arch)
+    return evaluator(Job(arch, block_hash, candidate_seed(cfg.seed, block_hash)))
 
 
 def _fit_block(block: Block, cfg: DictConfig, seed: int, result: Result,

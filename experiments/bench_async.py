@@ -44,7 +44,7 @@ BATCH = 64
 
 @dataclass
 class SimulatedResult:
-    """The fields of ``blockqnn.result.Result`` the loop reads (this module imports no torch: 64 workers)."""
+    """The fields of ``blockqnn.candidate.Result`` the loop reads (this module imports no torch: 64 workers)."""
 
     status: str
     accuracy: float
@@ -149,15 +149,15 @@ class VirtualCluster(Batches):
     def serve(self, factory) -> None:
         self._evaluator = factory()
 
-    def submit(self, key, arch, cutoffs=None) -> None:
-        self._queue.append((key, arch, cutoffs))
+    def submit(self, key, job) -> None:
+        self._queue.append((key, job))
         self._start()
 
     def _start(self) -> None:
         while self._queue and len(self._running) < self.capacity:
-            key, arch, cutoffs = self._queue.pop(0)
-            end = self.clock + duration(arch, self.durations)
-            heapq.heappush(self._running, (end, id(key), key, call(self._evaluator, arch, cutoffs)))
+            key, job = self._queue.pop(0)
+            end = self.clock + duration(job.arch, self.durations)
+            heapq.heappush(self._running, (end, id(key), key, call(self._evaluator, job)))
 
     def next_finished(self):
         self.clock, _, key, result = heapq.heappop(self._running)

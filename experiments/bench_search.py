@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from blockqnn.candidate import Job, Result  # noqa: E402
 from blockqnn.config import compose  # noqa: E402
 from blockqnn.executors import LocalExecutor, RayExecutor  # noqa: E402
 from blockqnn.executors.base import bound  # noqa: E402
-from blockqnn.result import Result  # noqa: E402
 from blockqnn.search import search  # noqa: E402
 from blockqnn.spaces.nasbench201 import write_synthetic_table  # noqa: E402
 from blockqnn.store import Store  # noqa: E402
@@ -55,7 +55,7 @@ def bench_loop(table: Path, workdir: Path, overrides: list[str]) -> None:
 
 def overhead(executor, n: int) -> float:
     """Milliseconds per candidate through ``executor.map`` with the trivial evaluator, after one warm-up batch."""
-    items = [(i, f"arch{i}") for i in range(n)]
+    items = [(i, Job(f"arch{i}", f"arch{i}", seed=i)) for i in range(n)]
     with executor:
         executor.serve(bound(trivial, None))
         list(executor.map(items[:8]))

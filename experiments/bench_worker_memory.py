@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_workers import random_blocks  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
+from blockqnn.candidate import Job, candidate_seed  # noqa: E402
 from blockqnn.config import compose  # noqa: E402
 from blockqnn.executors import LocalExecutor  # noqa: E402
 from blockqnn.executors.base import EvaluatorFactory, factory  # noqa: E402
@@ -49,8 +50,8 @@ class Measured:
     def __init__(self, build: EvaluatorFactory) -> None:
         self.evaluator = build()
 
-    def __call__(self, arch: str, cutoffs: Any = None) -> tuple[Any, float, float | None]:
-        result = self.evaluator(arch, cutoffs)
+    def __call__(self, job: Job) -> tuple[Any, float, float | None]:
+        result = self.evaluator(job)
         return result, resident_mb(), allocated_gpu_mb()
 
 
@@ -68,7 +69,8 @@ def main() -> None:
     with LocalExecutor(workers=1, threads=1, flops_per_thread=0) as executor:
         executor.serve(factory(Measured, evaluator_factory(cfg, space, None)))
         for count, arch in enumerate(blocks, 1):
-            executor.submit(count, arch)
+            block_hash = space.canonical_hash(arch)
+            executor.submit(count, Job(arch, block_hash, candidate_seed(cfg.seed, block_hash)))
             _, (result, rss[count], gpu) = executor.next_finished()
             if count in (1, 10) or count % 50 == 0 or count == len(blocks):
                 gpu_text = "" if gpu is None else (f", GPU allocated between candidates {gpu:.1f} MB, this "

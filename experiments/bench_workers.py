@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydra.utils import instantiate  # noqa: E402
 
+from blockqnn.candidate import Job, candidate_seed  # noqa: E402
 from blockqnn.config import compose  # noqa: E402
 from blockqnn.executors import LocalExecutor  # noqa: E402
 from blockqnn.search import evaluator_factory  # noqa: E402
@@ -40,7 +41,7 @@ def timed_candidates(executor: LocalExecutor, blocks: list[str]) -> list[tuple[f
     times = []
     for position, arch in enumerate(blocks):
         start = time.perf_counter()
-        executor.submit(position, arch)
+        executor.submit(position, Job(arch, arch, candidate_seed(0, arch)))
         _, result = executor.next_finished()
         assert result.status == "ok", result.error
         times.append((time.perf_counter() - start, result.wall_time))

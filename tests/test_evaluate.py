@@ -10,12 +10,12 @@ import yaml
 from omegaconf import OmegaConf
 
 from blockqnn import evaluate
+from blockqnn.candidate import Result, candidate_seed
 from blockqnn.codes import Block
 from blockqnn.data import DataError
 from blockqnn.errors import UserError
-from blockqnn.evaluate import candidate_seed, evaluate_candidate, try_recipe
+from blockqnn.evaluate import evaluate_candidate, try_recipe
 from blockqnn.fit import Classifier
-from blockqnn.result import Result
 from tests.blocks import RESIDUAL
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from blockqnn.candidate import Job
 from blockqnn.errors import UserError
 from blockqnn.executors import LocalExecutor, RayExecutor
 from blockqnn.executors.base import bound
@@ -61,7 +62,7 @@ def waits_for_go(arch: str, cfg: dict) -> str:
 def run(executor, fn, items, cfg):
     """Serve ``fn`` bound to ``cfg``, then run ``items`` through it: what a search does with its evaluator."""
     executor.serve(bound(fn, cfg))
-    return executor.map(items)
+    return executor.map((key, Job(arch, arch, seed=0)) for key, arch in items)
 
 
 def assert_finishing_order(executor, folder: Path) -> None:

@@ -49,7 +49,7 @@ def test_every_sampled_block_is_recorded_and_no_block_is_evaluated_twice(compose
 
 
 def test_failed_candidates_are_recorded_and_rewarded_failed_reward(compose, table_search, tmp_path, monkeypatch):
-    from blockqnn.result import Result
+    from blockqnn.candidate import Result
 
     def flaky(arch, cfg):
         if int(hashlib.sha256(arch.encode()).hexdigest(), 16) % 3 == 0:

@@ -63,13 +63,14 @@ RESIDUAL = "(1,4,0,0,0),(2,1,3,1,0),(3,1,3,2,0),(4,5,0,1,3),(5,7,0,0,0)"
 
 
 def test_the_callback_stops_a_real_training_at_its_rung(compose):
+    from blockqnn.candidate import Job
     from blockqnn.evaluate import CandidateEvaluator
 
     evaluator = CandidateEvaluator(compose(*SMOKE))
-    stopped = evaluator(RESIDUAL, {2: 1.01})  # no block reaches 101% at epoch 2
+    stopped = evaluator(Job(RESIDUAL, "residual", 0, {2: 1.01}))  # no block reaches 101% at epoch 2
     assert (stopped.status, stopped.epochs, len(stopped.curve)) == (STOPPED, 2, 2)
     assert stopped.accuracy == stopped.curve[-1] and stopped.reward is not None
-    full = evaluator(RESIDUAL, {2: 0.0})
+    full = evaluator(Job(RESIDUAL, "residual", 0, {2: 0.0}))
     assert (full.status, full.epochs, len(full.curve)) == ("ok", 3, 3)
     assert full.curve[:2] == stopped.curve  # the same candidate seed: the same first epochs
 
@@ -114,12 +115,12 @@ def test_a_resumed_search_never_retrains_a_stopped_candidate(compose, table_sear
     class Counting(CurveEvaluator):
         """Records what it trains; the first search is interrupted at its 40th candidate."""
 
-        def __call__(self, arch, cutoffs=None):
+        def __call__(self, job):
             if len(seen) == 40:
                 seen.append(None)
                 raise KeyboardInterrupt
-            seen.append(arch)
-            return super().__call__(arch, cutoffs)
+            seen.append(job.arch)
+            return super().__call__(job)
 
     cfg = compose(*asha_search(table_search))
     with pytest.raises(KeyboardInterrupt):

@@ -210,8 +210,8 @@ def test_a_candidates_peak_gpu_memory_is_measured_around_its_training(monkeypatc
     """The figure is torch's peak since the candidate started (a stand-in for the CUDA calls: no GPU here)."""
     import torch
 
+    from blockqnn.candidate import Result
     from blockqnn.evaluate import _gpu_peak
-    from blockqnn.result import Result
 
     calls = []
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: calls.append("reset"))

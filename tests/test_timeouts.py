@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from blockqnn.candidate import Result
 from blockqnn.executors.base import TIMED_OUT, TimeLimit
-from blockqnn.result import Result
 from blockqnn.search import search
 from blockqnn.store import Store
 from blockqnn.tracking import Progress

@@ -2,12 +2,12 @@
 
 An executor is told once what to run (``serve(factory)``: a picklable ``factory()`` that builds the evaluator; each
 worker builds it once, when it starts, and keeps it, with its data on the device, for every candidate), then offers
-``submit(key, arch, cutoffs)`` (evaluate ``arch`` when a worker is free), ``next_finished()`` (wait for any
-submitted candidate; its ``(key, result)``), ``capacity`` (how many candidates run at once) and ``pending``
-(submitted, not yet returned). The asynchronous loop keeps ``capacity`` candidates in flight with these;
-``map(items, cutoffs)`` runs a batch of ``(key, arch)`` through them and yields ``(key, result)`` in finishing order
-(the synchronous loop). A candidate whose process dies (killed, out of host memory) comes back as a failed result
-instead of stopping the search.
+``submit(key, job)`` (evaluate the candidate a ``blockqnn.candidate.Job`` describes when a worker is free),
+``next_finished()`` (wait for any submitted candidate; its ``(key, result)``), ``capacity`` (how many candidates run
+at once) and ``pending`` (submitted, not yet returned). The asynchronous loop keeps ``capacity`` candidates in
+flight with these; ``map(items)`` runs a batch of ``(key, job)`` through them and yields ``(key, result)`` in
+finishing order (the synchronous loop). A candidate whose process dies (killed, out of host memory) comes back as
+a failed result instead of stopping the search.
 
 The paper's distributed framework maps onto these: the *master* is the search loop with the agent, the *controller*
 is the executor handing blocks out, the *compute nodes* are the executor's workers (GPUs of this machine for
@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from blockqnn.candidate import Job, Result, Status
 from blockqnn.errors import UserError
 
-Cutoffs = Mapping[int, float] | None  # epoch -> the accuracy a candidate must reach there to go on (stopping=asha)
-Evaluator = Callable[[str, Cutoffs], Any]  # evaluator(arch, cutoffs) -> blockqnn.result.Result
+Evaluator = Callable[[Job], Result]  # evaluator(job) -> what the candidate earned
 EvaluatorFactory = Callable[[], Evaluator]  # picklable: sent to each worker once
 # What stops a search (Ctrl-C, docker stop): the search process handles them; its workers never see them.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-Item = tuple[Any, str]
+Item = tuple[Any, Job]  # (the caller's key, the candidate)
 
 
 class Executor(Protocol):
@@ -50,11 +50,11 @@ class Executor(Protocol):
     def serve(self, factory: EvaluatorFactory) -> None:
         """Build the evaluator where candidates run (bad input there, ``UserError``, is raised here)."""
 
-    def submit(self, key: Any, arch: str, cutoffs: Cutoffs = None) -> None: ...
+    def submit(self, key: Any, job: Job) -> None: ...
 
-    def next_finished(self) -> tuple[Any, Any]: ...
+    def next_finished(self) -> tuple[Any, Result]: ...
 
-    def map(self, items: Iterable[Item], cutoffs: Cutoffs = None) -> Iterator[tuple[Any, Any]]: ...
+    def map(self, items: Iterable[Item]) -> Iterator[tuple[Any, Result]]: ...
 
 
 class Bound:
@@ -64,8 +64,8 @@ class Bound:
     def __init__(self, fn: Callable[[str, Any], Any], cfg: Any) -> None:
         self.fn, self.cfg = fn, cfg
 
-    def __call__(self, arch: str, cutoffs: Cutoffs = None) -> Any:
-        return self.fn(arch, self.cfg)
+    def __call__(self, job: Job) -> Any:
+        return self.fn(job.arch, self.cfg)
 
 
 def bound(fn: Callable[[str, Any], Any], cfg: Any) -> EvaluatorFactory:
@@ -88,11 +88,9 @@ def factory(cls: Callable[..., Evaluator], *args: Any) -> EvaluatorFactory:
     return _Factory(cls, *args)
 
 
-def failed_result(error: str) -> Any:
+def failed_result(error: str) -> Result:
     """A failed ``Result`` for a candidate the executor itself lost (worker died, task could not run)."""
-    from blockqnn.result import Result
-
-    return Result(status="failed", error=error)
+    return Result(status=Status.FAILED, error=error)
 
 
 class TimeLimit:
@@ -121,7 +119,7 @@ class TimeLimit:
     def observe(self, result: Any) -> None:
         """A finished candidate: its time raises an ``auto`` limit."""
         wall_time = getattr(result, "wall_time", None)
-        if getattr(result, "status", None) != "failed" and isinstance(wall_time, int | float):
+        if getattr(result, "status", None) != Status.FAILED and isinstance(wall_time, int | float):
             self.slowest = max(self.slowest, float(wall_time))
 
     def left(self, since: Iterable[float]) -> float | None:
@@ -146,12 +144,12 @@ class TimeLimit:
 TIMED_OUT = "timed out after"  # how a given-up candidate's error starts (progress line, report)
 
 
-def call(evaluator: Evaluator, arch: str, cutoffs: Cutoffs = None) -> Any:
-    """``evaluator(arch, cutoffs)``, with an escaping exception turned into a failed result (evaluators should not
+def call(evaluator: Evaluator, job: Job) -> Result:
+    """``evaluator(job)``, with an escaping exception turned into a failed result (evaluators should not
     raise). Bad input (``UserError``, e.g. data missing on this node) is no candidate's fault and would fail every
     one of them: it is passed on to stop the search with one line."""
     try:
-        return evaluator(arch, cutoffs)
+        return evaluator(job)
     except UserError:
         raise
     except Exception as e:  # one candidate must never stop the search
@@ -161,10 +159,10 @@ def call(evaluator: Evaluator, arch: str, cutoffs: Cutoffs = None) -> Any:
 class Batches:
     """``map`` on top of ``submit`` / ``next_finished``: the synchronous loop's batch of candidates."""
 
-    def map(self, items: Iterable[Item], cutoffs: Cutoffs = None) -> Iterator[tuple[Any, Any]]:
+    def map(self, items: Iterable[Item]) -> Iterator[tuple[Any, Result]]:
         count = 0
-        for key, arch in items:
-            self.submit(key, arch, cutoffs)
+        for key, job in items:
+            self.submit(key, job)
             count += 1
         for _ in range(count):
             yield self.next_finished()

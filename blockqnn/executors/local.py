@@ -15,10 +15,10 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from blockqnn.candidate import Job
 from blockqnn.executors.base import (
     STOP_SIGNALS,
     Batches,
-    Cutoffs,
     Evaluator,
     EvaluatorFactory,
     TimeLimit,
@@ -82,7 +82,7 @@ class LocalExecutor(Batches):
         self.limit = TimeLimit(candidate_timeout, timeout_multiple, timeout_floor)
         self._environ: dict[str, str | None] = {}
         self._pool: list[_Worker] = []
-        self._queue: deque[tuple[Any, str, Cutoffs]] = deque()  # (key, arch, cutoffs) waiting for a worker
+        self._queue: deque[tuple[Any, Job]] = deque()  # (key, job) waiting for a worker
         self._busy: dict[_Worker, Any] = {}
         self._finished: deque[tuple[Any, Any]] = deque()
         self._evaluator: Evaluator | None = None  # in-process
@@ -143,14 +143,14 @@ class LocalExecutor(Batches):
         for worker in self._pool:
             worker.ready()
 
-    def submit(self, key: Any, arch: str, cutoffs: Cutoffs = None) -> None:
-        self._queue.append((key, arch, cutoffs))
+    def submit(self, key: Any, job: Job) -> None:
+        self._queue.append((key, job))
         self._feed()
 
     def next_finished(self) -> tuple[Any, Any]:
         if not self._pool:
-            key, arch, cutoffs = self._queue.popleft()
-            return key, call(self._evaluator, arch, cutoffs)
+            key, job = self._queue.popleft()
+            return key, call(self._evaluator, job)
         while not self._finished:
             self._collect()
         return self._finished.popleft()
@@ -160,9 +160,9 @@ class LocalExecutor(Batches):
             if not self._queue:
                 return
             if worker not in self._busy:
-                key, arch, cutoffs = self._queue.popleft()
+                key, job = self._queue.popleft()
                 self._busy[worker] = key
-                worker.submit(key, arch, cutoffs)
+                worker.submit(key, job)
 
     def _collect(self) -> None:
         """Wait for a result, a dead worker or the first candidate past its time limit."""
@@ -233,11 +233,11 @@ class _Worker:
         if error is not None:
             raise error
 
-    def submit(self, position: int, arch: str, cutoffs: Cutoffs) -> None:
+    def submit(self, key: Any, job: Job) -> None:
         if not self.process.is_alive():
             self._restart()
         self.since = time.monotonic()
-        self.conn.send((position, arch, cutoffs))
+        self.conn.send((key, job))
 
     def receive(self, position: int) -> tuple[int, Any]:
         """The result for ``position``, or a failed one when the process died before sending it."""
@@ -301,12 +301,12 @@ def _serve(conn: Connection, env: dict[str, str], search: int) -> None:
             except Exception as e:  # bad input, raised again in the search process
                 conn.send(e)
             continue
-        position, arch, cutoffs = message
+        key, job = message
         try:
-            result = call(evaluator, arch, cutoffs)
+            result = call(evaluator, job)
         except Exception as e:  # bad input, raised again in the search process
             result = e
-        conn.send((position, result))
+        conn.send((key, result))
 
 
 def _next(conn: Connection) -> Any:

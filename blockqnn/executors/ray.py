@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from blockqnn.candidate import Job
 from blockqnn.errors import UserError
 from blockqnn.executors.base import (
     Batches,
-    Cutoffs,
     Evaluator,
     EvaluatorFactory,
     TimeLimit,
@@ -112,8 +112,8 @@ class RayExecutor(Batches):
         self._factory = ray.put(_Tagged(factory))
         self._get(self._probe.remote(self._factory))
 
-    def submit(self, key: Any, arch: str, cutoffs: Cutoffs = None) -> None:
-        self._pending[self._task.remote(self._factory, arch, cutoffs)] = (key, None)
+    def submit(self, key: Any, job: Job) -> None:
+        self._pending[self._task.remote(self._factory, job)] = (key, None)
 
     def _start_clocks(self) -> list[float]:
         """The first ``capacity`` unfinished tasks in submission order run now: their clocks start if they had not;
@@ -199,5 +199,5 @@ def _built(tagged: _Tagged) -> None:
     _evaluator(tagged)
 
 
-def _evaluate(tagged: _Tagged, arch: str, cutoffs: Cutoffs) -> Any:
-    return call(_evaluator(tagged), arch, cutoffs)
+def _evaluate(tagged: _Tagged, job: Job) -> Any:
+    return call(_evaluator(tagged), job)

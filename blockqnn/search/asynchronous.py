@@ -81,7 +81,7 @@ class AsyncSearch(Search):
         else:
             self.flying[h], self.waiting[h] = (row, trajectory), []
             self._commit([row])
-            self.executor.submit(h, row["arch"], self.cutoffs())
+            self.executor.submit(h, self.job(row["arch"], h, self.cutoffs()))
 
     def _finish(self, h: str, result: Any) -> None:
         """A result: its row and every repeat waiting for it, each incorporated, in one write."""

@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 from blockqnn.agents import BatchAgent, StreamAgent
+from blockqnn.candidate import Job, candidate_seed
 from blockqnn.executors.base import TIMED_OUT, Executor
 from blockqnn.spaces import SearchSpace
 from blockqnn.stopping import STOPPED, Cutoffs, NoStopping, Rungs
@@ -36,6 +37,7 @@ class Search:
     tracker: Tracker
     progress: Progress
     failed_reward: float  # what the agent learns from a failed candidate
+    seed: int  # the run's: each candidate trains with a seed drawn from it and its block
     stopping: Any = dataclasses.field(default_factory=NoStopping)  # blockqnn.stopping: the cutoffs at rungs
     seen: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # hash -> first evaluation
     counts: dict[str, int] = dataclasses.field(default_factory=lambda: defaultdict(int))
@@ -50,6 +52,10 @@ class Search:
     def cutoffs(self, iteration: int | None = None) -> Cutoffs | None:
         """The rung cutoffs from this run's candidates (of the iterations before ``iteration`` when given)."""
         return self.stopping.cutoffs(self.rungs.before(iteration))
+
+    def job(self, arch: str, block_hash: str, cutoffs: Cutoffs | None) -> Job:
+        """What a worker needs to evaluate ``arch`` (whose canonical hash is ``block_hash``)."""
+        return Job(arch, block_hash, candidate_seed(self.seed, block_hash), cutoffs)
 
     def run(self) -> None:
         for row in self.store.candidates():

@@ -32,7 +32,9 @@ class SyncSearch(Search):
         hashes = [self.space.canonical_hash(a) for a in archs]
         rows = self._stored(it, archs)
         todo, repeats = self._new_blocks(it, epsilon, archs, hashes, rows)
-        for pos, result in self.executor.map(todo, self.cutoffs(it)):
+        cutoffs = self.cutoffs(it)
+        jobs = [(pos, self.job(archs[pos], hashes[pos], cutoffs)) for pos in todo]
+        for pos, result in self.executor.map(jobs):
             row = dict(iteration=it, position=pos, arch=archs[pos], hash=hashes[pos], epsilon=epsilon, cached=0)
             rows[pos] = self._record(row | dataclasses.asdict(result))
             for other in repeats.pop(hashes[pos]):
@@ -43,8 +45,8 @@ class SyncSearch(Search):
         self.tracker.end_iteration(it, self.store)
 
     def _new_blocks(self, it: int, epsilon: float, archs: list[str], hashes: list[str], rows: dict[int, dict]
-                    ) -> tuple[list[tuple[int, str]], dict[str, list[int]]]:
-        """Record blocks evaluated before as cached copies; return the ``(position, arch)`` to evaluate and, per
+                    ) -> tuple[list[int], dict[str, list[int]]]:
+        """Record blocks evaluated before as cached copies; return the positions to evaluate and, per
         hash, the later positions of the same block in this batch (recorded as copies once it is evaluated)."""
         todo, repeats = [], {}
         for pos, (arch, h) in enumerate(zip(archs, hashes)):
@@ -57,7 +59,7 @@ class SyncSearch(Search):
                 repeats[h].append(pos)
             else:
                 repeats[h] = []
-                todo.append((pos, arch))
+                todo.append(pos)
         return todo, repeats
 
     def _stored(self, iteration: int, archs: list[str]) -> dict[int, dict[str, Any]]:
