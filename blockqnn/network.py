@@ -91,13 +91,14 @@ class TemplateSettings:
     F: int = setting(**POSITIVE)  # noqa: N815
 
 
-@declared("template", TemplateSettings)
+@declared("template", TemplateSettings, member="cifar")
 class Template:
     """A stacking template: stem, ``stages`` stages of ``N`` blocks with 2x2 max pooling between them,
     widths doubling at each pooling (F, 2F, 4F, ...), then ReLU, global average pooling and a linear classifier.
+    The settings a Python call leaves out are the paper's CIFAR template's (conf/template/cifar.yaml).
     """
 
-    def __init__(self, stem: str = "conv", stages: int = 3, N: int = 2, F: int = 32) -> None:  # noqa: N803 (paper)
+    def __init__(self, stem: str, stages: int, N: int, F: int) -> None:  # noqa: N803 (the paper's names)
         self.stem, self.stages, self.N, self.F = stem, stages, N, F
 
     def build(self, block: Block, in_channels: int, num_classes: int) -> nn.Sequential:

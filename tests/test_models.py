@@ -18,6 +18,7 @@ from blockqnn.agents.qlearning import AgentStateError, QLearningAgent
 from blockqnn.codes import Block
 from blockqnn.errors import ConfigError
 from blockqnn.models import RewardModel, encode
+from blockqnn.schema import member_defaults
 from blockqnn.search import search
 from blockqnn.spaces.nasbench201 import NASBench201Space, all_archs
 from tests.helpers import REPO, cli_env, history, run_cli, stored_count
@@ -51,14 +52,20 @@ def test_an_nsc_block_encodes_as_its_dag_whatever_its_numbering():
 
 
 # ---- the model ----------------------------------------------------------------------------------------------------
+def configured_model():
+    """The forest as ``agent.model`` configures it (conf/agent/qlearning.yaml)."""
+    settings = member_defaults("agent", "qlearning")["model"]
+    return RewardModel(settings["trees"], settings["max_features"])
+
+
 def test_the_model_ranks_unseen_cells_and_its_fit_is_a_function_of_its_data(space):
     archs = list(np.random.default_rng(0).permutation(all_archs()))
     train, unseen = archs[:100], archs[100:600]
     rewards = [space.lookup(a) for a in train]
-    mean, spread = RewardModel().fit(train, rewards).predict(unseen)
+    mean, spread = configured_model().fit(train, rewards).predict(unseen)
     assert spearmanr(mean, [space.lookup(a) for a in unseen])[0] > 0.6
     assert (spread > 0).mean() > 0.9  # the trees disagree on blocks they have not seen
-    again = RewardModel().fit(train, rewards).predict(unseen)
+    again = configured_model().fit(train, rewards).predict(unseen)
     assert np.array_equal(mean, again[0]) and np.array_equal(spread, again[1])
 
 

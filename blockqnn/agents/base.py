@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from blockqnn.schema import POSITIVE, member, setting
 from blockqnn.spaces import Action
 
 
@@ -75,6 +76,15 @@ PAPER_ITERATIONS = sum(n for _, n in PAPER_STAGES)
 STATE_FORMAT = 2
 
 
+@member
+class BudgetSettings:
+    """What every agent's settings share (``agent.batch_size``, ``agent.budget``): a preset sets them once for
+    whichever agent runs under it."""
+
+    batch_size: int = setting(**POSITIVE)
+    budget: int | None = setting(**POSITIVE)
+
+
 def iteration_sizes(budget: int | None, batch_size: int, iterations: int) -> list[int]:
     """Blocks sampled per iteration: ``iterations`` of B, or, with a budget, B each and the remainder last."""
     if budget is None:
@@ -82,6 +92,11 @@ def iteration_sizes(budget: int | None, batch_size: int, iterations: int) -> lis
     full, rest = divmod(int(budget), batch_size)
     return [batch_size] * full + ([rest] if rest else [])
 
+
+def budget_sizes(budget: int | None, batch_size: int) -> list[int]:
+    """Blocks sampled per iteration by an agent without a schedule of its own: the paper's 178 iterations of B, or
+    the budget's."""
+    return iteration_sizes(budget, batch_size, PAPER_ITERATIONS)
 
 
 class Iterations:

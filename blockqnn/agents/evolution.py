@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from blockqnn.agents.base import PAPER_ITERATIONS, STATE_FORMAT, Iterations, checked_reward, iteration_sizes
+from blockqnn.agents.base import STATE_FORMAT, BudgetSettings, Iterations, budget_sizes, checked_reward
 from blockqnn.agents.state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
 from blockqnn.schema import POSITIVE, declared, member, setting
@@ -34,13 +34,11 @@ _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "popula
 
 
 @member
-class EvolutionSettings:
+class EvolutionSettings(BudgetSettings):
     """``agent=evolution`` (conf/agent/evolution.yaml), and ``RegularizedEvolution``'s arguments."""
 
     population_size: int = setting(**POSITIVE)
     tournament_size: int = setting(**POSITIVE)
-    batch_size: int = setting(**POSITIVE)
-    budget: int | None = setting(**POSITIVE)
 
     @staticmethod
     def rule(values: Mapping[str, Any]) -> str | None:
@@ -50,23 +48,17 @@ class EvolutionSettings:
         return None
 
 
-@declared("agent", EvolutionSettings)
+@declared("agent", EvolutionSettings, member="evolution")
 class RegularizedEvolution(Iterations):
-    """Aging evolution over a ``SearchSpace`` (see the module docstring)."""
+    """Aging evolution over a ``SearchSpace`` (see the module docstring); defaults: conf/agent/evolution.yaml."""
 
     def __init__(
-        self,
-        space: SearchSpace,
-        *,
-        population_size: int = 10,
-        tournament_size: int = 3,
-        batch_size: int = 64,
-        budget: int | None = None,
+        self, space: SearchSpace, *, population_size: int, tournament_size: int, batch_size: int, budget: int | None,
         seed: int = 0,
     ) -> None:
         self.space = space
         self.population_size, self.tournament_size, self.batch_size = population_size, tournament_size, batch_size
-        self.sizes = iteration_sizes(budget, batch_size, PAPER_ITERATIONS)
+        self.sizes = budget_sizes(budget, batch_size)
         self._ends = np.cumsum(self.sizes)  # blocks sampled by the end of each iteration
         self.iteration = 0
         self.sampled = 0

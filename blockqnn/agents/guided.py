@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from blockqnn.agents.base import PAPER_ITERATIONS, STATE_FORMAT, Iterations, checked_reward, iteration_sizes
+from blockqnn.agents.base import STATE_FORMAT, BudgetSettings, Iterations, budget_sizes, checked_reward
 from blockqnn.agents.state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
-from blockqnn.models import RewardModel
+from blockqnn.models import RewardModel, RewardModelSettings
 from blockqnn.schema import POSITIVE, declared, member, setting
 from blockqnn.spaces import Action, SearchSpace, checked_trajectory, explore
 
@@ -35,43 +35,37 @@ _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "rng": 
 
 
 @member
-class GuidedEvolutionSettings:
+class GuidedEvolutionSettings(BudgetSettings, RewardModelSettings):
     """``agent=guided_evolution`` (conf/agent/guided_evolution.yaml), and ``GuidedEvolution``'s arguments."""
 
     num_init: int = setting(**POSITIVE)
     num_parents: int = setting(**POSITIVE)
     num_candidates: int = setting(**POSITIVE)
-    kappa: float = setting(ge=0)
-    refit_growth: float = setting(ge=0)
-    trees: int = setting(**POSITIVE)
-    max_features: float = setting(gt=0, le=1)
-    batch_size: int = setting(**POSITIVE)
-    budget: int | None = setting(**POSITIVE)
 
 
-@declared("agent", GuidedEvolutionSettings)
+@declared("agent", GuidedEvolutionSettings, member="guided_evolution")
 class GuidedEvolution(Iterations):
-    """Predictor-guided evolution over a ``SearchSpace`` (see the module docstring)."""
+    """Predictor-guided evolution over a ``SearchSpace`` (the module docstring); defaults: its yaml's."""
 
     def __init__(
         self,
         space: SearchSpace,
         *,
-        num_init: int = 10,
-        num_parents: int = 2,
-        num_candidates: int = 100,
-        kappa: float = 0.5,
-        refit_growth: float = 0.1,
-        trees: int = 20,
-        max_features: float = 0.5,
-        batch_size: int = 64,
-        budget: int | None = None,
+        num_init: int,
+        num_parents: int,
+        num_candidates: int,
+        kappa: float,
+        refit_growth: float,
+        trees: int,
+        max_features: float,
+        batch_size: int,
+        budget: int | None,
         seed: int = 0,
     ) -> None:
         self.space, self.num_init, self.batch_size = space, num_init, batch_size
         self.num_parents, self.num_candidates, self.kappa, self.refit_growth = (
             num_parents, num_candidates, kappa, refit_growth)
-        self.sizes = iteration_sizes(budget, batch_size, PAPER_ITERATIONS)
+        self.sizes = budget_sizes(budget, batch_size)
         self.iteration = 0
         self.sampled = 0
         self.rng = np.random.default_rng(seed)

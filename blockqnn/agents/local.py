@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from blockqnn.agents.base import PAPER_ITERATIONS, STATE_FORMAT, Iterations, checked_reward, iteration_sizes
+from blockqnn.agents.base import STATE_FORMAT, BudgetSettings, Iterations, budget_sizes, checked_reward
 from blockqnn.agents.state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
 from blockqnn.schema import POSITIVE, declared, member, setting
@@ -39,31 +39,23 @@ Scored = tuple[str, float]  # an architecture's text and reward
 
 
 @member
-class LocalSearchSettings:
+class LocalSearchSettings(BudgetSettings):
     """``agent=local`` (conf/agent/local.yaml), and ``LocalSearch``'s arguments."""
 
     num_init: int = setting(**POSITIVE)
     skip_known: bool = setting()
-    batch_size: int = setting(**POSITIVE)
-    budget: int | None = setting(**POSITIVE)
 
 
-@declared("agent", LocalSearchSettings)
+@declared("agent", LocalSearchSettings, member="local")
 class LocalSearch(Iterations):
-    """Local search over a ``SearchSpace`` (see the module docstring)."""
+    """Local search over a ``SearchSpace`` (see the module docstring); defaults: conf/agent/local.yaml."""
 
     def __init__(
-        self,
-        space: SearchSpace,
-        *,
-        num_init: int = 10,
-        skip_known: bool = True,
-        batch_size: int = 64,
-        budget: int | None = None,
+        self, space: SearchSpace, *, num_init: int, skip_known: bool, batch_size: int, budget: int | None,
         seed: int = 0,
     ) -> None:
         self.space, self.num_init, self.skip_known, self.batch_size = space, num_init, skip_known, batch_size
-        self.sizes = iteration_sizes(budget, batch_size, PAPER_ITERATIONS)
+        self.sizes = budget_sizes(budget, batch_size)
         self.iteration = 0
         self.sampled = 0
         self.rng = np.random.default_rng(seed)

@@ -19,35 +19,28 @@ from typing import Any
 import numpy as np
 
 from blockqnn.agents.state import model_entries
-from blockqnn.models import RewardModel
-from blockqnn.schema import COUNT, POSITIVE, check, member, setting
+from blockqnn.models import RewardModel, RewardModelSettings
+from blockqnn.schema import COUNT, POSITIVE, check, member, member_defaults, setting
 from blockqnn.spaces import SearchSpace
 
 
 @member
-class ModelSettings:
+class ModelSettings(RewardModelSettings):
     """``agent.model``: the reward model and how the agent plans with it (``proposals`` 1 and ``planning`` 0: off)."""
 
     proposals: int = setting(**POSITIVE)
-    kappa: float = setting(ge=0)
     planning: int = setting(**COUNT)
     warmup: int = setting(**POSITIVE)
-    refit_growth: float = setting(ge=0)
-    trees: int = setting(**POSITIVE)
-    max_features: float = setting(gt=0, le=1)
 
     @property
     def active(self) -> bool:
         return self.proposals > 1 or self.planning > 0
 
 
-MODEL_OFF = {"proposals": 1, "kappa": 0.0, "planning": 0, "warmup": 10, "refit_growth": 0.0, "trees": 50,
-             "max_features": 0.5}
-
-
 def planner(space: SearchSpace, settings: Mapping[str, Any] | None) -> Planner | None:
-    """The agent's planner for ``agent.model`` settings, or None when they leave planning off."""
-    chosen = ModelSettings(**{**MODEL_OFF, **(settings or {})})
+    """The agent's planner for ``agent.model`` settings, or None when they leave planning off. The settings left
+    out (all of them for ``None``) are conf/agent/qlearning.yaml's, where the command line gets them."""
+    chosen = ModelSettings(**{**member_defaults("agent", "qlearning")["model"], **(settings or {})})
     check(ModelSettings, "agent.model", vars(chosen))
     return Planner(space, chosen) if chosen.active else None
 

@@ -47,6 +47,7 @@ import numpy as np
 from blockqnn.agents.base import (
     PAPER_ITERATIONS,
     STATE_FORMAT,
+    BudgetSettings,
     Iterations,
     checked_reward,
     iteration_sizes,
@@ -57,7 +58,7 @@ from blockqnn.agents.schedule import SCHEDULES, shaped_schedule
 from blockqnn.agents.state import check_state, checked_rng_state, memory_entries
 from blockqnn.errors import AgentStateError
 from blockqnn.models import RewardModel
-from blockqnn.schema import COUNT, FRACTION, POSITIVE, check, declared, member, setting
+from blockqnn.schema import COUNT, FRACTION, POSITIVE, check, declared, member, member_defaults, setting
 from blockqnn.spaces import Action, SearchSpace, State
 
 REPLAY_EVERY = ("block", "iteration")
@@ -65,14 +66,12 @@ _STATE_TYPES = {"iteration": int, "sampled": int, "num_iterations": int, "q": di
 
 
 @member
-class QLearningSettings:
+class QLearningSettings(BudgetSettings):
     """``agent=qlearning`` and ``agent=random`` (conf/agent/*.yaml), and ``QLearningAgent``'s arguments."""
 
     alpha: float = setting(gt=0, le=1)
     gamma: float = setting(**FRACTION)
     q_init: float = setting()
-    batch_size: int = setting(**POSITIVE)
-    budget: int | None = setting(**POSITIVE)
     replay: bool = setting()
     replay_size: int = setting(**COUNT)
     replay_every: str = setting(choices=REPLAY_EVERY)
@@ -89,8 +88,9 @@ class QLearningSettings:
     def rule(values: Mapping[str, Any]) -> str | None:
         if values.get("budget") is None:
             return None
-        for key, default in (("schedule_scale", 1.0), ("schedule_iterations", PAPER_ITERATIONS)):
-            if values.get(key, default) != default:
+        written = member_defaults("agent", "qlearning")
+        for key in ("schedule_scale", "schedule_iterations"):
+            if values.get(key, written[key]) != written[key]:
                 return (f"{key}={values[key]}: agent.budget sizes the schedule; {key} applies only without one "
                         "(agent.budget=null)")
         return None
@@ -109,30 +109,30 @@ def epsilon_schedule(
 _schedule = epsilon_schedule  # the agent's constructor argument of the same name shadows the function
 
 
-@declared("agent", QLearningSettings)
+@declared("agent", QLearningSettings, member="qlearning")
 class QLearningAgent(Iterations):
-    """Epsilon-greedy tabular Q-learning over a ``SearchSpace`` (see the module docstring)."""
+    """Epsilon-greedy tabular Q-learning over a ``SearchSpace`` (the module docstring); defaults: its yaml's."""
 
     def __init__(
         self,
         space: SearchSpace,
         *,
-        alpha: float = 0.01,
-        gamma: float = 1.0,
-        q_init: float = 0.5,
-        batch_size: int = 64,
-        replay_size: int = 128,
-        replay_every: str = "block",
-        shaping: bool = True,
-        replay: bool = True,
-        epsilon_schedule: str = "paper",
-        schedule_scale: float = 1.0,
-        schedule_iterations: int = PAPER_ITERATIONS,
-        epsilon_start: float = 1.0,
-        epsilon_end: float = 0.1,
-        epsilon_override: float | None = None,
-        budget: int | None = None,
-        model: Mapping[str, Any] | None = None,
+        alpha: float,
+        gamma: float,
+        q_init: float,
+        batch_size: int,
+        replay_size: int,
+        replay_every: str,
+        shaping: bool,
+        replay: bool,
+        epsilon_schedule: str,
+        schedule_scale: float,
+        schedule_iterations: int,
+        epsilon_start: float,
+        epsilon_end: float,
+        epsilon_override: float | None,
+        budget: int | None,
+        model: Mapping[str, Any] | None,
         seed: int = 0,
     ) -> None:
         self.space = space

@@ -2,6 +2,6 @@
 block's reward with its uncertainty (``reward``). An agent plans with one (``blockqnn.agents.qlearning``)."""
 
 from blockqnn.models.encoding import encode, encode_all
-from blockqnn.models.reward import RewardModel
+from blockqnn.models.reward import RewardModel, RewardModelSettings
 
-__all__ = ["RewardModel", "encode", "encode_all"]
+__all__ = ["RewardModel", "RewardModelSettings", "encode", "encode_all"]

@@ -18,12 +18,24 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from blockqnn.models.encoding import encode_all
+from blockqnn.schema import POSITIVE, member, setting
+
+
+@member
+class RewardModelSettings:
+    """The forest's settings and how an agent trusts it, wherever an agent plans with one (``agent.model`` of
+    Q-learning, ``agent=guided_evolution``); their defaults are written in those members' yaml."""
+
+    kappa: float = setting(ge=0)  # the exploration bonus: predicted reward + kappa x the trees' spread
+    refit_growth: float = setting(ge=0)  # refit once the scored blocks have grown by this share since the last fit
+    trees: int = setting(**POSITIVE)
+    max_features: float = setting(gt=0, le=1)  # share of the encoding's inputs tried at each split
 
 
 class RewardModel:
     """``fit`` on scored blocks (architecture text), then ``predict`` mean and spread of unseen ones."""
 
-    def __init__(self, trees: int = 50, max_features: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, trees: int, max_features: float, seed: int = 0) -> None:
         self.trees, self.max_features, self.seed = int(trees), float(max_features), int(seed)
         self._forest: RandomForestRegressor | None = None
         self.fitted_on = 0  # how many blocks the current fit saw

@@ -10,6 +10,10 @@ A schema is a dataclass: each field declares one setting, its type by the annota
 - what no room below owns here (``entry``): the entry points' top level (``SearchConfig``, ``TrainConfig``,
   registered with Hydra), the trainer recipe (a section without a ``_target_``) and torch's optimizers.
 
+A schema writes no default: a setting's default is written once, in its member's yaml (``conf/<group>/<member>.yaml``),
+and a constructor declared with ``@declared(group, schema, member=...)`` takes it from there when a Python call leaves
+it out (``defaults``), so ``QLearningAgent(space)`` is ``agent=qlearning``.
+
 ``check_config`` (``check``) walks a composed config and refuses the first value outside its declaration with one
 line that names the key (``trainer.max_epochs=-1: expected an integer >= 1``); ``blockqnn.config.compose`` and every
 entry point run it before anything else. A target without a schema is not checked, and neither are keys a schema
@@ -18,6 +22,7 @@ leaves undeclared (extra optimizer arguments go to torch as given); ``tests/test
 """
 
 from blockqnn.schema.check import check, check_config, declarations, declared, describe, schema_of, target_schema
+from blockqnn.schema.defaults import CONF_DIR, member_defaults
 from blockqnn.schema.entry import (
     PRECISIONS,
     PROGRESS_MODES,
@@ -31,8 +36,8 @@ from blockqnn.schema.entry import (
 from blockqnn.schema.fields import AUTO, COUNT, FRACTION, POSITIVE, SEEDS, member, setting
 
 __all__ = [
-    "AUTO", "COUNT", "FRACTION", "POSITIVE", "PRECISIONS", "PROGRESS_MODES", "SEARCH_MODES", "SEEDS",
+    "AUTO", "CONF_DIR", "COUNT", "FRACTION", "POSITIVE", "PRECISIONS", "PROGRESS_MODES", "SEARCH_MODES", "SEEDS",
     "TRAIN_PROGRESS_MODES", "TRAINER_ARGUMENTS", "ProgressConfig", "check", "check_config", "declarations", "declared",
-    "describe", "extra_clash", "member", "register_schemas",
+    "describe", "extra_clash", "member", "member_defaults", "register_schemas",
     "schema_of", "setting", "target_schema",
 ]

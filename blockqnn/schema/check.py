@@ -3,7 +3,9 @@
 ``check_config`` walks a composed config and refuses the first value outside its declaration with one line that
 names the key (``trainer.max_epochs=-1: expected an integer >= 1``). ``@declared(group, schema)`` makes a schema the
 declaration of a class or function: a config whose ``_target_`` names it is checked against it, and so is every
-call from Python (``QLearningAgent(space, alpha=2)``: ``agent.alpha=2: expected a number > 0 and <= 1``).
+call from Python (``QLearningAgent(space, alpha=2)``: ``agent.alpha=2: expected a number > 0 and <= 1``). With
+``member=``, the constructor writes no default for its settings: a Python call gets the ones it leaves out from that
+member's yaml (``blockqnn.schema.defaults``), as the command line does.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from blockqnn.errors import ConfigError
+from blockqnn.schema.defaults import member_defaults
 from blockqnn.schema.entry import SECTIONS, TARGETS
 from blockqnn.schema.fields import PATTERN_WORDS
 
 Built = TypeVar("Built", bound=Callable[..., Any])
 
 
-def declared(group: str, schema: type) -> Callable[[Built], Built]:
+def declared(group: str, schema: type, member: str | None = None) -> Callable[[Built], Built]:
     """Declare the settings of a class (its constructor) or a function: configs that target it are checked against
     ``schema`` when composed, and its calls from Python in the same way, with the same ``ConfigError`` line
-    (``group.key=value: expected ...``). Arguments the schema does not declare (the space, a seed) pass as given."""
+    (``group.key=value: expected ...``). Arguments the schema does not declare (the space, a seed) pass as given.
+
+    ``member``: the group member whose yaml (``conf/<group>/<member>.yaml``) is where the settings' defaults are
+    written; the constructor gives them none, and a Python call that leaves a setting out gets the yaml's value."""
 
     def decorate(built: Built) -> Built:
         names = declarations(schema)[0].keys()
@@ -45,12 +51,16 @@ def declared(group: str, schema: type) -> Callable[[Built], Built]:
 
         @functools.wraps(call)
         def checked(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
+            bound = signature.bind_partial(*args, **kwargs)
+            written = member_defaults(group, member) if member is not None else {}
+            bound.arguments.update({key: written[key] for key in names & written.keys() - bound.arguments.keys()})
+            bound = signature.bind(*bound.args, **bound.kwargs)  # a setting no one gives: Python's own TypeError
             bound.apply_defaults()  # the rules see every value (a tournament against the default population)
             check(schema, group, {key: value for key, value in bound.arguments.items() if key in names})
-            return call(*args, **kwargs)
+            return call(*bound.args, **bound.kwargs)
 
         checked.__schema__ = schema  # type: ignore[attr-defined]
+        checked.__member__ = member  # type: ignore[attr-defined]
         if not isinstance(built, type):
             return typing.cast(Built, checked)
         built.__init__ = checked  # type: ignore[misc]
