@@ -4,7 +4,9 @@ torch's default (one intra-op thread per core it sees) assumes the whole machine
 job, or several candidates at once, its spinning OpenMP threads wait for descheduled cores and a tiny network
 trains 5-30x slower than on one thread. So a candidate gets the cores this process may really use (its CPU
 affinity and its cgroup's CPU quota), divided among the candidates running at once, and no more threads than its
-size can use: a network of ``flops_per_thread`` forward FLOPs per image or fewer trains on one thread.
+size can use: a network of ``flops_per_thread`` forward FLOPs per image or fewer trains on one thread. The executor,
+which knows how many candidates run at once, grants each worker a ``ThreadBudget``; the worker's evaluator is built
+with it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 CORES_ENV = "BLOCKQNN_CORES"  # a cap on the cores this process counts as its own (set by share_cores, or by hand)
-BUDGET_ENV = "BLOCKQNN_THREADS"  # the threads an executor grants each candidate of one worker
-SIZE_ENV = "BLOCKQNN_FLOPS_PER_THREAD"  # the size rule, from the executor's config
 
 
 def usable_cores() -> int:
@@ -72,19 +73,29 @@ def cpu_workers(threads: int) -> int:
     return max(1, usable_cores() // max(threads, 1))
 
 
-def candidate_threads(flops: float, flops_per_thread: float | None = None, budget: int | None = None) -> int | None:
+def candidate_threads(flops: float, flops_per_thread: float, budget: int) -> int:
     """Threads for one candidate of ``flops`` forward FLOPs per image: one per ``flops_per_thread`` (0: no size
-    rule), at least one, at most the budget. Both default to the executor's policy (``policy_env``); None when
-    no executor set one (a candidate evaluated directly keeps torch's setting)."""
-    if budget is None:
-        granted = os.environ.get(BUDGET_ENV, "")
-        if not granted.isdigit() or int(granted) < 1:
-            return None
-        budget = int(granted)
-    if flops_per_thread is None:
-        flops_per_thread = float(os.environ.get(SIZE_ENV, 0) or 0)
+    rule), at least one, at most the budget."""
     wanted = budget if flops_per_thread <= 0 else math.ceil(flops / flops_per_thread)
     return max(1, min(budget, wanted))
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """The CPU threads an executor grants each candidate of one worker, passed to the worker's evaluator when it is
+    built: at most ``threads`` (None: torch's own setting is left alone, as for a candidate evaluated outside a
+    search, or a Ray task, whose worker Ray sizes to the task's ``num_cpus``), one per ``flops_per_thread``
+    forward FLOPs per image (0: always the whole budget)."""
+
+    threads: int | None = None
+    flops_per_thread: float = 0.0
+
+    def for_candidate(self, flops: float) -> int | None:
+        """Threads for a candidate of ``flops`` (``candidate_threads``); None: leave torch's setting."""
+        return None if self.threads is None else candidate_threads(flops, self.flops_per_thread, self.threads)
+
+
+NO_BUDGET = ThreadBudget()  # no executor granted one: torch's setting is left alone
 
 
 @contextlib.contextmanager
@@ -101,8 +112,3 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def policy_env(budget: int, flops_per_thread: float) -> dict[str, str]:
-    """What a worker process needs to size its candidates' threads."""
-    return {BUDGET_ENV: str(budget), SIZE_ENV: str(float(flops_per_thread))}

@@ -12,7 +12,6 @@ with the busy neighbour the chosen setting stays within 2x of its time alone.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -22,19 +21,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blockqnn import threads  # noqa: E402
+from blockqnn.candidate import Job  # noqa: E402
 from blockqnn.config import compose  # noqa: E402
-from blockqnn.evaluate import evaluate_candidate  # noqa: E402
+from blockqnn.evaluate import build_evaluator  # noqa: E402
 
 BLOCK = "(1,1,3,0,0),(2,1,3,1,0),(3,5,0,1,2),(4,7,0,0,0)"
 BUSY = "import torch; torch.set_num_threads({n}); a = torch.randn(600, 600)\nwhile True: a @ a"
 
 
 def wall_times(cfg, count: int, repeats: int) -> list[float]:
-    os.environ.update(threads.policy_env(count, 0.0))  # exactly `count` threads for the candidate
+    evaluator = build_evaluator(cfg, budget=threads.ThreadBudget(count))  # exactly `count` threads a candidate
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        result = evaluate_candidate(BLOCK, cfg)
+        result = evaluator(Job(BLOCK, BLOCK, cfg.seed))
         assert result.status == "ok", result.error
         times.append(time.perf_counter() - start)
     return times
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = compose("search", ["experiment=quickstart", "logger=none"])
     cores = threads.usable_cores()
-    flops = evaluate_candidate(BLOCK, cfg).flops
+    flops = build_evaluator(cfg)(Job(BLOCK, BLOCK, cfg.seed)).flops
     chosen = threads.candidate_threads(flops, cfg.executor.flops_per_thread, budget=cores)
     print(f"usable cores {cores}; candidate {BLOCK}: {flops / 1e6:.2f} MFLOPs per image -> {chosen} thread(s)")
     settings = {f"torch default ({cores})": cores, f"chosen ({chosen})": chosen}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from hydra.utils import instantiate  # noqa: E402
 
 from blockqnn.candidate import Job, candidate_seed  # noqa: E402
 from blockqnn.config import compose  # noqa: E402
+from blockqnn.evaluate import candidate_factory  # noqa: E402
 from blockqnn.executors import LocalExecutor  # noqa: E402
-from blockqnn.executors.base import EvaluatorFactory, factory  # noqa: E402
-from blockqnn.search import evaluator_factory  # noqa: E402
+from blockqnn.executors.base import EvaluatorFactory  # noqa: E402
+from blockqnn.threads import ThreadBudget  # noqa: E402
 
 
 def resident_mb() -> float:
@@ -47,8 +49,8 @@ def allocated_gpu_mb() -> float | None:
 class Measured:
     """The search's evaluator, each result returned with the worker's memory after the candidate."""
 
-    def __init__(self, build: EvaluatorFactory) -> None:
-        self.evaluator = build()
+    def __init__(self, build: EvaluatorFactory, budget: ThreadBudget) -> None:
+        self.evaluator = build(budget)
 
     def __call__(self, job: Job) -> tuple[Any, float, float | None]:
         result = self.evaluator(job)
@@ -67,7 +69,7 @@ def main() -> None:
     print(f"{len(blocks)} candidates of {' '.join(args.overrides)}, one worker, one at a time", flush=True)
     rss, start = {}, time.perf_counter()
     with LocalExecutor(workers=1, threads=1, flops_per_thread=0) as executor:
-        executor.serve(factory(Measured, evaluator_factory(cfg, space, None)))
+        executor.serve(partial(Measured, candidate_factory(cfg, space)))
         for count, arch in enumerate(blocks, 1):
             block_hash = space.canonical_hash(arch)
             executor.submit(count, Job(arch, block_hash, candidate_seed(cfg.seed, block_hash)))

@@ -26,8 +26,8 @@ from hydra.utils import instantiate  # noqa: E402
 
 from blockqnn.candidate import Job, candidate_seed  # noqa: E402
 from blockqnn.config import compose  # noqa: E402
+from blockqnn.evaluate import candidate_factory  # noqa: E402
 from blockqnn.executors import LocalExecutor  # noqa: E402
-from blockqnn.search import evaluator_factory  # noqa: E402
 from blockqnn.spaces import explore  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def measure(cfg, space, blocks: list[str], workers: int) -> tuple[float, list[tu
     """Seconds from start to every evaluator built, and the candidates' times."""
     start = time.perf_counter()
     with LocalExecutor(workers=workers, threads=1, flops_per_thread=0) as executor:
-        executor.serve(evaluator_factory(cfg, space, None))
+        executor.serve(candidate_factory(cfg, space))
         ready = time.perf_counter() - start
         return ready, timed_candidates(executor, blocks)
 

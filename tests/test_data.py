@@ -289,11 +289,16 @@ def test_shape_mismatch_with_config_is_a_clear_error():
         datamodule(dataset_cfg("digits", "dataset.image_size=10"), batch_size=8).load()
 
 
-def test_sources_are_loaded_once_per_process():
-    cfg = dataset_cfg("synthetic", "dataset.source.seed=123")
-    first, second = datamodule(cfg, batch_size=8), datamodule(cfg, batch_size=16, seed=5)
-    assert first.load() is second.load()
-    assert load_source.cache_info().hits >= 1
+def test_a_data_module_loads_its_source_once(monkeypatch):
+    from blockqnn.data import modules
+
+    loads = []
+    monkeypatch.setattr(modules, "load_source", lambda source: loads.append(source) or load_source(source))
+    data = datamodule(dataset_cfg("synthetic", "dataset.source.seed=123"), batch_size=8)
+    assert data.load() is data.load()
+    data.setup("fit")  # Lightning's setup: laid out on the device, not loaded again
+    data.setup("fit")
+    assert len(loads) == 1 and data.normalization() == data.normalization()
 
 
 def test_synthetic_is_reproducible_and_class_dependent():

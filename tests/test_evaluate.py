@@ -10,9 +10,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from blockqnn import evaluate
-from blockqnn.candidate import Result, candidate_seed
+from blockqnn.candidate import Job, Result, candidate_seed
 from blockqnn.codes import Block
-from blockqnn.data import DataError
+from blockqnn.data import DataError, load_source
 from blockqnn.errors import UserError
 from blockqnn.evaluate import evaluate_candidate, try_recipe
 from blockqnn.fit import Classifier
@@ -136,19 +136,20 @@ def test_missing_dataset_is_raised_not_recorded(compose):
         try_recipe("", cfg)
 
 
-def test_trying_the_recipe_loads_the_data_once_and_leaves_results_unchanged(smoke):
-    from blockqnn.data import load_source
+def test_trying_the_recipe_loads_the_data_once_and_leaves_results_unchanged(smoke, monkeypatch):
+    from blockqnn.data import modules
 
     cfg = smoke()
-    load_source.cache_clear()
     alone = evaluate_candidate(RESIDUAL, cfg)
-    load_source.cache_clear()
+    loads = []
+    monkeypatch.setattr(modules, "load_source", lambda source: loads.append(source) or load_source(source))
     rng = torch.random.get_rng_state()
-    assert try_recipe("", cfg).status == "ok"  # data, template, recipe all usable on one batch...
+    evaluator = evaluate.build_evaluator(cfg, trial=True)  # data, template, recipe all usable on one batch...
     assert torch.equal(torch.random.get_rng_state(), rng)  # ...the caller's random state untouched...
-    assert load_source.cache_info().currsize == 1  # ...and the data loaded once, for every later candidate
-    after = evaluate_candidate(RESIDUAL, cfg)
-    assert load_source.cache_info().misses == 1
+    assert len(loads) == 1  # ...and the data loaded once, for every later candidate
+    block_hash = evaluator.space.canonical_hash(RESIDUAL)
+    after = evaluator(Job(RESIDUAL, block_hash, candidate_seed(cfg.seed, block_hash)))
+    assert len(loads) == 1
     assert (after.status, after.accuracy, after.reward) == (alone.status, alone.accuracy, alone.reward)
 
 
@@ -174,7 +175,7 @@ def test_trying_the_recipe_accepts_any_validation_schedule(smoke):
 def test_table_space_is_looked_up_not_trained(compose, nb201_table, monkeypatch):
     monkeypatch.setattr(evaluate, "fit", lambda *a, **k: pytest.fail("a table space must not train"))
     cfg = compose("space=nasbench201", f"space.table={nb201_table}")
-    space = evaluate.evaluator_for(cfg).space
+    space = evaluate.build_evaluator(cfg).space
     arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
     result = evaluate_candidate(arch, cfg)
     assert result.status == "ok" and result.accuracy == result.reward == space.lookup(arch)

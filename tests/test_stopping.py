@@ -13,11 +13,10 @@ import time
 import pytest
 
 from blockqnn.errors import ConfigError
-from blockqnn.executors.base import factory
 from blockqnn.search import search
 from blockqnn.stopping import ASHA, STOPPED, Rungs, geometric_rungs
 from blockqnn.store import Store
-from tests.helpers import REPO
+from tests.helpers import REPO, scored_by
 from tests.timed import CurveEvaluator
 
 TIMES = ("wall_time", "started_at", "finished_at", "dispatched_at")
@@ -83,7 +82,7 @@ def asha_search(table_search, *extra):
 
 def curve_search(compose, args, run_dir, **kwargs):
     cfg = compose(*args)
-    return search(cfg, run_dir, evaluator=factory(CurveEvaluator, cfg), **kwargs)
+    return search(scored_by(cfg, CurveEvaluator), run_dir, **kwargs)
 
 
 def rows_of(run_dir) -> list[dict]:
@@ -124,10 +123,10 @@ def test_a_resumed_search_never_retrains_a_stopped_candidate(compose, table_sear
 
     cfg = compose(*asha_search(table_search))
     with pytest.raises(KeyboardInterrupt):
-        search(cfg, run, evaluator=factory(Counting, cfg))
+        search(scored_by(cfg, Counting), run)
     before = rows_of(run)
     stopped, first = {r["arch"] for r in before if r["status"] == STOPPED}, len(seen)
-    search(cfg, run, evaluator=factory(Counting, cfg))
+    search(scored_by(cfg, Counting), run)
     assert stopped and not stopped & set(seen[first:])
     assert all(row in rows_of(run) for row in before)
 

@@ -41,17 +41,19 @@ def test_small_candidates_get_one_thread_large_ones_the_budget():
     assert threads.candidate_threads(3e5, 0, budget=4) == 4  # no size rule
 
 
-def test_the_in_process_executor_sets_the_policy_for_its_candidates_and_restores_it(monkeypatch):
-    monkeypatch.delenv(threads.BUDGET_ENV, raising=False)
+def test_the_in_process_executor_builds_its_evaluator_with_the_budget(monkeypatch):
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
-    assert threads.candidate_threads(1e9) is None  # no executor: torch's setting is left alone
-    with LocalExecutor(workers=0, flops_per_thread=2e7):
-        assert threads.candidate_threads(3e5) == 1 and threads.candidate_threads(1e9) == 2
+    assert threads.NO_BUDGET.for_candidate(1e9) is None  # no executor: torch's setting is left alone
+    granted = []
+    with LocalExecutor(workers=0, flops_per_thread=2e7) as executor:
+        executor.serve(lambda budget: granted.append(budget))
+        budget = granted[0]
+        assert budget.for_candidate(3e5) == 1 and budget.for_candidate(1e9) == 2
         before = torch.get_num_threads()
-        with threads.torch_threads(threads.candidate_threads(1e9)):
+        with threads.torch_threads(budget.for_candidate(1e9)):
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == before
-    assert threads.BUDGET_ENV not in os.environ
+    assert not any(name.startswith("BLOCKQNN_THREADS") for name in os.environ)  # no environment round trip
 
 
 def test_worker_processes_receive_their_share(monkeypatch):
@@ -60,11 +62,12 @@ def test_worker_processes_receive_their_share(monkeypatch):
     monkeypatch.setattr(executors, "cpu_threads", lambda count: 3)
     seen = []
     stand_in = type("W", (), {"stop": lambda s: 0})
-    monkeypatch.setattr(executors, "_Worker", lambda i, env, method: seen.append(env) or stand_in())
+    monkeypatch.setattr(executors, "_Worker",
+                        lambda i, env, budget, method: seen.append((env, budget)) or stand_in())
     with LocalExecutor(workers=2, flops_per_thread=1e6):
         pass
-    assert [e[threads.BUDGET_ENV] for e in seen] == ["3", "3"] and seen[0]["OMP_NUM_THREADS"] == "3"
-    assert float(seen[0][threads.SIZE_ENV]) == 1e6
+    assert [budget.threads for _, budget in seen] == [3, 3] and seen[0][0]["OMP_NUM_THREADS"] == "3"
+    assert seen[0][1].flops_per_thread == 1e6
 
 
 def test_auto_workers_fill_a_machine_without_gpus(monkeypatch):

@@ -9,7 +9,15 @@ The configs (``conf/dataset/*.yaml``) and stored runs name targets as ``blockqnn
 """
 
 from blockqnn.data.augment import Augment, Crops, DeviceLoader, cutout
-from blockqnn.data.modules import DeviceData, DeviceSplits, StreamedData, channel_stats, datamodule, device_splits
+from blockqnn.data.modules import (
+    DeviceData,
+    DeviceSplits,
+    StreamedData,
+    channel_stats,
+    datamodule,
+    lay_out,
+    pixel_stats,
+)
 from blockqnn.data.sources import (
     Arrays,
     cifar,
@@ -24,6 +32,6 @@ from blockqnn.errors import DataError
 
 __all__ = [
     "Arrays", "Augment", "Crops", "DataError", "DeviceData", "DeviceLoader", "DeviceSplits", "StreamedData",
-    "channel_stats", "cifar", "cutout", "datamodule", "device_splits", "digits", "image_folder", "load_source",
-    "synthetic", "torchvision_dataset", "validation_split",
+    "channel_stats", "cifar", "cutout", "datamodule", "digits", "image_folder", "lay_out", "load_source",
+    "pixel_stats", "synthetic", "torchvision_dataset", "validation_split",
 ]

@@ -2,7 +2,8 @@
 ``blockqnn.data.augment``) and ``StreamedData`` (ImageNet-style trees read from disk through DataLoaders).
 
 A dataset config (``conf/dataset/*.yaml``) instantiates one of them; ``datamodule`` adds the recipe's batch sizes
-and a shuffling seed. The raw splits and their on-device layout are cached per process and device.
+and a shuffling seed. A data module loads its dataset once and keeps it (on the device, for ``DeviceData``): a
+search's worker builds one and trains every candidate on it.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
@@ -41,35 +41,36 @@ class DeviceSplits:
     test_images: Tensor
     test_labels: Tensor
     classes: tuple[str, ...]
+    device: torch.device
 
 
-@lru_cache(maxsize=4)
-def device_splits(
-    source_key: str, val_size: int, split_seed: int, padding: int, flip: bool, device: torch.device
-) -> DeviceSplits:
-    """The cached splits of a source on a device: loaded, split and laid out once per process and device."""
-    arrays = load_source(source_key)
-    train_idx, val_idx = validation_split(len(arrays.train_labels), val_size, split_seed)
+def lay_out(arrays: Arrays, train_idx: Tensor, val_idx: Tensor, padding: int, flip: bool,
+            device: torch.device) -> DeviceSplits:
+    """The splits of loaded ``arrays`` on ``device``, the training images laid out for cropping."""
     return DeviceSplits(
         Crops(arrays.train_images[train_idx].to(device), padding, flip), arrays.train_labels[train_idx].to(device),
         arrays.train_images[val_idx].to(device), arrays.train_labels[val_idx].to(device),
-        arrays.test_images.to(device), arrays.test_labels.to(device), arrays.classes,
+        arrays.test_images.to(device), arrays.test_labels.to(device), arrays.classes, torch.device(device),
     )
 
 
-@cache
-def channel_stats(source_key: str, val_size: int, split_seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (0..1 scale) of a training split, from pixel histograms (no float copy)."""
-    arrays = load_source(source_key)
-    train = arrays.train_images[validation_split(len(arrays.train_labels), val_size, split_seed)[0]]
+def pixel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..1 scale) of uint8 images (N, C, H, W), from pixel histograms (no float copy)."""
     levels = torch.arange(256, dtype=torch.float64) / 255
     mean, std = [], []
-    for c in range(train.shape[1]):
-        hist = torch.bincount(train[:, c].reshape(-1), minlength=256).double()
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
         m = (hist * levels).sum() / hist.sum()
         mean.append(m.item())
         std.append(max(((hist * (levels - m) ** 2).sum() / hist.sum()).sqrt().item(), 1e-3))
     return tuple(mean), tuple(std)
+
+
+def channel_stats(source_key: str, val_size: int, split_seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a source's training split, the source loaded again: kept for callers written
+    before ``DeviceData.normalization()`` (which measures its own loaded data once)."""
+    arrays = load_source(source_key)
+    return pixel_stats(arrays.train_images[validation_split(len(arrays.train_labels), val_size, split_seed)[0]])
 
 
 class _Data(L.LightningDataModule):
@@ -117,7 +118,9 @@ class DeviceDataSettings:
 
 @declared("dataset", DeviceDataSettings)
 class DeviceData(_Data):
-    """The fast path: a dataset held on the training device; see ``DeviceLoader``."""
+    """The fast path: a dataset held on the training device; see ``DeviceLoader``. It loads its source once and keeps
+    it, laid out on the device at the first ``setup``: one data module serves every candidate of a worker, each
+    with its own shuffling ``seed``."""
 
     def __init__(
         self, source: DictConfig, channels: int, image_size: int, num_classes: int | None, val_size: int,
@@ -128,38 +131,54 @@ class DeviceData(_Data):
         super().__init__(name, channels, image_size, num_classes, val_size, split_seed, batch_size, eval_batch_size,
                          seed)
         try:
-            self.source_key = config_key(source)
+            self.source = OmegaConf.to_container(source, resolve=True, throw_on_missing=True)
         except MissingMandatoryValue as e:
             raise DataError(f"dataset {name}: {e.full_key} is not set "
                             f"(give it on the command line, e.g. dataset.{e.full_key}=/path)") from None
         self.augment = Augment(**(augment or {}))
         self._mean, self._std = (None if mean is None else tuple(mean)), (None if std is None else tuple(std))
-        self.splits: DeviceSplits | None = None
+        self.arrays: Arrays | None = None  # the source as loaded
+        self.splits: DeviceSplits | None = None  # on the device of the last setup
+
+    @property
+    def source_key(self) -> str:
+        """The source config as ``config_key`` text (for ``channel_stats``'s callers)."""
+        return config_key(self.source)
 
     def load(self) -> Arrays:
-        """Load the source (once per process) and check it against the config."""
-        arrays = load_source(self.source_key)
+        """Load the source (the first time only) and check it against the config."""
+        if self.arrays is not None:
+            return self.arrays
+        arrays = load_source(self.source)
         shape = tuple(arrays.train_images.shape[1:])
         if shape != (self.channels, self.image_size, self.image_size):
             raise DataError(f"dataset {self.name}: images are {shape} but the config says channels="
                             f"{self.channels}, image_size={self.image_size}")
         self._check_classes(len(arrays.classes))
         self.classes = tuple(arrays.classes)
+        self._train_idx, self._val_idx = validation_split(len(arrays.train_labels), self.val_size, self.split_seed)
+        self.arrays = arrays
         return arrays
 
     def setup(self, stage: str, device: torch.device | str | None = None) -> None:
         device, self.rank, self.world = self._placement(device)
-        self.load()
-        aug = self.augment
-        self.splits = device_splits(self.source_key, self.val_size, self.split_seed, aug.crop_padding, aug.flip,
-                                    device)
+        arrays = self.load()
+        if self.splits is None or self.splits.device != torch.device(device):
+            aug = self.augment
+            self.splits = lay_out(arrays, self._train_idx, self._val_idx, aug.crop_padding, aug.flip, device)
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The per-channel mean and std batches are normalised with: the config's, else measured on the training
+        split (once)."""
+        if self._mean is None or self._std is None:
+            self._mean, self._std = pixel_stats(self.load().train_images[self._train_idx])
+        return self._mean, self._std
 
     def _loader(self, images: Tensor | Crops, labels: Tensor) -> DeviceLoader:
-        if self._mean is None or self._std is None:
-            self._mean, self._std = channel_stats(self.source_key, self.val_size, self.split_seed)
+        mean, std = self.normalization()
         train = isinstance(images, Crops)
         return DeviceLoader(
-            images, labels, self.batch_size if train else self.eval_batch_size, mean=self._mean, std=self._std,
+            images, labels, self.batch_size if train else self.eval_batch_size, mean=mean, std=std,
             cutout=self.augment.cutout if train else 0, seed=self.seed, rank=self.rank, world=self.world,
         )
 
@@ -221,7 +240,9 @@ class StreamedData(_Data):
         self.device = torch.device("cpu")
 
     def load(self) -> dict:
-        """Scan the tree (files are read lazily by the loaders) and carve the validation split."""
+        """Scan the tree (the first time only; files are read lazily by the loaders) and carve the validation split."""
+        if self.folders:
+            return self.folders
         for split in (self.train_dir, self.test_dir):
             if not (self.root / split).is_dir():
                 raise DataError(f"{self.name}: {self.root / split} not found (expected {self.train_dir}/<class>/* "

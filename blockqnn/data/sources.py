@@ -1,4 +1,5 @@
-"""Data sources: each loads a dataset's raw splits as uint8 tensors (``Arrays``), once per process.
+"""Data sources: each loads a dataset's raw splits as uint8 tensors (``Arrays``); a data module loads its source once
+and keeps what it loaded (``blockqnn.data.modules``).
 
 A source is what ``dataset.source`` instantiates (``conf/dataset/*.yaml``): torchvision's CIFAR archives
 (downloaded when absent), any other torchvision classification dataset by name, any image-folder tree,
@@ -11,9 +12,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from functools import cache
 from numbers import Integral
 from pathlib import Path
 
@@ -315,11 +315,11 @@ def validation_split(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
-@cache
-def load_source(key: str) -> Arrays:
-    """The raw splits of a source config (by ``config_key``), loaded once per process."""
+def load_source(source: Mapping | str) -> Arrays:
+    """The raw splits of a source config (resolved; or its ``config_key`` text, as callers written before the data
+    modules kept their own data pass it), loaded now: each call loads again, so the caller keeps what it gets."""
     with data_errors_unwrapped():
-        return instantiate(json.loads(key))
+        return instantiate(json.loads(source) if isinstance(source, str) else source)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """What the search loops ask of an executor, and what every executor shares.
 
-An executor is told once what to run (``serve(factory)``: a picklable ``factory()`` that builds the evaluator; each
-worker builds it once, when it starts, and keeps it, with its data on the device, for every candidate), then offers
+An executor is told once what to run (``serve(factory)``: a picklable ``factory(budget)`` that builds the evaluator;
+each worker builds it once, when it starts, with the ``blockqnn.threads.ThreadBudget`` the executor grants it, and
+keeps it, with its data on the device, for every candidate), then offers
 ``submit(key, job)`` (evaluate the candidate a ``blockqnn.candidate.Job`` describes when a worker is free),
 ``next_finished()`` (wait for any submitted candidate; its ``(key, result)``), ``capacity`` (how many candidates run
 at once) and ``pending`` (submitted, not yet returned). The asynchronous loop keeps ``capacity`` candidates in
@@ -26,9 +27,10 @@ from typing import Any, Protocol
 
 from blockqnn.candidate import Job, Result, Status
 from blockqnn.errors import UserError
+from blockqnn.threads import ThreadBudget
 
 Evaluator = Callable[[Job], Result]  # evaluator(job) -> what the candidate earned
-EvaluatorFactory = Callable[[], Evaluator]  # picklable: sent to each worker once
+EvaluatorFactory = Callable[[ThreadBudget], Evaluator]  # picklable: sent to each worker once, called with its budget
 # What stops a search (Ctrl-C, docker stop): the search process handles them; its workers never see them.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 Item = tuple[Any, Job]  # (the caller's key, the candidate)
@@ -74,17 +76,18 @@ def bound(fn: Callable[[str, Any], Any], cfg: Any) -> EvaluatorFactory:
 
 
 class _Factory:
-    """``cls(*args)`` on call: a picklable factory without lambdas."""
+    """``cls(*args)`` on call: a picklable factory without lambdas, for evaluators that size no threads of their own
+    (stand-ins): the worker's budget is not passed on."""
 
     def __init__(self, cls: Callable[..., Evaluator], *args: Any) -> None:
         self.cls, self.args = cls, args
 
-    def __call__(self) -> Evaluator:
+    def __call__(self, budget: ThreadBudget | None = None) -> Evaluator:
         return self.cls(*self.args)
 
 
 def factory(cls: Callable[..., Evaluator], *args: Any) -> EvaluatorFactory:
-    """A picklable factory that builds ``cls(*args)`` in the worker."""
+    """A picklable factory that builds ``cls(*args)`` in the worker (the worker's thread budget unused)."""
     return _Factory(cls, *args)
 
 

@@ -27,7 +27,7 @@ from blockqnn.executors.base import (
 )
 from blockqnn.executors.lifetime import die_with, private, release
 from blockqnn.schema import AUTO, declared, member, setting
-from blockqnn.threads import cpu_threads, cpu_workers, policy_env
+from blockqnn.threads import NO_BUDGET, ThreadBudget, cpu_threads, cpu_workers
 
 
 def visible_gpus() -> list[str]:
@@ -80,7 +80,7 @@ class LocalExecutor(Batches):
         self.workers, self.threads, self.workers_per_gpu = workers, threads, workers_per_gpu
         self.flops_per_thread = float(flops_per_thread)
         self.limit = TimeLimit(candidate_timeout, timeout_multiple, timeout_floor)
-        self._environ: dict[str, str | None] = {}
+        self.budget = NO_BUDGET  # each worker's, set when entered
         self._pool: list[_Worker] = []
         self._queue: deque[tuple[Any, Job]] = deque()  # (key, job) waiting for a worker
         self._busy: dict[_Worker, Any] = {}
@@ -91,12 +91,9 @@ class LocalExecutor(Batches):
         gpus = visible_gpus()
         count = self._auto_workers(gpus) if self.workers == "auto" else self.workers
         threads = cpu_threads(count) if self.threads == "auto" else int(self.threads)
-        policy = policy_env(threads, self.flops_per_thread)
+        self.budget = ThreadBudget(threads, self.flops_per_thread)
         method = start_method(gpus)
-        self._pool = [_Worker(i, _worker_env(i, gpus, threads) | policy, method) for i in range(count)]
-        if not self._pool:  # candidates train in this process
-            self._environ = {k: os.environ.get(k) for k in policy}
-            os.environ.update(policy)
+        self._pool = [_Worker(i, _worker_env(i, gpus, threads), self.budget, method) for i in range(count)]
         return self
 
     def _auto_workers(self, gpus: list[str]) -> int:
@@ -114,12 +111,7 @@ class LocalExecutor(Batches):
                 worker.stop()
             else:
                 worker.kill()
-        for key, value in self._environ.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._pool, self._busy, self._environ = [], {}, {}
+        self._pool, self._busy = [], {}
         self._queue.clear()
         self._finished.clear()
 
@@ -132,10 +124,10 @@ class LocalExecutor(Batches):
         return len(self._queue) + len(self._busy) + len(self._finished)
 
     def serve(self, factory: EvaluatorFactory) -> None:
-        """Every worker builds its evaluator now, side by side (imports, data, the recipe's trial); in-process, this
-        process does. A worker that cannot (bad input) stops the search here."""
+        """Every worker builds its evaluator now, side by side (imports, data, the recipe's trial), with its thread
+        budget; in-process, this process does. A worker that cannot (bad input) stops the search here."""
         if not self._pool:
-            self._evaluator = factory()
+            self._evaluator = factory(self.budget)
             return
         job = pickle.dumps(factory)
         for worker in self._pool:
@@ -197,10 +189,10 @@ def _worker_env(index: int, gpus: list[str], threads: int) -> dict[str, str]:
 
 
 class _Worker:
-    """One spawned process serving candidates over a pipe with the evaluator it built from its factory."""
+    """One spawned process serving candidates over a pipe with the evaluator it built from its factory and budget."""
 
-    def __init__(self, index: int, env: dict[str, str], method: str = "spawn") -> None:
-        self.index, self.env = index, env
+    def __init__(self, index: int, env: dict[str, str], budget: ThreadBudget, method: str = "spawn") -> None:
+        self.index, self.env, self.budget = index, env, budget
         self._start(method)
 
     def _start(self, method: str = "spawn") -> None:
@@ -208,7 +200,8 @@ class _Worker:
         self.conn, child = context.Pipe()
         private(self.conn.fileno())  # the search's end: no worker forked later keeps it
         self.process = context.Process(
-            target=_serve, args=(child, self.env, os.getpid()), name=f"blockqnn-worker-{self.index}", daemon=True
+            target=_serve, args=(child, self.env, self.budget, os.getpid()), name=f"blockqnn-worker-{self.index}",
+            daemon=True,
         )
         # Started with Ctrl-C and SIGTERM blocked, the child inherits the mask from its first instruction: a signal
         # sent to the process group while it is still starting (importing torch) cannot print its traceback.
@@ -283,12 +276,13 @@ class _Worker:
         self.conn.close()
 
 
-def _serve(conn: Connection, env: dict[str, str], search: int) -> None:
-    """A worker's life: set its device, build the evaluator from the factory it is sent, then evaluate candidates
-    until told to stop, or until the search (pid ``search``) is gone. Ctrl-C (sent to the whole process group by a
-    terminal) and SIGTERM are blocked: the search process decides, and stops its workers. A search that dies
-    without stopping them (SIGKILL, out of memory) takes them along (``blockqnn.executors.lifetime``): the kernel
-    kills them on Linux, and elsewhere their pipe ends (a forked worker keeps no other end of it)."""
+def _serve(conn: Connection, env: dict[str, str], budget: ThreadBudget, search: int) -> None:
+    """A worker's life: set its device, build the evaluator from the factory it is sent and its ``budget`` of
+    threads, then evaluate candidates until told to stop, or until the search (pid ``search``) is gone. Ctrl-C (sent
+    to the whole process group by a terminal) and SIGTERM are blocked: the search process decides, and stops its
+    workers. A search that dies without stopping them (SIGKILL, out of memory) takes them along
+    (``blockqnn.executors.lifetime``): the kernel kills them on Linux, and elsewhere their pipe ends (a forked worker
+    keeps no other end of it)."""
     die_with(search)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     os.environ.update(env)
@@ -296,7 +290,7 @@ def _serve(conn: Connection, env: dict[str, str], search: int) -> None:
     while (message := _next(conn)) is not None:
         if isinstance(message, bytes):  # a factory: build the evaluator, then say ready (or why not)
             try:
-                evaluator = pickle.loads(message)()
+                evaluator = pickle.loads(message)(budget)
                 conn.send(None)
             except Exception as e:  # bad input, raised again in the search process
                 conn.send(e)

@@ -17,6 +17,7 @@ from blockqnn.executors.base import (
     first_line,
 )
 from blockqnn.schema import AUTO, COUNT, declared, member, setting
+from blockqnn.threads import NO_BUDGET, ThreadBudget
 
 
 @member
@@ -50,8 +51,9 @@ class RayExecutor(Batches):
     ``address``: null joins the cluster ``ray start`` runs on this machine, else starts a local Ray instance
     (``init`` holds its ``ray.init`` options); ``auto`` joins the cluster this machine belongs to; or a
     ``ray://`` address. Ray retries a candidate whose worker or node died ``max_retries`` times (on another
-    node where one is left); after that it is recorded failed. Ray's worker processes are reused, so evaluators'
-    per-process caches (data on the device) survive between candidates. A task running past ``candidate_timeout``
+    node where one is left); after that it is recorded failed. Ray's worker processes are reused: each builds the
+    evaluator once (its data on the device) and keeps it for the search's later candidates. Its thread budget is
+    Ray's: a task's worker is set up for its ``num_cpus``. A task running past ``candidate_timeout``
     (``TimeLimit``) is cancelled, its worker process killed (Ray starts another), and recorded failed. Ray runs
     tasks in the order they were submitted as slots free up, so a task's clock starts once fewer than ``capacity``
     tasks submitted before it are still unfinished: not while it waits for a free slot (a synchronous batch is
@@ -109,7 +111,7 @@ class RayExecutor(Batches):
         candidate and keeps it. One worker builds it now, so that bad input there stops the search at once."""
         import ray
 
-        self._factory = ray.put(_Tagged(factory))
+        self._factory = ray.put(_Tagged(factory, NO_BUDGET))
         self._get(self._probe.remote(self._factory))
 
     def submit(self, key: Any, job: Job) -> None:
@@ -177,21 +179,24 @@ class RayExecutor(Batches):
 
 
 class _Tagged:
-    """A factory with an identity that survives pickling: a Ray worker process keeps one evaluator per search."""
+    """A factory and the budget it builds with, with an identity that survives pickling: a Ray worker process keeps
+    one evaluator per search."""
 
-    def __init__(self, factory: EvaluatorFactory) -> None:
+    def __init__(self, factory: EvaluatorFactory, budget: ThreadBudget) -> None:
         import uuid
 
-        self.factory, self.tag = factory, uuid.uuid4().hex
+        self.factory, self.budget, self.tag = factory, budget, uuid.uuid4().hex
 
 
-_EVALUATORS: dict[str, Evaluator] = {}  # per Ray worker process: tag -> its evaluator
+# The evaluator a Ray worker process built, by its search's tag: a task is a plain function, so what the process keeps
+# between its tasks (the local executor's worker keeps it in ``_serve``) lives here.
+_EVALUATORS: dict[str, Evaluator] = {}
 
 
 def _evaluator(tagged: _Tagged) -> Evaluator:
     if tagged.tag not in _EVALUATORS:
         _EVALUATORS.clear()  # a process serves one search at a time
-        _EVALUATORS[tagged.tag] = tagged.factory()
+        _EVALUATORS[tagged.tag] = tagged.factory(tagged.budget)
     return _EVALUATORS[tagged.tag]
 
 
