@@ -6,7 +6,7 @@ page is shown, through the resolvers below, so that a preset or group member add
   one line: the first comment line of its file, up to its first colon;
 - ``${blockqnn.help_groups:${hydra.runtime.choices}}``: the groups a user picks from, each with its members, the
   one in use marked ``*`` (the page follows the command line: ``experiment=quickstart --help``). Hydra's own groups,
-  the presets and ``agent_preset`` (the presets' per-agent settings, chosen by the preset) are left out;
+  the presets and ``preset/<group>`` (a preset's settings for one member, chosen by the preset) are left out;
 - ``${blockqnn.prog:MODULE}``: the command's name as the user typed it (``blockqnn-search`` or ``python -m ...``).
 """
 
@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from blockqnn.config import CONF_DIR
 
 PRESET_GROUPS = ("experiment", "hparams_search")
-INTERNAL_GROUPS = ("agent_preset",)  # picked by the preset in use, never by the user
+INTERNAL_GROUPS = ("preset",)  # preset/agent, preset/stopping: picked by the preset in use, never by the user
 
 
 def presets(group: str) -> str:
@@ -42,7 +42,7 @@ def groups(choices: Mapping[str, str | None]) -> str:
     """The groups a user picks from, each with its members and the one in use marked ``*``."""
     picked = {group: choice for group, choice in choices.items()
               if not group.startswith("hydra/") and group not in PRESET_GROUPS
-              and group.split("@")[0] not in INTERNAL_GROUPS}
+              and group.split("/")[0] not in INTERNAL_GROUPS}
     width = max((len(group) for group in picked), default=0)
     lines = []
     for group in sorted(picked):

@@ -2,7 +2,7 @@
 on a NAS-Bench-201 table: which agent finds good cells in a few hundred queries.
 
 Each agent is composed exactly as ``python -m blockqnn.search experiment=nasbench201 agent=NAME agent.budget=M``
-composes it (blockqnn.config, conf/experiment/nasbench201.yaml, conf/agent_preset/), a variant ``NAME+LABEL`` as
+composes it (blockqnn.config, conf/experiment/nasbench201.yaml, conf/preset/agent/), a variant ``NAME+LABEL`` as
 agent NAME with the overrides given as ``NAME+LABEL:key=value``, and searches the table for M queries per seed,
 once per budget M: a budget shapes Q-learning's schedule, so the figure at M comes from a search of budget M. The
 loop is the search loop's in miniature (``blockqnn.search``: repeats are looked up and still counted, the agent
