@@ -1,4 +1,4 @@
-"""The presets (``experiment=quickstart|paper_cifar100|nasbench201``, conf/experiment/ and conf/agent_preset/):
+"""The presets (``experiment=quickstart|paper_cifar100|nasbench201``, conf/experiment/ and conf/preset/):
 what each promises, and one budget for every agent under each."""
 
 from __future__ import annotations
