@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from blockqnn.candidate import Candidate, Status
 from blockqnn.schema import POSITIVE, declared, member, setting
 
-STOPPED = "stopped"
+STOPPED = Status.STOPPED  # kept importable for tests/helpers.py; blockqnn itself says Status.STOPPED
 Cutoffs = Mapping[int, float]  # epoch -> the accuracy a candidate must reach there to go on
 
 
@@ -98,13 +99,14 @@ class Rungs:
     def __init__(self, rungs: Iterable[int]) -> None:
         self._reached: dict[int, list[tuple[int, float]]] = {r: [] for r in rungs}
 
-    def observe(self, row: Mapping[str, Any]) -> None:
+    def observe(self, candidate: Candidate) -> None:
         """A finished candidate's curve (cached copies and failures do not count)."""
-        if row.get("cached") or row["status"] == "failed" or not row.get("curve"):
+        curve = candidate.result.curve if candidate.result else None
+        if candidate.cached or candidate.status == Status.FAILED or not curve:
             return
         for rung, values in self._reached.items():
-            if rung <= len(row["curve"]) and row["curve"][rung - 1] is not None:
-                values.append((row["iteration"], row["curve"][rung - 1]))
+            if rung <= len(curve) and curve[rung - 1] is not None:
+                values.append((candidate.iteration, curve[rung - 1]))
 
     def before(self, iteration: int | None = None) -> dict[int, list[float]]:
         """Per rung, the accuracies of candidates of iterations before ``iteration`` (None: all)."""

@@ -29,8 +29,8 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from blockqnn.candidate import Candidate, Status
 from blockqnn.schema import COUNT, POSITIVE, ProgressConfig, declared, member, setting
-from blockqnn.stopping import STOPPED
 from blockqnn.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,10 @@ TABLE_COLUMNS = (
     "iteration", "position", "arch", "status", "reward", "accuracy", "flops", "params", "density", "epsilon",
     "cached", "epochs", "wall_time", "error",
 )
-# The best candidate's fields kept in the run summary.
-BEST_SUMMARY = ("reward", "accuracy", "arch", "flops", "params")
-# Numbers logged per candidate (history), besides the counters.
-LOGGED = ("iteration", "position", "reward", "accuracy", "flops", "params", "density", "epsilon", "cached")
+# The best candidate's result fields kept in the run summary, besides its arch.
+BEST_SUMMARY = ("reward", "accuracy", "flops", "params")
+# The result's numbers logged per candidate (history), besides where it was sampled and the counters.
+LOGGED = ("reward", "accuracy", "flops", "params", "density")
 # The fields of each block in the top-blocks artifact, after its rank.
 TOP_FIELDS = ("arch", "reward", "accuracy", "flops", "params", "density", "iteration", "position")
 TOP_FILE = "top_blocks.json"
@@ -56,7 +56,7 @@ class Tracker(Protocol):
     def tracking(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None
                  ) -> contextlib.AbstractContextManager[None]: ...
 
-    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None,
+    def log_candidate(self, candidate: Candidate, count: int, best: Candidate | None,
                       utilization: float | None = None) -> None: ...
 
     def end_iteration(self, iteration: int, store: Store) -> None: ...
@@ -102,7 +102,7 @@ class NoTracker:
     def start(self, cfg: DictConfig, run_dir: Path, store: Store, group: str | None = None) -> None:
         pass
 
-    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None,
+    def log_candidate(self, candidate: Candidate, count: int, best: Candidate | None,
                       utilization: float | None = None) -> None:
         pass
 
@@ -159,21 +159,24 @@ class WandbTracker(NoTracker):
         self.run.define_metric("candidate")
         self.run.define_metric("*", step_metric="candidate")
 
-    def log_candidate(self, row: Mapping[str, Any], count: int, best: Mapping[str, Any] | None,
+    def log_candidate(self, candidate: Candidate, count: int, best: Candidate | None,
                       utilization: float | None = None) -> None:
-        metrics = {k: row[k] for k in LOGGED if row.get(k) is not None}
-        metrics.update(candidate=count, failed=int(row["status"] == "failed"), stopped=int(row["status"] == STOPPED))
+        metrics = {k: v for k in LOGGED if (v := getattr(candidate.result, k)) is not None}
+        metrics.update(iteration=candidate.iteration, position=candidate.position, epsilon=candidate.epsilon,
+                       cached=int(candidate.cached), candidate=count, failed=int(candidate.status == Status.FAILED),
+                       stopped=int(candidate.status == Status.STOPPED))
         if utilization is not None:
             metrics["utilization"] = utilization
         if best is not None:
-            metrics["best_reward"] = best["reward"]
+            metrics["best_reward"] = best.result.reward
         with self._tolerated(), tempfile.TemporaryDirectory() as tmp:
             if best is not None:
-                self.run.summary.update({f"best_{k}": best[k] for k in BEST_SUMMARY})
+                self.run.summary.update({"best_arch": best.arch} | {f"best_{k}": getattr(best.result, k)
+                                                                     for k in BEST_SUMMARY})
                 metrics.update(self._drawing(best, Path(tmp)))
             self.run.log(metrics)  # copies the drawing into the run
 
-    def _drawing(self, best: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    def _drawing(self, best: Candidate, folder: Path) -> dict[str, Any]:
         """``best_block``: the best block drawn into ``folder``, when it changed since the last drawing (an NSC
         block: a table space's cell has no drawing)."""
         import wandb
@@ -181,15 +184,15 @@ class WandbTracker(NoTracker):
         from blockqnn.codes import Block, NSCError
         from blockqnn.drawing import draw_block, wrap_code
 
-        where = (best["iteration"], best["position"])
+        where = (best.iteration, best.position)
         if where == self._drawn:
             return {}
         self._drawn = where
         try:
-            block = Block.parse(best["arch"], max_index=None)
+            block = Block.parse(best.arch, max_index=None)
         except NSCError:
             return {}
-        caption = f"reward {best['reward']:.4f}, accuracy {best['accuracy']:.4f}\n{wrap_code(str(block))}"
+        caption = f"reward {best.result.reward:.4f}, accuracy {best.result.accuracy:.4f}\n{wrap_code(str(block))}"
         return {"best_block": wandb.Image(str(draw_block(block, folder / "best_block.png", caption)), caption=caption)}
 
     def end_iteration(self, iteration: int, store: Store) -> None:
@@ -250,7 +253,7 @@ def curve_name(row: Mapping[str, Any]) -> str:
     """A candidate's line in the learning-curves chart: where it was sampled (counted from 1, as the progress line
     counts), and where it was stopped."""
     name = f"iteration {row['iteration'] + 1} #{row['position'] + 1}"
-    return f"{name} stopped at epoch {len(row['curve'])}" if row["status"] == STOPPED else name
+    return f"{name} stopped at epoch {len(row['curve'])}" if row["status"] == Status.STOPPED else name
 
 
 def record_lineage(run: Any, search_run: str | Path) -> None:

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from blockqnn.candidate import Candidate, Result, Status
 from blockqnn.errors import ConfigError
 from blockqnn.search import search
 from blockqnn.stopping import ASHA, STOPPED, Rungs, geometric_rungs
@@ -36,12 +37,18 @@ def test_a_cutoff_keeps_the_top_one_over_eta_once_eta_candidates_reached_the_run
     assert rule.cutoffs({1: [0.6, 0.1, 0.5, 0.3, 0.2, 0.4], 3: [0.7, 0.8, 0.9]}) == {1: 0.5, 3: 0.9}
 
 
+def finished(iteration: int, status: Status, cached: bool, curve: list[float]) -> Candidate:
+    """A finished candidate as the loop hands it to ``Rungs``."""
+    return Candidate(iteration=iteration, position=0, arch="a", hash="h", epsilon=1.0, cached=cached,
+                     result=Result(status=status, curve=curve))
+
+
 def test_rungs_count_trained_candidates_by_iteration():
     rungs = Rungs((1, 2))
-    rungs.observe({"iteration": 0, "status": "ok", "cached": 0, "curve": [0.2, 0.4, 0.6]})
-    rungs.observe({"iteration": 1, "status": STOPPED, "cached": 0, "curve": [0.1]})
-    rungs.observe({"iteration": 1, "status": "ok", "cached": 1, "curve": [0.9, 0.9, 0.9]})  # a copy
-    rungs.observe({"iteration": 1, "status": "failed", "cached": 0, "curve": [0.05]})
+    rungs.observe(finished(0, Status.OK, False, [0.2, 0.4, 0.6]))
+    rungs.observe(finished(1, Status.STOPPED, False, [0.1]))
+    rungs.observe(finished(1, Status.OK, True, [0.9, 0.9, 0.9]))  # a copy
+    rungs.observe(finished(1, Status.FAILED, False, [0.05]))
     assert rungs.before(1) == {1: [0.2], 2: [0.4]}
     assert {rung: sorted(values) for rung, values in rungs.before().items()} == {1: [0.1, 0.2], 2: [0.4]}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from blockqnn.agents.qlearning import STATE_FORMAT
+from blockqnn.candidate import Candidate, Result, Status
 from blockqnn.cli import describe, user_errors
 from blockqnn.search import search
 from blockqnn.store import CANDIDATE_COLUMNS, DB_NAME, SCHEMA_VERSION, Store, StoreError, check, is_run
@@ -34,6 +35,19 @@ def test_create_and_reopen_round_trip(tmp_path):
         assert rows[2]["status"] == "failed" and rows[2]["error"] == "NaN loss"
         assert [r["position"] for r in store.candidates(iteration=0)] == [0, 1]
         assert store.latest_agent_state() == (0, {"q": [0.5, 0.6], "rng": {"state": 12345678901234567890}})
+
+
+def test_a_candidate_is_one_row_and_reads_back_the_same(tmp_path):
+    """What the loop writes (a Candidate, running, then finished, then a cached twin) is what a resume reads."""
+    running = Candidate(iteration=1, position=2, arch="a", hash="h", epsilon=0.5, dispatched_at=1.0, sampled_event=3)
+    with Store.create(tmp_path, {}) as store:
+        store.write([running])
+        assert store.dispatched() == [running] and store.running()[0]["status"] == "running"
+        done = running.finish(Result(status=Status.STOPPED, accuracy=0.4, reward=0.3, epochs=2, curve=[0.2, 0.4]))
+        twin = Candidate(iteration=1, position=3, arch="a", hash="h", epsilon=0.5).copy_of(done)
+        store.write([done, twin])
+        assert store.dispatched() == [] and store.finished() == [done, twin]
+        assert store.candidates()[1]["cached"] == 1 and store.candidates()[1]["curve"] == [0.2, 0.4]
 
 
 def test_best_skips_failures_and_cached_copies(tmp_path):

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from blockqnn.candidate import Status
 from blockqnn.codes import Block, LayerType
 from blockqnn.drawing import NAMES, depths
 from blockqnn.errors import NSCError, StoreError
-from blockqnn.stopping import STOPPED
 from blockqnn.store import Store
 
 
@@ -64,7 +64,8 @@ def parse_block(arch: str) -> Block | None:
 
 def best_so_far(history: History) -> np.ndarray:
     """Best reward after each trained candidate (a failed one repeats the best before it)."""
-    rewards = [r["reward"] if r["status"] == "ok" and r["reward"] is not None else -math.inf for r in history.trained()]
+    rewards = [r["reward"] if r["status"] == Status.OK and r["reward"] is not None else -math.inf
+               for r in history.trained()]
     return np.maximum.accumulate(np.asarray(rewards, dtype=float)) if rewards else np.zeros(0)
 
 
@@ -113,9 +114,9 @@ def stopping_effect(rows: Sequence[dict[str, Any]], max_epochs: int) -> Stopping
     """Cached repeats cost no training and are left out; a failed candidate's epochs were paid for, so they count
     as trained, but it neither reached the budget nor was stopped. ``max_epochs``: the full budget."""
     trained = [r for r in rows if not r["cached"]]
-    stopped = [r["epochs"] or 0 for r in trained if r["status"] == STOPPED]
+    stopped = [r["epochs"] or 0 for r in trained if r["status"] == Status.STOPPED]
     return StoppingEffect(
-        full=sum(r["status"] == "ok" for r in trained),
+        full=sum(r["status"] == Status.OK for r in trained),
         stopped=dict(sorted(Counter(stopped).items())),
         epochs=sum(r["epochs"] or 0 for r in trained),
         saved=sum(max(0, max_epochs - epochs) for epochs in stopped),

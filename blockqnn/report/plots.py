@@ -16,9 +16,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from blockqnn.candidate import Status
 from blockqnn.drawing import figure
 from blockqnn.report.analysis import History, best_so_far, by_agent
-from blockqnn.stopping import STOPPED
 
 
 def _epsilon_stages(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int, float]]:
@@ -50,10 +50,11 @@ def plot_rewards(history: History, path: Path) -> Path:
     candidates, and the epsilon stages shaded."""
     rows = history.rows
     x = np.arange(1, len(rows) + 1)
-    reward = np.array([np.nan if r["status"] == "failed" or r["reward"] is None else r["reward"] for r in rows])
+    reward = np.array([np.nan if r["status"] == Status.FAILED or r["reward"] is None else r["reward"]
+                       for r in rows])
     cached = np.array([bool(r["cached"]) for r in rows])
-    failed = np.array([r["status"] == "failed" for r in rows])
-    stopped = np.array([r["status"] == STOPPED for r in rows]) & ~cached
+    failed = np.array([r["status"] == Status.FAILED for r in rows])
+    stopped = np.array([r["status"] == Status.STOPPED for r in rows]) & ~cached
     window = max(Counter(r["iteration"] for r in rows).values(), default=1)
     fig, ax = figure(figsize=(9, 4.2))
     shades = ("#f0f0f0", "#dcdcdc")
@@ -72,7 +73,8 @@ def plot_rewards(history: History, path: Path) -> Path:
     ax.plot(x, running_mean(reward, window), color="#e6550d", linewidth=2, label=f"running mean ({window})", zorder=3)
     if failed.any():
         floor = np.nanmin(reward) if np.isfinite(reward).any() else 0.0
-        ax.scatter(x[failed], np.full(failed.sum(), floor), marker="x", color="#d62728", s=14, label="failed", zorder=3)
+        ax.scatter(x[failed], np.full(failed.sum(), floor), marker="x", color="#d62728", s=14, label="failed",
+                   zorder=3)
     ax.set_xlabel("candidate (in sampling order)")
     ax.set_ylabel("reward")
     ax.set_xlim(0.5, max(len(rows), 1) + 0.5)
@@ -95,11 +97,11 @@ def plot_best_so_far(history: History, path: Path) -> Path:
 
 
 # Learning curves: full-budget candidates, stopped ones (crossed where they stopped), failed ones, and the top-k.
-LANE_COLORS = {"ok": "#3182bd", STOPPED: "#9ecae1"}  # any other status: failed, red
+LANE_COLORS = {Status.OK: "#3182bd", Status.STOPPED: "#9ecae1"}  # any other status: failed, red
 CURVE_STYLES = {
-    "ok": dict(color="#3182bd", alpha=0.35, linewidth=0.8, label="full budget"),
-    STOPPED: dict(color="#e6550d", alpha=0.45, linewidth=0.8, linestyle="--", label="stopped at a rung"),
-    "failed": dict(color="#d62728", alpha=0.45, linewidth=0.8, linestyle=":", label="failed"),
+    Status.OK: dict(color="#3182bd", alpha=0.35, linewidth=0.8, label="full budget"),
+    Status.STOPPED: dict(color="#e6550d", alpha=0.45, linewidth=0.8, linestyle="--", label="stopped at a rung"),
+    Status.FAILED: dict(color="#d62728", alpha=0.45, linewidth=0.8, linestyle=":", label="failed"),
 }
 
 
@@ -118,7 +120,7 @@ def plot_curves(history: History, path: Path) -> Path | None:
     top = {(r["iteration"], r["position"]): rank for rank, r in enumerate(history.best, start=1)}
     fig, ax = figure(figsize=(7, 4.2))
     _thin_curves(ax, [r for r in rows if (r["iteration"], r["position"]) not in top])
-    stopped = [curve_of(r) for r in rows if r["status"] == STOPPED]
+    stopped = [curve_of(r) for r in rows if r["status"] == Status.STOPPED]
     if stopped:
         ax.plot([len(c) for c in stopped], [c[-1] for c in stopped], "x", color="#a63603", markersize=6,
                 linestyle="none", label="where each stopped")
@@ -140,7 +142,7 @@ def _thin_curves(ax: Axes, rows: Sequence[dict[str, Any]]) -> None:
     """One thin translucent line per candidate, styled by its status; one legend entry per status."""
     labelled: set[str] = set()
     for row in rows:
-        style = dict(CURVE_STYLES.get(row["status"], CURVE_STYLES["failed"]))
+        style = dict(CURVE_STYLES.get(row["status"], CURVE_STYLES[Status.FAILED]))
         if style["label"] in labelled:
             style["label"] = "_nolegend_"
         labelled.add(style["label"])

@@ -29,11 +29,12 @@ import dataclasses
 import time
 from typing import Any
 
+from blockqnn.candidate import Candidate, Status
 from blockqnn.errors import StoreError
-from blockqnn.search.loop import Search, cached_copy
-from blockqnn.store import RUNNING
+from blockqnn.search.loop import Search
+from blockqnn.spaces import Action
 
-Flight = tuple[dict[str, Any], list]  # a sampled block's row and its trajectory
+Flight = tuple[Candidate, list[Action]]  # a sampled block and its trajectory
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -62,54 +63,52 @@ class AsyncSearch(Search):
     # ---- events -----------------------------------------------------------------------------------------------
     def _dispatch(self) -> None:
         """Sample one block; record it running and send it to a worker, or wait for its twin, or reuse a result."""
-        seq, epsilon = self.agent.sampled, self.agent.epsilon
+        iteration, position = divmod(self.agent.sampled, self.agent.batch_size)
+        epsilon = self.agent.epsilon
         trajectory = self.agent.sample_one()
-        arch = self.space.decode(trajectory)
-        row = dict(iteration=seq // self.agent.batch_size, position=seq % self.agent.batch_size, arch=arch,
-                   hash=self.space.canonical_hash(arch), epsilon=epsilon, status=RUNNING, cached=0,
-                   dispatched_at=time.time(), sampled_event=self._next_event())
-        self._place(row, trajectory)
+        candidate = self.sampled(trajectory, iteration, position, epsilon, dispatched_at=time.time(),
+                                 sampled_event=self._next_event())
+        self._place(candidate, trajectory)
 
-    def _place(self, row: dict[str, Any], trajectory: list) -> None:
-        h = row["hash"]
-        if h in self.seen:
-            self._commit([self._incorporated(cached_copy(self.seen[h], row), trajectory)])
-        elif h in self.flying:
-            row["cached"] = 1
-            self.waiting[h].append((row, trajectory))
-            self._commit([row])
+    def _place(self, candidate: Candidate, trajectory: list[Action]) -> None:
+        block_hash = candidate.hash
+        if block_hash in self.seen:
+            self._commit([self._incorporated(candidate.copy_of(self.seen[block_hash]), trajectory)])
+            return
+        candidate.cached = block_hash in self.flying  # a twin: recorded running until the block in flight finishes
+        self._commit([candidate])
+        if candidate.cached:
+            self.waiting[block_hash].append((candidate, trajectory))
         else:
-            self.flying[h], self.waiting[h] = (row, trajectory), []
-            self._commit([row])
-            self.executor.submit(h, self.job(row["arch"], h, self.cutoffs()))
+            self.flying[block_hash], self.waiting[block_hash] = (candidate, trajectory), []
+            self.executor.submit(block_hash, self.job(candidate, self.cutoffs()))
 
-    def _finish(self, h: str, result: Any) -> None:
-        """A result: its row and every repeat waiting for it, each incorporated, in one write."""
-        row, trajectory = self.flying.pop(h)
-        row = self._finished(row | dataclasses.asdict(result))
-        rows = [self._incorporated(row, trajectory)]
-        rows += [self._incorporated(cached_copy(row, repeat), t) for repeat, t in self.waiting.pop(h)]
-        self._commit(rows)
+    def _finish(self, block_hash: str, result: Any) -> None:
+        """A result: its candidate and every twin waiting for it, each incorporated, in one write."""
+        candidate, trajectory = self.flying.pop(block_hash)
+        first = self._incorporated(self._trained(candidate, result), trajectory)
+        twins = [self._incorporated(twin.copy_of(first), t) for twin, t in self.waiting.pop(block_hash)]
+        self._commit([first, *twins])
 
-    def _incorporated(self, row: dict[str, Any], trajectory: list) -> dict[str, Any]:
-        self.agent.incorporate(trajectory, self._reward(row))
-        row["incorporated_event"] = self._next_event()
-        return row
+    def _incorporated(self, candidate: Candidate, trajectory: list[Action]) -> Candidate:
+        self.agent.incorporate(trajectory, self._reward(candidate))
+        candidate.incorporated_event = self._next_event()
+        return candidate
 
     def _next_event(self) -> int:
         self.event += 1
         return self.event
 
-    def _commit(self, rows: list[dict[str, Any]]) -> None:
-        """Write ``rows`` (and a checkpoint every ``2 x B`` events) in one transaction, then report them."""
+    def _commit(self, candidates: list[Candidate]) -> None:
+        """Write ``candidates`` (and a checkpoint every ``2 x B`` events) in one transaction, then report them."""
         checkpoint = None
         if self.event - self.checkpointed >= 2 * self.agent.batch_size:
             checkpoint, self.checkpointed = (self.event, self.agent.state_dict()), self.event
         iteration = self.agent.iteration
-        self.store.write(rows, checkpoint)
-        for row in rows:
-            if row["status"] != RUNNING:
-                self._announce(row)
+        self.store.write(candidates, checkpoint)
+        for candidate in candidates:
+            if candidate.status != Status.RUNNING:
+                self._announce(candidate)
         if checkpoint is not None and iteration > 0:
             self.tracker.end_iteration(iteration - 1, self.store)
 
@@ -118,31 +117,28 @@ class AsyncSearch(Search):
         """Replay the events written after the last checkpoint, then send the running blocks out again."""
         restored = self.store.latest_agent_state()
         self.event = self.checkpointed = 0 if restored is None else restored[0]
-        running = self.store.running()
-        rows = self.store.candidates() + running
-        trajectories = self._replay(rows)
-        for row in running:
-            trajectory = trajectories.get(row["sampled_event"]) or self.space.encode(row["arch"])
-            row["cached"] = 0
-            self._place(row, trajectory)
+        running = self.store.dispatched()
+        trajectories = self._replay(self.store.finished() + running)
+        for candidate in running:
+            self._place(candidate, trajectories.get(candidate.sampled_event) or self.space.encode(candidate.arch))
 
-    def _replay(self, rows: list[dict[str, Any]]) -> dict[int, list]:
+    def _replay(self, candidates: list[Candidate]) -> dict[int, list[Action]]:
         """Apply the events after the checkpoint in their order; the trajectories re-sampled, by sampled event."""
-        events = sorted(((r[column], kind, r) for r in rows
-                         for kind, column in enumerate(("sampled_event", "incorporated_event"))
-                         if (r[column] or 0) > self.event), key=lambda e: e[0])
+        events = sorted(((number, incorporate, c) for c in candidates
+                         for incorporate, number in enumerate((c.sampled_event, c.incorporated_event))
+                         if (number or 0) > self.event), key=lambda e: e[0])
         if [e[0] for e in events] != list(range(self.event + 1, self.event + 1 + len(events))):
             raise StoreError(f"{self.store.path}: the search's events after the checkpoint are not consecutive")
         trajectories = {}
-        for number, incorporate, row in events:
+        for number, incorporate, candidate in events:
             if incorporate:
-                trajectory = trajectories.get(row["sampled_event"]) or self.space.encode(row["arch"])
-                self.agent.incorporate(trajectory, self._reward(row))
+                trajectory = trajectories.get(candidate.sampled_event) or self.space.encode(candidate.arch)
+                self.agent.incorporate(trajectory, self._reward(candidate))
             else:
                 trajectory = self.agent.sample_one()
-                if self.space.decode(trajectory) != row["arch"]:
-                    raise StoreError(f"the history's block {row['arch']} (event {number}) is not the agent's sample: "
-                                     "the run folder was written by a different search")
+                if self.space.decode(trajectory) != candidate.arch:
+                    raise StoreError(f"the history's block {candidate.arch} (event {number}) is not the agent's "
+                                     "sample: the run folder was written by a different search")
                 trajectories[number] = trajectory
             self.event = number
         return trajectories

@@ -11,11 +11,9 @@ search writes exactly the history of an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
+from blockqnn.candidate import Candidate
 from blockqnn.errors import StoreError
-from blockqnn.search.loop import Search, cached_copy
+from blockqnn.search.loop import Search
 
 
 class SyncSearch(Search):
@@ -28,45 +26,41 @@ class SyncSearch(Search):
     def iteration(self) -> None:
         it, epsilon = self.agent.iteration, self.agent.epsilon
         trajectories = self.agent.sample()
-        archs = [self.space.decode(t) for t in trajectories]
-        hashes = [self.space.canonical_hash(a) for a in archs]
-        rows = self._stored(it, archs)
-        todo, repeats = self._new_blocks(it, epsilon, archs, hashes, rows)
+        candidates = [self.sampled(t, it, position, epsilon) for position, t in enumerate(trajectories)]
+        done = self._stored(it, candidates)
+        todo, repeats = self._new_blocks(candidates, done)
         cutoffs = self.cutoffs(it)
-        jobs = [(pos, self.job(archs[pos], hashes[pos], cutoffs)) for pos in todo]
-        for pos, result in self.executor.map(jobs):
-            row = dict(iteration=it, position=pos, arch=archs[pos], hash=hashes[pos], epsilon=epsilon, cached=0)
-            rows[pos] = self._record(row | dataclasses.asdict(result))
-            for other in repeats.pop(hashes[pos]):
-                rows[other] = self._record(cached_copy(rows[pos], dict(iteration=it, position=other,
-                                                                        arch=archs[other], epsilon=epsilon)))
-        self.agent.update(trajectories, [self._reward(rows[pos]) for pos in range(len(archs))])
+        for position, result in self.executor.map([(pos, self.job(candidates[pos], cutoffs)) for pos in todo]):
+            first = done[position] = self._record(self._trained(candidates[position], result))
+            for other in repeats.pop(first.hash):
+                done[other] = self._record(candidates[other].copy_of(first))
+        self.agent.update(trajectories, [self._reward(done[position]) for position in range(len(candidates))])
         self.store.checkpoint(it, self.agent.state_dict())
         self.tracker.end_iteration(it, self.store)
 
-    def _new_blocks(self, it: int, epsilon: float, archs: list[str], hashes: list[str], rows: dict[int, dict]
+    def _new_blocks(self, candidates: list[Candidate], done: dict[int, Candidate]
                     ) -> tuple[list[int], dict[str, list[int]]]:
-        """Record blocks evaluated before as cached copies; return the positions to evaluate and, per
-        hash, the later positions of the same block in this batch (recorded as copies once it is evaluated)."""
+        """Record blocks evaluated before as cached copies (into ``done``); return the positions to evaluate and,
+        per hash, the later positions of the same block in this batch (recorded as copies once it is evaluated)."""
         todo, repeats = [], {}
-        for pos, (arch, h) in enumerate(zip(archs, hashes)):
-            if pos in rows:
+        for candidate in candidates:
+            position, block_hash = candidate.position, candidate.hash
+            if position in done:
                 continue
-            if h in self.seen:
-                rows[pos] = self._record(cached_copy(self.seen[h], dict(iteration=it, position=pos, arch=arch,
-                                                                         epsilon=epsilon)))
-            elif h in repeats:
-                repeats[h].append(pos)
+            if block_hash in self.seen:
+                done[position] = self._record(candidate.copy_of(self.seen[block_hash]))
+            elif block_hash in repeats:
+                repeats[block_hash].append(position)
             else:
-                repeats[h] = []
-                todo.append(pos)
+                repeats[block_hash] = []
+                todo.append(position)
         return todo, repeats
 
-    def _stored(self, iteration: int, archs: list[str]) -> dict[int, dict[str, Any]]:
+    def _stored(self, iteration: int, candidates: list[Candidate]) -> dict[int, Candidate]:
         """This iteration's candidates already in the history (a resumed iteration), checked against the sample."""
-        rows = {row["position"]: row for row in self.store.candidates(iteration)}
-        for pos, row in rows.items():
-            if pos >= len(archs) or row["arch"] != archs[pos]:
+        stored = {candidate.position: candidate for candidate in self.store.finished(iteration)}
+        for position, candidate in stored.items():
+            if position >= len(candidates) or candidate.arch != candidates[position].arch:
                 raise StoreError(f"the history of iteration {iteration} does not match the agent's sample at "
-                                 f"position {pos}: the run folder was written by a different search")
-        return rows
+                                 f"position {position}: the run folder was written by a different search")
+        return stored

@@ -2,8 +2,9 @@
 
 A space is Markov: the state is the last action taken (the NSC tuple of the current layer), as in the paper,
 so an agent needs nothing but ``start``, ``actions(state)``, ``exploration_probs(state)`` and ``is_final``.
-Architectures travel through the rest of the system as text (``decode``), identified by ``canonical_hash``;
-evolution changes one a little (``mutate``), local search walks among those one change away (``neighbours``).
+Architectures travel through the rest of the system as text (``decode``), identified by ``canonical_hash``
+(``decode_hashed`` gives both from one parse: the search loop's view of each sampled block); evolution changes
+one a little (``mutate``), local search walks among those one change away (``neighbours``).
 
 A space says how its architectures are scored: ``tabular`` spaces (a benchmark such as NAS-Bench-201) look every
 accuracy up in a table (``TabularSpace``); the others are built into networks and trained.
@@ -38,6 +39,9 @@ class SearchSpace(Protocol):
     def encode(self, arch: str) -> list[Action]: ...
 
     def canonical_hash(self, arch: str) -> str: ...
+
+    def decode_hashed(self, actions: Sequence[Action]) -> tuple[str, str]:
+        """``(decode(actions), its canonical_hash)`` from one parse."""
 
     def mutate(self, actions: Sequence[Action], rng: np.random.Generator) -> list[Action]: ...
 

@@ -106,6 +106,10 @@ class NASBench201Space:
             raise TableError(f"a NAS-Bench-201 cell takes one op for each of the 6 edges in order, got {actions!r}")
         return format_arch([op for _, op in actions])
 
+    def decode_hashed(self, actions: Sequence[Edge]) -> tuple[str, str]:
+        arch = self.decode(actions)  # already normalised: hashed as it is
+        return arch, _hash(arch)
+
     def encode(self, arch: str) -> list[Edge]:
         ops = parse_arch(arch)
         bad = set(ops) - set(self.ops)
@@ -115,7 +119,7 @@ class NASBench201Space:
 
     def canonical_hash(self, arch: str) -> str:
         """The hash of the normalised string: NAS-Bench-201 archs are told apart by their string, as in the table."""
-        return hashlib.sha256(format_arch(parse_arch(arch)).encode()).hexdigest()[:16]
+        return _hash(format_arch(parse_arch(arch)))
 
     def mutate(self, actions: Sequence[Edge], rng: np.random.Generator) -> list[Edge]:
         """One edge, drawn uniformly, takes another op, drawn uniformly (unchanged when the space has one op)."""
@@ -154,6 +158,10 @@ class NASBench201Space:
         if arch is None:
             raise TableError(f"{self.table} has no architecture that uses only the ops {self.ops}")
         return arch, self.metrics[arch]
+
+
+def _hash(normalised: str) -> str:
+    return hashlib.sha256(normalised.encode()).hexdigest()[:16]
 
 
 def _load_table(path: Path, arch_column: str, metric_column: str, unit: str) -> dict[str, float]:

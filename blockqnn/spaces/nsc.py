@@ -103,6 +103,10 @@ class NSCSpace:
     def canonical_hash(self, arch: str) -> str:
         return self.parse(arch).canonical_hash()
 
+    def decode_hashed(self, actions: Sequence[Layer]) -> tuple[str, str]:
+        block = Block.of(actions, self.max_index)
+        return str(block), block.canonical_hash()
+
     def _layers_at(self, index: int) -> tuple[tuple[Layer, ...], np.ndarray]:
         """All legal tuples at ``index`` and their exploration probabilities (type, then kernel, then preds)."""
         if index >= self.max_index:

@@ -9,7 +9,8 @@ Tables (``blockqnn.report`` reads them by these names):
 
 * ``run(key, value)``: ``config`` (the resolved config as YAML), ``schema_version``, ``created_at``, and
   ``wandb_run_id`` once tracking has started;
-* ``candidates``: one row per sampled block, keyed by ``(iteration, position)`` in the agent's batch (in
+* ``candidates``: one row per sampled block (a ``blockqnn.candidate.Candidate``: its own fields and its
+  ``Result``'s, ``store.format.row_of``), keyed by ``(iteration, position)`` in the agent's batch (in
   asynchronous mode, the block's sampling order ``iteration * B + position``); ``cached = 1`` marks a block whose
   canonical hash was already evaluated in this run (metrics copied, not trained). Status ``running``: dispatched
   (asynchronous mode), with its epsilon and ``dispatched_at``, not finished yet; status ``stopped``: stopped at a
@@ -39,6 +40,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from blockqnn.candidate import Candidate, Status
 from blockqnn.errors import RunFolderUnwritable, StoreError
 from blockqnn.executors.lifetime import private_file, release_file
 from blockqnn.store.format import (
@@ -46,14 +48,16 @@ from blockqnn.store.format import (
     READABLE,
     SCHEMA_VERSION,
     TABLES,
+    candidate_of,
     continuable,
     decode_state,
     parse_config,
+    row_of,
     validate,
 )
 
 DB_NAME = "history.sqlite"
-RUNNING = "running"
+Row = Mapping[str, Any]  # a history row as SQL gives it (by column), what the readers of a history analyse
 
 
 def db_path(run_dir: str | Path) -> Path:
@@ -200,35 +204,44 @@ class Store:
         return parse_config(self.get("config"), self.path)
 
     # ---- candidates ---------------------------------------------------------------------------------------------
-    def record(self, row: Mapping[str, Any]) -> None:
-        """Store one finished (or cached) candidate; columns missing from ``row`` are NULL."""
+    def record(self, candidate: Candidate | Row) -> None:
+        """Store one finished (or cached) candidate; a row's missing columns are NULL (a history written by hand)."""
         with self._writing():
-            self.conn.execute(_INSERT, _values(row))
+            self.conn.execute(_INSERT, _values(candidate))
 
-    def write(self, rows: Sequence[Mapping[str, Any]], checkpoint: tuple[int, Mapping[str, Any]] | None = None
+    def write(self, candidates: Sequence[Candidate | Row], checkpoint: tuple[int, Mapping[str, Any]] | None = None
               ) -> None:
-        """Store (or replace: a ``running`` row by its result) ``rows`` and, when given, the agent checkpoint
-        ``(key, state)``, in one transaction: the asynchronous loop's unit of progress."""
+        """Store (or replace: a running candidate by its result) ``candidates`` and, when given, the agent
+        checkpoint ``(key, state)``, in one transaction: the asynchronous loop's unit of progress."""
         with self._writing():
-            self.conn.executemany(_UPSERT, [_values(row) for row in rows])
+            self.conn.executemany(_UPSERT, [_values(candidate) for candidate in candidates])
             if checkpoint is not None:
                 self._checkpoint(*checkpoint)
 
     def candidates(self, iteration: int | None = None) -> list[dict[str, Any]]:
         """Finished (and cached) rows ordered by (iteration, position); one iteration's only when given."""
-        where, args = "WHERE status != ?", (RUNNING,)
+        where, args = "WHERE status != ?", (Status.RUNNING,)
         if iteration is not None:
             where, args = where + " AND iteration = ?", (*args, iteration)
         return self._rows(f"SELECT * FROM candidates {where} ORDER BY iteration, position", args)
 
     def running(self) -> list[dict[str, Any]]:
         """Rows dispatched but not finished when the search stopped, in sampling order."""
-        return self._rows("SELECT * FROM candidates WHERE status = ? ORDER BY iteration, position", (RUNNING,))
+        return self._rows("SELECT * FROM candidates WHERE status = ? ORDER BY iteration, position",
+                          (Status.RUNNING,))
+
+    def finished(self, iteration: int | None = None) -> list[Candidate]:
+        """``candidates(iteration)`` as the search loop carries them: what a resumed search counts and reuses."""
+        return [candidate_of(row) for row in self.candidates(iteration)]
+
+    def dispatched(self) -> list[Candidate]:
+        """``running()`` as the search loop carries them: what a resumed asynchronous search sends out again."""
+        return [candidate_of(row) for row in self.running()]
 
     def best(self, k: int = 1) -> list[dict[str, Any]]:
         """The ``k`` distinct blocks with the highest reward (cached copies and failures left out)."""
-        sql = "SELECT * FROM candidates WHERE status = 'ok' AND cached = 0 ORDER BY reward DESC, iteration, position"
-        return self._rows(sql + " LIMIT ?", (k,))
+        sql = "SELECT * FROM candidates WHERE status = ? AND cached = 0 ORDER BY reward DESC, iteration, position"
+        return self._rows(sql + " LIMIT ?", (Status.OK, k))
 
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
         cursor = self.conn.execute(sql, args)
@@ -256,8 +269,9 @@ class Store:
         return None if row is None else (row[0], decode_state(row[1], row[0], self.path))
 
 
-def _values(row: Mapping[str, Any]) -> list[Any]:
-    """A row's column values; its curve as JSON text."""
+def _values(candidate: Candidate | Row) -> list[Any]:
+    """A candidate's column values; its curve as JSON text."""
+    row = row_of(candidate) if isinstance(candidate, Candidate) else candidate
     values = [row.get(c) for c in CANDIDATE_COLUMNS]
     curve = CANDIDATE_COLUMNS.index("curve")
     if isinstance(values[curve], list):

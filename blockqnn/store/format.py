@@ -1,11 +1,14 @@
-"""A history file's format: its tables and columns, the schema versions this code reads and continues, and the
-checks that refuse, before anything reads or writes it, a file the code could not use (``blockqnn.store``).
+"""A history file's format: its tables and columns, how a ``Candidate`` maps onto a row and back, the schema
+versions this code reads and continues, and the checks that refuse, before anything reads or writes it, a file the
+code could not use (``blockqnn.store``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from blockqnn.candidate import Candidate, Result, Status
 from blockqnn.config import current_config
 from blockqnn.errors import StoreError
 
@@ -47,6 +51,26 @@ CREATE TABLE agent_checkpoints (iteration INTEGER PRIMARY KEY, state TEXT);
 """
 # What the code reads and writes, checked on every open; extra tables and columns are harmless.
 COLUMNS = {"run": ("key", "value"), "candidates": CANDIDATE_COLUMNS, "agent_checkpoints": ("iteration", "state")}
+# A row's columns are a Candidate's own fields and its Result's (status: RUNNING while there is none).
+SAMPLED_FIELDS = tuple(f.name for f in dataclasses.fields(Candidate) if f.name != "result")
+RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(Result))
+assert sorted((*SAMPLED_FIELDS, *RESULT_FIELDS)) == sorted(CANDIDATE_COLUMNS), "a Candidate is one history row"
+
+
+def row_of(candidate: Candidate) -> dict[str, Any]:
+    """The history row of ``candidate``, by column (the curve still a list)."""
+    row = {name: getattr(candidate, name) for name in SAMPLED_FIELDS} | {"cached": int(candidate.cached)}
+    return row | (dataclasses.asdict(candidate.result) if candidate.result else {"status": Status.RUNNING})
+
+
+def candidate_of(row: Mapping[str, Any]) -> Candidate:
+    """A stored row as the search loop carries it (a resumed search); columns an older version lacks are None."""
+    sampled = {name: row[name] for name in SAMPLED_FIELDS} | {"cached": bool(row["cached"])}
+    if row["status"] == Status.RUNNING:
+        return Candidate(**sampled)
+    result = Result(**{name: row[name] for name in RESULT_FIELDS} | {
+        "status": Status(row["status"]), "epochs": row["epochs"] or 0, "wall_time": row["wall_time"] or 0.0})
+    return Candidate(**sampled, result=result)
 
 
 def corrupt(path: Path, detail: str) -> StoreError:
