@@ -1,6 +1,7 @@
 """A refused start leaves no folder it created: the run or sweep folder's parents (``runs/search/``,
-``runs/multirun/``), the data folder a download would have filled (``data/``), and a sweep folder holding nothing
-but Hydra's ``multirun.yaml``.
+``runs/multirun/``), the data folder a download would have filled (``data/``), a sweep folder holding nothing
+but Hydra's ``multirun.yaml``, and in a run folder it was to resume, the ``.hydra`` folder and job log Hydra made
+there (a resume reads the run only once the job starts: a damaged one is refused after Hydra has written).
 
 Hydra creates the run (or sweep) folder with its parents before the job starts, and a dataset creates its folder
 before it finds it cannot download; neither undoes it when the start is then refused. So ``FolderWatch``, a Hydra
@@ -23,6 +24,7 @@ SWEEP_RECORD = "multirun.yaml"  # what Hydra writes into a sweep folder before i
 
 _new: list[Path] = []  # the topmost folders this start may create that did not exist when it began
 _sweeps: list[Path] = []  # sweep folders this start created: their multirun.yaml alone goes too
+_logs: list[Path] = []  # job logs this start creates in a run folder that exists: they go with a refusal
 
 
 class FolderWatch(Callback):
@@ -30,6 +32,13 @@ class FolderWatch(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _note(config, "hydra.run.dir")
+        run = _resolved(config, "hydra.run.dir")
+        if run is not None and run.is_dir():  # a resume: Hydra's record and log of it may be new there
+            record, log = run / ".hydra", run / f"{config.hydra.job.name}.log"
+            if not record.exists():
+                _new.append(record)
+            if not log.exists():
+                _logs.append(log)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _note(config, "hydra.sweep.dir")
@@ -42,15 +51,19 @@ def forget() -> None:
     """A new start: nothing noted yet (a process may run several, as the tests do)."""
     _new.clear()
     _sweeps.clear()
+    _logs.clear()
 
 
 def remove_new_empty_folders() -> None:
     """Remove what the refused start created and left empty: each noted folder that holds nothing but empty
-    folders (and, in a sweep folder it created, Hydra's ``multirun.yaml``)."""
+    folders (and, in a sweep folder it created, Hydra's ``multirun.yaml``), and the job log it began in a run
+    folder it was to resume."""
     for sweep in _sweeps:
         record = sweep / SWEEP_RECORD
         if record.is_file() and _empty(sweep, allowed={record}):
             record.unlink()
+    for log in _logs:
+        log.unlink(missing_ok=True)
     for folder in sorted(_new, key=lambda p: len(p.parts), reverse=True):
         if folder.is_dir() and _empty(folder):
             _remove_empty_tree(folder)

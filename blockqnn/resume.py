@@ -7,7 +7,9 @@ as started; a section it names whole (``trainer=final``) replaces the stored one
 the differing keys. Paths are stored absolute and compared as locations, so data and tables may move. Every
 check reads the folder only: a refused resume changes nothing in it.
 
-The two run-folder resolvers registered here let Hydra name the folder a resume writes into, after checking it.
+The stored run is read once per resume: the two run-folder resolvers registered here let Hydra name the folder a
+resume writes into after a glance at its files, and the command itself opens the run (``open_search_run``,
+``check_train_folder``) and carries what it read.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from blockqnn.errors import TableError, UserError
+from blockqnn.errors import StoreError, TableError, UserError
 from blockqnn.lock import check_free
-from blockqnn.store import Store, check, is_run
+from blockqnn.store import DB_NAME, Store, is_run
 
 # Leaves that say where or on what a run computes, not what its results mean: data and tables may move, and a
 # resumed run may use other hardware. Ignored when a resume is compared with its stored config.
@@ -48,19 +50,31 @@ RESTART = "delete it to train this folder from the start, or train into a new fo
 
 
 # ---- the rule, for both entry points -------------------------------------------------------------------------------
-def adopt_stored(stored: DictConfig, cfg: DictConfig, sections: Sequence[str], overridden: set[str]) -> DictConfig:
-    """A resume's config: each of ``sections`` comes from the stored run unless the command line names it whole
-    (``trainer=final``), so ``resume=RUN`` alone continues as started; leaves it names (``trainer.max_epochs=60``)
-    then replace the stored values. ``overridden``: the keys the command line set (``override_keys``)."""
+def merge_stored(stored: DictConfig, cfg: DictConfig, sections: Sequence[str], command_line: set[str] | None
+                 ) -> DictConfig:
+    """The one place a stored config (a search's history, a train folder's, the search a block came from) is
+    merged into the config a command runs with: each of ``sections`` comes from ``stored`` unless the command line
+    names it whole (``trainer=final``), so ``resume=RUN`` alone continues as started; leaves it names
+    (``trainer.max_epochs=60``) then replace the stored values. ``command_line``: the keys the command line set
+    (``command_line_keys``); None (an API call, no command line): ``cfg`` stands, but for the sections it leaves
+    null (a training's block)."""
     merged = cfg.copy()
     with open_dict(merged):
-        for section in sections:
-            if section in overridden or section not in stored:
-                continue
+        for section in taken_sections(stored, cfg, sections, command_line):
             replace_section(merged, section, stored[section])
-            for key in sorted(k for k in overridden if k.startswith(f"{section}.")):
+            for key in sorted(k for k in command_line or () if k.startswith(f"{section}.")):
                 OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
     return merged
+
+
+def taken_sections(stored: DictConfig, cfg: DictConfig, sections: Sequence[str], command_line: set[str] | None
+                   ) -> list[str]:
+    """Which of ``sections`` ``merge_stored`` takes from ``stored``: those stored and not named whole on the command
+    line; without a command line, those ``cfg`` leaves null."""
+    def left_out(section: str) -> bool:
+        return cfg.get(section) is None if command_line is None else section not in command_line
+
+    return [section for section in sections if section in stored and left_out(section)]
 
 
 def replace_section(cfg: DictConfig, key: str, value: Any) -> None:
@@ -69,10 +83,12 @@ def replace_section(cfg: DictConfig, key: str, value: Any) -> None:
     cfg[key] = OmegaConf.merge(cfg[key], value) if is_dataclass(OmegaConf.get_type(cfg, key)) else value
 
 
-def override_keys(overrides: Sequence[str]) -> set[str]:
-    """The keys command-line overrides set (``+trainer.max_epochs=60`` -> ``trainer.max_epochs``, ``dataset@x=y`` ->
-    ``dataset``): on resume, what comes from the command line rather than from the stored run."""
-    return {o.lstrip("+~").split("=")[0].split("@")[0] for o in overrides}
+def command_line_keys(overrides: Sequence[str], preset_sections: Sequence[str] = ()) -> set[str]:
+    """The config keys command-line overrides set (``+trainer.max_epochs=60`` -> ``trainer.max_epochs``,
+    ``dataset@x=y`` -> ``dataset``): on resume, what comes from the command line rather than from the stored run.
+    A preset (``experiment=``) may set any section: with it, ``preset_sections`` count as set too."""
+    keys = {o.lstrip("+~").split("=")[0].split("@")[0] for o in overrides}
+    return keys | set(preset_sections) if "experiment" in keys else keys
 
 
 def changed_leaves(
@@ -122,63 +138,61 @@ def absolute_locations(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def register_run_folder_resolvers(entry: str, is_folder: Callable[[str], bool], check: Callable[[str], Any]) -> None:
+def register_run_folder_resolvers(entry: str, is_folder: Callable[[str], bool], check_kind: Callable[[str], None]
+                                  ) -> None:
     """The two resolvers an entry point's conf names its run folder with (``conf/search.yaml``, ``conf/train.yaml``):
 
-    - ``blockqnn.<entry>_dir:${resume},NEW``: the folder to resume, checked before Hydra writes anything into it,
-      else a new one;
+    - ``blockqnn.<entry>_dir:${resume},NEW``: the folder to resume, once ``check_kind`` finds it is one (a glance at
+      its files: the run itself is read once, by the command), else a new one;
     - ``blockqnn.<entry>_hydra_subdir:${hydra.run.dir},${now:...}``: where Hydra writes the job's config. A resume
-      (``resume=`` or ``hydra.run.dir=``) keeps the folder's original ``.hydra``, writes its own beside it, and is
-      checked first; a folder another process holds (``blockqnn.lock``) is refused before Hydra writes. The stamp
-      comes from Hydra's cached ``now``: every read of the setting names the same folder.
+      (``resume=`` or ``hydra.run.dir=``) keeps the folder's original ``.hydra`` and writes its own beside it; a
+      folder another process holds (``blockqnn.lock``) is refused before Hydra writes. The stamp comes from Hydra's
+      cached ``now``: every read of the setting names the same folder.
+
+    A run the command then refuses (a damaged history, a config that changes it) keeps nothing of this start:
+    ``blockqnn.cli`` and ``blockqnn.leftovers`` remove what Hydra wrote.
     """
 
     def run_dir(resume: str | None, default: str) -> str:
         if resume is None:
             return default
-        check(resume)
+        check_kind(resume)
         return str(resume)
 
     def hydra_subdir(folder: str, stamp: str) -> str:
         check_free(folder)
-        if not is_folder(folder):
-            return ".hydra"
-        check(folder)
-        return f".hydra/resume-{stamp}"
+        return f".hydra/resume-{stamp}" if is_folder(folder) else ".hydra"
 
     OmegaConf.register_new_resolver(f"blockqnn.{entry}_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver(f"blockqnn.{entry}_hydra_subdir", hydra_subdir, replace=True)
 
 
 # ---- search runs ----------------------------------------------------------------------------------------------------
-def overridden_keys(overrides: list[str]) -> set[str]:
-    """The keys command-line overrides set (``agent.alpha=0.1``); a preset (``experiment=``) may set any section."""
-    keys = override_keys(overrides)
-    return keys | set(HISTORY_KEYS) if "experiment" in keys else keys
+def check_search_folder(folder: str | Path) -> None:
+    """``folder`` holds a history (its files only: the history itself is read once, by ``open_search_run``)."""
+    if not Path(folder).is_dir():
+        raise StoreError(f"{folder} is not a folder")
+    if not is_run(folder):
+        raise StoreError(f"{folder} is not a search run (no {DB_NAME} in it)")
 
 
-def open_search_run(cfg: DictConfig, run_dir: Path, overridden: set[str] | None) -> tuple[DictConfig, Store | None]:
+def open_search_run(cfg: DictConfig, run_dir: Path, command_line: set[str] | None
+                    ) -> tuple[DictConfig, Store | None]:
     """The config a search runs with and, when ``run_dir`` holds one (it must when ``cfg.resume`` is set), its
-    history opened for writing: on resume, what the command line leaves out comes from the history, and what it
-    sets must agree with it. ``overridden``: the keys the command line set (None: every history section)."""
+    history, opened once for writing: on resume, what the command line leaves out comes from the history
+    (``merge_stored``), and what it sets must agree with it. ``command_line``: the keys the command line set
+    (None: an API call, ``cfg`` stands whole)."""
     if cfg.resume is None and not is_run(run_dir):
         return absolute_locations(cfg), None
     store = Store.open(run_dir)
     try:
-        cfg = adopt_history(store.config(), cfg, set(HISTORY_KEYS) if overridden is None else overridden)
+        stored = store.config()
+        cfg = merge_stored(stored, cfg, HISTORY_KEYS, command_line)
+        check_same_history(stored, cfg)
         return absolute_locations(cfg), store
     except BaseException:
         store.close()
         raise
-
-
-def adopt_history(stored: DictConfig, cfg: DictConfig, overridden: set[str]) -> DictConfig:
-    """On resume, the sections that give the history its meaning come from the stored config as far as the command
-    line leaves them out (``adopt_stored``), so ``resume=RUN_DIR`` alone continues any run; what it does set must
-    agree with the history."""
-    merged = adopt_stored(stored, cfg, HISTORY_KEYS, overridden)
-    check_same_history(stored, merged)
-    return merged
 
 
 def check_same_history(stored: DictConfig | dict, cfg: DictConfig | dict) -> None:
@@ -207,7 +221,7 @@ def check_same_table(space: Any, store: Store) -> None:
                             f"{row['accuracy']}: not the table the search started with")
 
 
-register_run_folder_resolvers("search", is_run, check)
+register_run_folder_resolvers("search", is_run, check_search_folder)
 
 
 # ---- train folders --------------------------------------------------------------------------------------------------
@@ -216,12 +230,17 @@ def is_train_folder(folder: str | Path) -> bool:
     return (Path(folder) / CONFIG_FILE).is_file()
 
 
-def check_train_folder(folder: str | Path) -> DictConfig:
-    """The folder's recorded config, after checking that it and the last checkpoint can be read: a broken folder
-    stops the run before anything is written into it."""
-    folder = Path(folder)
+def check_train_kind(folder: str | Path) -> None:
+    """``folder`` was started by a training (its files only: what it holds is read once, by the training)."""
     if not is_train_folder(folder):
         raise UserError(f"resume={folder}: not a train folder (no {CONFIG_FILE} in it)")
+
+
+def check_train_folder(folder: str | Path) -> DictConfig:
+    """The folder's recorded config, after checking that it and the last checkpoint can be read: a broken folder
+    stops the run before training writes anything into it."""
+    check_train_kind(folder)
+    folder = Path(folder)
     saved = _saved_config(folder / CONFIG_FILE)
     last = folder / CHECKPOINTS / LAST
     if last.is_file():
@@ -270,16 +289,6 @@ def _corrupt(path: Path, reason: BaseException | str, remedy: str) -> UserError:
     return UserError(f"{path} is corrupt ({detail}): {remedy}")
 
 
-def adopt_folder_config(saved: DictConfig, cfg: DictConfig, overridden: set[str] | None = None) -> DictConfig:
-    """On resume, what the command line leaves out comes from the folder (``adopt_stored``); ``overridden``
-    None (an API call, no command line) keeps every section of ``cfg`` and takes only a missing block."""
-    merged = adopt_stored(saved, cfg, ADOPTED, set(ADOPTED) if overridden is None else overridden)
-    if merged.block is None:
-        with open_dict(merged):
-            merged.block = saved.block
-    return merged
-
-
 def check_same_network(saved: DictConfig, cfg: DictConfig, folder: Path) -> None:
     """A resumed folder must train the same network on the same data: its checkpoint is only valid for those."""
     for key in SAME_NETWORK:
@@ -308,4 +317,4 @@ def _resolved(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-register_run_folder_resolvers("train", is_train_folder, check_train_folder)
+register_run_folder_resolvers("train", is_train_folder, check_train_kind)

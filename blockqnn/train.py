@@ -46,17 +46,18 @@ from blockqnn.fit import (
 from blockqnn.lock import writer
 from blockqnn.network import network_complexity
 from blockqnn.resume import (
+    ADOPTED,
     CHECKPOINTS,
     LAST,
     absolute_locations,
-    adopt_folder_config,
-    adopt_stored,
     check_epochs_left,
     check_same_network,
     check_train_folder,
+    command_line_keys,
     is_train_folder,
-    override_keys,
+    merge_stored,
     save_config,
+    taken_sections,
 )
 from blockqnn.store import Store
 from blockqnn.tracking import WandbTracker, log_model_artifact, online_or_offline, record_lineage, wandb_mode
@@ -125,18 +126,6 @@ def tracking_logger(cfg: DictConfig, folder: Path) -> Logger | bool:
     return online_or_offline(start, wandb_mode(tracker.mode), folder)
 
 
-def as_searched(cfg: DictConfig, run: str, overridden: set[str] | None) -> tuple[DictConfig, list[str]]:
-    """``cfg`` with the dataset and template (``N``, ``F`` included) of the search run a block came from, as far as
-    the command line leaves them out (``template.N=4`` keeps the searched template, four blocks per stage), and the
-    sections taken. ``overridden`` None (an API call, no command line) takes nothing."""
-    if overridden is None:
-        return cfg, []
-    with Store.open(run, readonly=True) as store:
-        stored = store.config()
-    taken = [section for section in SEARCHED if section not in overridden and section in stored]
-    return adopt_stored(stored, cfg, taken, overridden), taken
-
-
 def describe_plan(cfg: DictConfig, source: dict[str, Any], taken: list[str]) -> str:
     """One line saying what is trained on what, and which settings came from the search run."""
     template = cfg.template
@@ -154,18 +143,24 @@ def describe_plan(cfg: DictConfig, source: dict[str, Any], taken: list[str]) -> 
 
 
 # ---- training -----------------------------------------------------------------------------------------------------
-def plan_run(cfg: DictConfig, folder: Path, overridden: set[str] | None
+def plan_run(cfg: DictConfig, folder: Path, command_line: set[str] | None
              ) -> tuple[DictConfig, Block, dict[str, Any], str | None]:
     """The config (block as its NSC code), the block, where it came from, and the checkpoint to resume from: a
     resume takes what the command line leaves out from the folder and must agree with it; a block from a search
-    trains on the search's dataset and template unless the command line names others. Writes nothing."""
+    trains on the search's dataset and template (``N``, ``F`` included) unless the command line names others
+    (``template.N=4`` keeps the searched template, four blocks per stage). ``command_line``: the keys the command
+    line set (``blockqnn.resume.command_line_keys``); None (an API call) trains ``cfg`` as given, taking only a
+    missing block from the folder. Writes nothing."""
     saved = check_train_folder(folder) if is_train_folder(folder) else None
     if saved is not None:
-        cfg = adopt_folder_config(saved, cfg, overridden)
+        cfg = merge_stored(saved, cfg, ADOPTED, command_line)
     block, source = resolve_block(cfg.block)
     taken = []
-    if source and saved is None:
-        cfg, taken = as_searched(cfg, source["search_run"], overridden)
+    if source and saved is None and command_line is not None:
+        with Store.open(source["search_run"], readonly=True) as store:
+            searched = store.config()
+        taken = taken_sections(searched, cfg, SEARCHED, command_line)
+        cfg = merge_stored(searched, cfg, taken, command_line)
     cfg = absolute_locations(OmegaConf.merge(cfg, {"block": str(block)}))
     log.info(describe_plan(cfg, source, taken))
     if saved is not None:
@@ -178,15 +173,15 @@ def plan_run(cfg: DictConfig, folder: Path, overridden: set[str] | None
     return cfg, block, source, str(last)
 
 
-def train(cfg: DictConfig, folder: Path, overridden: set[str] | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, folder: Path, command_line: set[str] | None = None) -> dict[str, Any]:
     """Full training of ``cfg.block`` into ``folder``, or its continuation if the folder holds a training; returns
-    what ``result.json`` records. ``overridden``: see ``adopt_folder_config``."""
+    what ``result.json`` records. ``command_line``: see ``plan_run``."""
     with writer(folder, foreign=cfg.get("resume") is not None and not is_train_folder(folder)):
-        return _train(cfg, folder, overridden)
+        return _train(cfg, folder, command_line)
 
 
-def _train(cfg: DictConfig, folder: Path, overridden: set[str] | None) -> dict[str, Any]:
-    cfg, block, source, resume_from = plan_run(cfg, folder, overridden)
+def _train(cfg: DictConfig, folder: Path, command_line: set[str] | None) -> dict[str, Any]:
+    cfg, block, source, resume_from = plan_run(cfg, folder, command_line)
     recipe = cfg.trainer
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, cfg.seed)
@@ -287,7 +282,7 @@ def main(cfg: DictConfig) -> float:
     if int(os.environ.get("LOCAL_RANK") or 0) > 0:  # a DDP rank its launcher started (Lightning, torchrun)
         die_with(os.getppid())  # dies with it: a rank 0 SIGKILLed must not leave the others waiting in a collective
     hydra = HydraConfig.get()
-    return train(cfg, Path(hydra.runtime.output_dir), override_keys(hydra.overrides.task))["test_acc"]
+    return train(cfg, Path(hydra.runtime.output_dir), command_line_keys(hydra.overrides.task))["test_acc"]
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ def bench_cluster(worker_counts: list[int], iterations: int, median_ms: float, f
             cfg = compose("search", ["agent=random", f"agent.batch_size={BATCH}", "agent.epsilon_schedule=constant",
                                      f"agent.schedule_iterations={iterations}", "logger=none", "progress.mode=off",
                                      f"executor.workers={workers}", f"search.mode={mode}", "executor.threads=1"])
-            search(cfg, run_dir, evaluate=sleeping_evaluate)
+            cfg.evaluator = {"_target_": "blockqnn.search.function_evaluator", "_partial_": True,
+                             "fn": f"{__name__}.sleeping_evaluate"}
+            search(cfg, run_dir)
             figures[mode] = utilization(run_dir, workers)
         (su, sr, _, ss), (au, ar, _, ast) = figures["sync"], figures["async"]
         print(f"{workers:>4} {median * 1000:>6.0f}ms | {su:>9.1%} {ss:>7.1%} {sr:>8.1f} | {au:>10.1%} {ast:>7.1%} "
@@ -177,7 +179,8 @@ def bench_staleness(table: Path, seeds: int, workers: int, flops: np.ndarray, sc
             cfg = compose("search", ["space=nasbench201", f"space.table={table}", "reward=accuracy", "logger=none",
                                      "progress.mode=off", f"agent.batch_size={BATCH}", "agent.alpha=0.1",
                                      f"agent.schedule_scale={scale}", f"seed={seed}", f"search.mode={mode}"])
-            best[mode].append(search(cfg, run_dir, executor=VirtualCluster(workers, durations))["accuracy"])
+            cfg.executor = {"_target_": f"{__name__}.VirtualCluster", "capacity": workers, "durations": durations}
+            best[mode].append(search(cfg, run_dir)["accuracy"])
     with Store.open(workdir / "table-0-sync", readonly=True) as store:
         sampled = len(store.candidates())
     print(f"\n2. staleness: Q-learning on the table space, {sampled} sampled blocks per search, B = {BATCH}, "

@@ -37,7 +37,7 @@ from scipy.stats import mannwhitneyu
 from blockqnn.codes import Block
 from blockqnn.config import compose
 from blockqnn.report import analysis
-from blockqnn.resume import adopt_stored, override_keys
+from blockqnn.resume import command_line_keys, merge_stored
 from blockqnn.store import DB_NAME
 from blockqnn.threads import cpu_threads
 from blockqnn.train import RESULT_FILE, SEARCHED, train
@@ -66,7 +66,7 @@ def training_config(block: str, searched: analysis.History, seed: int, epochs: i
                  "progress.mode=off", *extra]
     cfg = compose("train", overrides)
     cfg.block = block
-    return adopt_stored(searched.config, cfg, SEARCHED, override_keys(overrides))
+    return merge_stored(searched.config, cfg, SEARCHED, command_line_keys(overrides))
 
 
 def train_all(plans: dict[Path, DictConfig], jobs: int) -> dict[Path, dict]:

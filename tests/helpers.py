@@ -14,10 +14,13 @@ import struct
 import sys
 from contextlib import closing
 from pathlib import Path
+from types import FunctionType
 
 import numpy as np
+from omegaconf import DictConfig
 
 from blockqnn.codes import Block
+from blockqnn.executors.base import EvaluatorFactory, bound, factory
 from blockqnn.spaces import NSCSpace
 from blockqnn.stopping import STOPPED
 from blockqnn.store import DB_NAME, SCHEMA_VERSION, Store
@@ -167,6 +170,32 @@ def finished_count(run_dir: Path) -> int:
             return len(store.candidates())
     except Exception:  # not created yet
         return 0
+
+
+# ---- stand-in evaluators ------------------------------------------------------------------------------------------
+_STAND_INS: list = []  # evaluators given to ``scored_by`` that no worker could import by name, in this process
+
+
+def scored_by(cfg: DictConfig, evaluate) -> DictConfig:
+    """``cfg`` whose candidates ``evaluate`` scores (the config's ``evaluator``), as a user plugs in a surrogate: a
+    module-level function ``evaluate(arch, cfg)`` by its dotted path (worker processes and Ray import it); an
+    evaluator class (built with ``cfg`` in each worker) or a closure over a test's state by its place in this
+    process's ``_STAND_INS`` (for the search's own process and the workers forked from it)."""
+    name = f"{evaluate.__module__}.{evaluate.__qualname__}"
+    if isinstance(evaluate, FunctionType) and "<" not in name:  # neither a lambda nor a closure
+        node = {"_target_": "blockqnn.search.function_evaluator", "_partial_": True, "fn": name}
+    else:
+        _STAND_INS.append(evaluate)
+        node = {"_target_": "tests.helpers.stand_in", "_partial_": True, "number": len(_STAND_INS) - 1}
+    cfg = cfg.copy()
+    cfg.evaluator = node
+    return cfg
+
+
+def stand_in(cfg: DictConfig, space, number: int) -> EvaluatorFactory:
+    """The ``evaluator`` ``scored_by`` names by number: what each worker builds."""
+    evaluate = _STAND_INS[number]
+    return factory(evaluate, cfg) if isinstance(evaluate, type) else bound(evaluate, cfg)
 
 
 def dying_after(n: int):

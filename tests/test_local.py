@@ -17,7 +17,7 @@ from blockqnn.report.analysis import load_history
 from blockqnn.search import search
 from blockqnn.spaces.nasbench201 import NASBench201Space
 from blockqnn.store import Store
-from tests.helpers import dying_after, history, run_cli, stored_count
+from tests.helpers import dying_after, history, run_cli, scored_by, stored_count
 from tests.test_search_command import TINY_TRAINING, _interrupt_a_real_search
 
 
@@ -223,7 +223,7 @@ def test_async_search_interrupted_resumes_to_the_uninterrupted_history(compose, 
                               "search.mode=async")
     search(compose(*args), tmp_path / "reference")
     with pytest.raises(KeyboardInterrupt):
-        search(compose(*args), tmp_path / "killed", evaluate=dying_after(37))
+        search(scored_by(compose(*args), dying_after(37)), tmp_path / "killed")
     search(compose(*args, f"resume={tmp_path / 'killed'}"), tmp_path / "killed")
 
     def untimed(run):
@@ -274,7 +274,7 @@ def test_a_guided_table_search_resumes_after_an_interruption(compose, table_sear
                            "agent.batch_size=4", "agent.budget=40")
     search(compose(*args), tmp_path / "reference")
     with pytest.raises(KeyboardInterrupt):
-        search(compose(*args), tmp_path / "killed", evaluate=dying_after(19))
+        search(scored_by(compose(*args), dying_after(19)), tmp_path / "killed")
     search(compose(*args, f"resume={tmp_path / 'killed'}"), tmp_path / "killed")
     assert history(tmp_path / "killed") == history(tmp_path / "reference")
     rows, _ = history(tmp_path / "killed")

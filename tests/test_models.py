@@ -21,7 +21,7 @@ from blockqnn.models import RewardModel, encode
 from blockqnn.schema import member_defaults
 from blockqnn.search import search
 from blockqnn.spaces.nasbench201 import NASBench201Space, all_archs
-from tests.helpers import REPO, cli_env, history, run_cli, stored_count
+from tests.helpers import REPO, cli_env, history, run_cli, scored_by, stored_count
 from tests.test_search_async import check_async_history
 from tests.test_search_command import _signal_midway
 
@@ -169,7 +169,7 @@ def test_a_search_planning_with_the_model_resumes_to_the_uninterrupted_history(c
     search(compose(*args), reference)
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        search(compose(*args), killed, evaluate=dying_after(21))
+        search(scored_by(compose(*args), dying_after(21)), killed)
     search(compose(*args, f"resume={killed}"), killed)
     if mode == "sync":  # bit-identical
         assert history(killed) == history(reference)

@@ -12,7 +12,7 @@ from blockqnn.config import MOVED_TARGETS
 from blockqnn.report import report
 from blockqnn.search import search
 from blockqnn.store import DB_NAME, Store
-from tests.helpers import dying_after, history
+from tests.helpers import dying_after, history, scored_by
 
 
 def written_before_the_move(run_dir) -> None:
@@ -32,7 +32,7 @@ def test_a_history_with_the_old_targets_resumes_and_reports(compose, table_searc
         table_search.append("agent.budget=48")
     search(compose(*table_search, f"agent={agent}"), reference)
     with pytest.raises(KeyboardInterrupt):
-        search(compose(*table_search, f"agent={agent}"), run, evaluate=dying_after(9))
+        search(scored_by(compose(*table_search, f"agent={agent}"), dying_after(9)), run)
     written_before_the_move(run)
     with closing(sqlite3.connect(run / DB_NAME)) as conn:
         stored = conn.execute("SELECT value FROM run WHERE key = 'config'").fetchone()[0]

@@ -10,11 +10,11 @@ import sqlite3
 import pytest
 
 from blockqnn.errors import UserError
-from blockqnn.resume import check_same_history, overridden_keys
+from blockqnn.resume import HISTORY_KEYS, check_same_history, command_line_keys
 from blockqnn.search import search
 from blockqnn.spaces.nasbench201 import NASBench201Space, write_synthetic_table
 from blockqnn.store import DB_NAME, Store, StoreError
-from tests.helpers import dying_after, folder_digest, history
+from tests.helpers import dying_after, folder_digest, history, scored_by
 
 
 def test_interrupted_search_resumes_to_the_same_history(compose, table_search, tmp_path):
@@ -24,7 +24,7 @@ def test_interrupted_search_resumes_to_the_same_history(compose, table_search, t
     for stop_after in (5, 13):  # inside the first iteration, and inside a later one
         run = tmp_path / f"killed-{stop_after}"
         with pytest.raises(KeyboardInterrupt):
-            search(compose(*table_search), run, evaluate=dying_after(stop_after))
+            search(scored_by(compose(*table_search), dying_after(stop_after)), run)
         assert 0 < len(history(run)[0]) < len(history(reference)[0])
         search(compose(*table_search, f"resume={run}"), run)
         assert history(run) == history(reference)
@@ -40,10 +40,10 @@ def test_a_run_resumes_from_another_working_folder(compose, table_search, nb201_
     reference, run = tmp_path / "reference", tmp_path / "run"
     search(compose(*args), reference)
     with pytest.raises(KeyboardInterrupt):
-        search(compose(*args), run, evaluate=dying_after(5))
+        search(scored_by(compose(*args), dying_after(5)), run)
     monkeypatch.chdir(tmp_path / "b")
     overrides = ["logger=none", "progress.mode=off", f"resume={run}"]
-    search(compose(*overrides), run, overridden=overridden_keys(overrides))
+    search(compose(*overrides), run, command_line=command_line_keys(overrides, HISTORY_KEYS))
     assert history(run) == history(reference)
 
 
@@ -67,14 +67,14 @@ def test_resume_alone_continues_a_run_started_with_other_settings(compose, table
     reference, run = tmp_path / "reference", tmp_path / "run"
     search(compose(*table_search), reference)
     with pytest.raises(KeyboardInterrupt):
-        search(compose(*table_search), run, evaluate=dying_after(5))
+        search(scored_by(compose(*table_search), dying_after(5)), run)
     overrides = ["logger=none", "progress.mode=off", f"resume={run}"]
-    assert overridden_keys(overrides) == {"logger", "progress.mode", "resume"}
-    search(compose(*overrides), run, overridden=overridden_keys(overrides))
+    assert command_line_keys(overrides, HISTORY_KEYS) == {"logger", "progress.mode", "resume"}
+    search(compose(*overrides), run, command_line=command_line_keys(overrides, HISTORY_KEYS))
     assert history(run) == history(reference)
     with pytest.raises(UserError, match=r"agent\.alpha"):  # a key the command line does set must agree
         overrides = [*overrides, "agent.alpha=0.9"]
-        search(compose(*overrides), run, overridden=overridden_keys(overrides))
+        search(compose(*overrides), run, command_line=command_line_keys(overrides, HISTORY_KEYS))
 
 
 def test_resume_naming_one_leaf_keeps_the_rest_of_its_section(compose, table_search, tmp_path):
@@ -82,7 +82,7 @@ def test_resume_naming_one_leaf_keeps_the_rest_of_its_section(compose, table_sea
     run = tmp_path / "run"
     search(compose(*table_search, "trainer.max_epochs=3", "agent.epsilon_override=1.0"), run)
     overrides = ["logger=none", "progress.mode=off", "trainer.accelerator=cpu", f"resume={run}"]
-    search(compose(*overrides), run, overridden=overridden_keys(overrides))
+    search(compose(*overrides), run, command_line=command_line_keys(overrides, HISTORY_KEYS))
     with Store.open(run, readonly=True) as store:
         assert store.config().trainer.max_epochs == 3 and store.config().agent.epsilon_override == 1.0
 
@@ -101,9 +101,10 @@ def test_resume_allows_harmless_changes_and_trains_nothing_again(compose, table_
     search(compose(*table_search), tmp_path)
     rows, state = history(tmp_path)
     evaluated = []
-    search(compose(*table_search, "executor.threads=1", "executor.workers=0", "progress.mode=log",
-                   "output_root=elsewhere", "trainer.accelerator=cpu", "trainer.eval_batch_size=64",
-                   f"resume={tmp_path}"), tmp_path, evaluate=lambda arch, cfg: evaluated.append(arch))
+    harmless = compose(*table_search, "executor.threads=1", "executor.workers=0", "progress.mode=log",
+                       "output_root=elsewhere", "trainer.accelerator=cpu", "trainer.eval_batch_size=64",
+                       f"resume={tmp_path}")
+    search(scored_by(harmless, lambda arch, cfg: evaluated.append(arch)), tmp_path)
     assert evaluated == [] and history(tmp_path) == (rows, state)
 
 
@@ -132,3 +133,19 @@ def test_resume_of_a_folder_written_by_another_search_is_refused(compose, table_
                    (other, accuracy))  # ...and its first block (true to the table) differs from the sample
     with pytest.raises(StoreError, match="does not match the agent's sample"):
         search(compose(*table_search, f"resume={tmp_path}"), tmp_path)
+
+
+def test_a_resume_opens_the_history_once(compose, table_search, tmp_path, monkeypatch):
+    """Hydra's run-folder resolvers only glance at the folder's files (resolved here as Hydra resolves them, several
+    times); the search opens the history once and carries the config it read."""
+    from omegaconf import OmegaConf
+
+    search(compose(*table_search), tmp_path)
+    opened, open_store = [], Store.open.__func__
+    monkeypatch.setattr(Store, "open", classmethod(lambda cls, *a, **k: opened.append(a) or open_store(cls, *a, **k)))
+    hydra = OmegaConf.create({"resume": str(tmp_path), "dir": "${blockqnn.search_dir:${resume},new}",
+                              "record": "${blockqnn.search_hydra_subdir:${dir},stamp}"})
+    for _ in range(3):
+        assert OmegaConf.to_container(hydra, resolve=True)["record"] == ".hydra/resume-stamp"
+    search(compose(*table_search, f"resume={tmp_path}"), tmp_path)
+    assert opened == [(tmp_path,)]

@@ -19,7 +19,7 @@ from blockqnn.errors import RunFolderUnwritable
 from blockqnn.evaluate import evaluate_candidate
 from blockqnn.search import search
 from blockqnn.store import DB_NAME
-from tests.helpers import REPO, cli_env, history, read_wandb_file, stored_count
+from tests.helpers import REPO, cli_env, history, read_wandb_file, scored_by, stored_count
 
 FAULTS = {  # what happens to the store's connection, and the start of the one line
     "disk full": ("PRAGMA max_page_count = 1", "the disk holding run folder {run} is full (database or disk is "
@@ -69,7 +69,7 @@ def test_a_full_or_read_only_folder_stops_the_search_and_the_resume_loses_nothin
     reference, run = tmp_path / "reference", tmp_path / "run"
     search(compose(*table_search), reference)
     with pytest.raises(RunFolderUnwritable) as stopped:
-        search(compose(*table_search), run, evaluate=faulty_after(13, lambda db: db.execute(pragma), connections))
+        search(scored_by(compose(*table_search), faulty_after(13, lambda db: db.execute(pragma), connections)), run)
     resume = f"python -m blockqnn.search resume={run} (nothing stored is lost)"
     assert str(stopped.value) == line.format(run=run) + resume
     assert 0 < intact(run) < len(history(reference)[0])
@@ -86,7 +86,7 @@ def test_a_removed_folder_is_written_back_and_the_search_resumes(compose, table_
     with pytest.raises(RunFolderUnwritable, match=f"run folder {run} was removed while the search ran: its history "
                                                   rf"\(every candidate stored so far\) was written back to "
                                                   f"{run / DB_NAME}, then continue with: "):
-        search(compose(*table_search), run, evaluate=faulty_after(13, lambda db: shutil.rmtree(run), connections))
+        search(scored_by(compose(*table_search), faulty_after(13, lambda db: shutil.rmtree(run), connections)), run)
     assert intact(run) in (12, 13)  # 13: the write after the removal went into the removed file, and back with it
     search(compose(*table_search, f"resume={run}"), run)
     assert history(run) == history(reference)
@@ -96,8 +96,8 @@ def test_the_w_and_b_run_of_a_search_stopped_by_a_full_disk_is_marked_failed(
         compose, table_search, tmp_path, connections):
     overrides = [o for o in table_search if o != "logger=none"] + ["logger=wandb"]
     with pytest.raises(RunFolderUnwritable):
-        search(compose(*overrides), tmp_path, evaluate=faulty_after(5, lambda db: db.execute(FAULTS["disk full"][0]),
-                                                                    connections))
+        breaking = faulty_after(5, lambda db: db.execute(FAULTS["disk full"][0]), connections)
+        search(scored_by(compose(*overrides), breaking), tmp_path)
     records = read_wandb_file(next((tmp_path / "wandb").glob("offline-run-*/*.wandb")))
     exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
     assert exits == [1]  # failed: finished by the search with an error, not crashed

@@ -18,7 +18,7 @@ import pytest
 from blockqnn.errors import UserError
 from blockqnn.search import search
 from blockqnn.store import Store
-from tests.helpers import REPO, dying_after, history, stored_count
+from tests.helpers import REPO, dying_after, history, scored_by, stored_count
 
 
 def check_async_history(run_dir: Path, evaluated: list[str] | None = None) -> list[dict]:
@@ -52,7 +52,7 @@ def test_async_search_with_workers_records_each_block_once_and_trains_none_twice
     monkeypatch.setenv(LOG_ENV, str(log))
     # 64 cells and 8 blocks in flight (2 workers, 6 queued): blocks often meet their twin still in flight
     cfg = compose(*table_search, "space.ops=[none,skip_connect]", "executor.workers=2", "search.prefetch=6")
-    best = search(cfg, tmp_path / "run", evaluate=timed_evaluate)
+    best = search(scored_by(cfg, timed_evaluate), tmp_path / "run")
     rows = check_async_history(tmp_path / "run", evaluations(log))
     waited = [r for r in rows if r["cached"] and any(
         o["hash"] == r["hash"] and not o["cached"] and o["finished_at"] > r["dispatched_at"] for o in rows)]
@@ -76,7 +76,7 @@ def test_async_evolution_interrupted_resumes_to_the_uninterrupted_history(compos
         "agent=evolution", "agent.batch_size=4", "agent.budget=60", "search.mode=async"]
     search(compose(*args), tmp_path / "reference")
     with pytest.raises(KeyboardInterrupt):
-        search(compose(*args), tmp_path / "killed", evaluate=dying_after(23))
+        search(scored_by(compose(*args), dying_after(23)), tmp_path / "killed")
     search(compose(*args, f"resume={tmp_path / 'killed'}"), tmp_path / "killed")
     def untimed(run):
         rows, state = history(run)

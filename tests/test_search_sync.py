@@ -15,7 +15,7 @@ from blockqnn.errors import UserError
 from blockqnn.evaluate import evaluate_candidate
 from blockqnn.search import search
 from blockqnn.store import DB_NAME, Store
-from tests.helpers import history
+from tests.helpers import history, scored_by
 
 
 def test_every_sampled_block_is_recorded_and_no_block_is_evaluated_twice(compose, table_search, tmp_path):
@@ -26,7 +26,7 @@ def test_every_sampled_block_is_recorded_and_no_block_is_evaluated_twice(compose
         evaluated.append(arch)
         return evaluate_candidate(arch, cfg)
 
-    best = search(cfg, tmp_path, evaluate=counting)
+    best = search(scored_by(cfg, counting), tmp_path)
     rows, (last, state) = history(tmp_path)
     iterations, batch = len(set(r["iteration"] for r in rows)), cfg.agent.batch_size
     assert [(r["iteration"], r["position"]) for r in rows] == [(i, p) for i in range(iterations) for p in range(batch)]
@@ -59,7 +59,7 @@ def test_failed_candidates_are_recorded_and_rewarded_failed_reward(compose, tabl
     seen_rewards = []
     update = QLearningAgent.update
     monkeypatch.setattr(QLearningAgent, "update", lambda self, t, r: (seen_rewards.extend(r), update(self, t, r))[1])
-    search(compose(*table_search, "failed_reward=-0.25"), tmp_path, evaluate=flaky)
+    search(scored_by(compose(*table_search, "failed_reward=-0.25"), flaky), tmp_path)
     rows, _ = history(tmp_path)
     failed = [r for r in rows if r["status"] == "failed"]
     assert failed and all("out of memory" in r["error"] and r["reward"] is None for r in failed)

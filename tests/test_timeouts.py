@@ -18,7 +18,7 @@ from blockqnn.executors.base import TIMED_OUT, TimeLimit
 from blockqnn.search import search
 from blockqnn.store import Store
 from blockqnn.tracking import Progress
-from tests.helpers import report_cli
+from tests.helpers import report_cli, scored_by
 from tests.timed import timed_evaluate
 
 HUNG_ENV = "BLOCKQNN_TEST_HUNG"  # the file the first evaluation creates, naming its block and process, then hangs
@@ -75,7 +75,7 @@ def test_a_stopped_worker_is_given_up_and_the_search_goes_on(compose, table_sear
     cfg = compose(*table_search, "executor.workers=2", f"search.mode={mode}", "executor.candidate_timeout=10")
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="blockqnn.search.loop"):
-        search(cfg, run, evaluate=hangs_first)
+        search(scored_by(cfg, hangs_first), run)
     assert time.monotonic() - started < 120
     check_one_timed_out(run, hung, 10)
     arch = hung.read_text().split("\t")[0]
@@ -84,7 +84,7 @@ def test_a_stopped_worker_is_given_up_and_the_search_goes_on(compose, table_sear
     assert f"- timed out (executor.candidate_timeout), recorded failed: 1\n  - `{arch}` (iteration " in (
         run / "summary.md").read_text()
     evaluated = []  # a resume trains nothing again, the timed-out candidate included
-    search(compose(*table_search, f"resume={run}"), run, evaluate=lambda arch, cfg: evaluated.append(arch))
+    search(scored_by(compose(*table_search, f"resume={run}"), lambda arch, cfg: evaluated.append(arch)), run)
     assert evaluated == []
 
 
@@ -96,7 +96,7 @@ def test_a_ray_task_that_never_returns_is_cancelled_and_the_search_goes_on(compo
     monkeypatch.setenv(HUNG_ENV, str(hung))
     on_ray = [*(o for o in table_search if not o.startswith("executor.")), "executor=ray", "executor.init.num_cpus=2",
               "executor.candidate_timeout=20"]
-    search(compose(*on_ray), run, evaluate=never_returns)
+    search(scored_by(compose(*on_ray), never_returns), run)
     check_one_timed_out(run, hung, 20)
 
 

@@ -18,7 +18,7 @@ from blockqnn import export
 from blockqnn.codes import Block, NSCError
 from blockqnn.config import compose
 from blockqnn.errors import UserError
-from blockqnn.resume import adopt_folder_config, check_same_network, check_train_folder, override_keys
+from blockqnn.resume import ADOPTED, check_same_network, check_train_folder, command_line_keys, merge_stored
 from blockqnn.store import Store, StoreError
 from blockqnn.train import plan_run, progress_mode, resolve_block, train
 from tests.blocks import RESIDUAL
@@ -169,16 +169,16 @@ def test_bad_block_in_hydra_list_syntax_names_the_layer(rows, message):
 def test_resume_takes_what_the_command_line_leaves_out_from_the_folder(tmp_path):
     saved = OmegaConf.create(OmegaConf.to_container(config(tmp_path, "block=[[1,1,1,0,0],[2,7,0,0,0]]"), resolve=True))
     overrides = ["resume=x", "trainer.max_epochs=2"]
-    assert override_keys([*overrides, "+a.b@c=1", "~seed"]) == {"resume", "trainer.max_epochs", "a.b", "seed"}
-    cfg = adopt_folder_config(saved, compose("train", overrides), override_keys(overrides))
+    assert command_line_keys([*overrides, "+a.b@c=1", "~seed"]) == {"resume", "trainer.max_epochs", "a.b", "seed"}
+    cfg = merge_stored(saved, compose("train", overrides), ADOPTED, command_line_keys(overrides))
     assert cfg.block == saved.block and cfg.template == saved.template and cfg.dataset == saved.dataset
     assert cfg.logger == saved.logger and cfg.trainer.batch_size == saved.trainer.batch_size == 32
     assert cfg.trainer.max_epochs == 2 and cfg.trainer.limit_train_batches == 4  # one leaf changed, the rest kept
 
     named = compose("train", ["template=cifar", "trainer=final"])
-    cfg = adopt_folder_config(saved, named, override_keys(["template=cifar", "trainer=final"]))
+    cfg = merge_stored(saved, named, ADOPTED, command_line_keys(["template=cifar", "trainer=final"]))
     assert cfg.template == named.template and cfg.trainer == named.trainer and cfg.dataset == saved.dataset
-    everything = adopt_folder_config(saved, named)  # no command line known (an API call): only the block is taken
+    everything = merge_stored(saved, named, ADOPTED, None)  # no command line (an API call): only the block is taken
     assert everything.template == named.template and everything.dataset == named.dataset
     assert everything.block == saved.block
 
@@ -381,7 +381,7 @@ def test_a_block_from_a_search_trains_on_its_dataset_and_template_unless_named(t
         (["template=cifar", "dataset=digits"], ("digits", 10), ("conv", 3, 2, 32)),
     ]:
         args = [f"block={run}:1", *overrides]
-        cfg = plan_run(compose("train", args), tmp_path / "out", override_keys(args))[0]
+        cfg = plan_run(compose("train", args), tmp_path / "out", command_line_keys(args))[0]
         assert (cfg.dataset.name, cfg.dataset.num_classes) == dataset
         assert (cfg.template.stem, cfg.template.stages, cfg.template.N, cfg.template.F) == template
     api = plan_run(compose("train", [f"block={run}:1"]), tmp_path / "out", None)[0]  # no command line: as given
@@ -415,7 +415,7 @@ def test_a_training_names_the_search_artifacts_it_took_its_block_from(tmp_path):
         store.set("wandb_run_id", "search123")
     args = [f"block={run}:1", "trainer=smoke", "trainer.limit_train_batches=2", "logger=wandb", "onnx=null",
             "program=null"]
-    train(compose("train", args), tmp_path / "out", override_keys(args))
+    train(compose("train", args), tmp_path / "out", command_line_keys(args))
     wandb.teardown()  # W&B's service writes the offline log behind the run: stopping it flushes the file
     [log] = (tmp_path / "out" / "wandb").glob("offline-run-*/*.wandb")
     config = {item.key: json.loads(item.value_json) for record in read_wandb_file(log)

@@ -13,12 +13,12 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from hydra.utils import instantiate
 
+from blockqnn.candidate import Result, Status
 from blockqnn.config import config_key
 
 LOG_ENV = "BLOCKQNN_TEST_EVALUATIONS"
@@ -30,28 +30,12 @@ def seconds(arch: str) -> float:
     return 0.005 + 0.035 * (int(hashlib.sha256(arch.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF)
 
 
-@dataclass
-class TableResult:
-    """The fields of ``blockqnn.result.Result`` a table space fills."""
-
-    status: str
-    accuracy: float
-    reward: float
-    wall_time: float
-
-
-@dataclass
-class CurveResult(TableResult):
-    epochs: int
-    curve: list[float]
-
-
 @cache
 def _space(key: str):
     return instantiate(json.loads(key))
 
 
-def timed_evaluate(arch: str, cfg) -> TableResult:
+def timed_evaluate(arch: str, cfg) -> Result:
     if os.environ.get(LOG_ENV):
         fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
@@ -60,7 +44,7 @@ def timed_evaluate(arch: str, cfg) -> TableResult:
             os.close(fd)
     time.sleep(seconds(arch) * float(os.environ.get(SLOWDOWN_ENV, 1)))
     accuracy = float(_space(config_key(cfg.space)).lookup(arch))
-    return TableResult("ok", accuracy, accuracy, seconds(arch))
+    return Result(Status.OK, accuracy, accuracy, wall_time=seconds(arch))
 
 
 class CurveEvaluator:
@@ -78,15 +62,15 @@ class CurveEvaluator:
                   for e in range(1, self.epochs)]
         return [*rising, final]  # the table's own accuracy at the full budget
 
-    def __call__(self, arch: str, cutoffs=None) -> CurveResult:
-        curve = self.curve(arch)
-        for epoch, cutoff in sorted((cutoffs or {}).items()):
+    def __call__(self, job) -> Result:
+        curve = self.curve(job.arch)
+        for epoch, cutoff in sorted((job.cutoffs or {}).items()):
             if curve[epoch - 1] < cutoff:
                 curve = curve[:epoch]
                 break
         stopped = len(curve) < self.epochs
-        return CurveResult("stopped" if stopped else "ok", curve[-1], curve[-1], 0.001 * len(curve), len(curve),
-                           curve)
+        return Result(Status.STOPPED if stopped else Status.OK, curve[-1], curve[-1], epochs=len(curve),
+                      wall_time=0.001 * len(curve), curve=curve)
 
 
 def evaluations(log: Path, node: str | None = None, since: int = 0) -> list[str]:
@@ -98,14 +82,14 @@ def evaluations(log: Path, node: str | None = None, since: int = 0) -> list[str]
 
 if __name__ == "__main__":
     from blockqnn.config import compose
-    from blockqnn.executors.base import factory
     from blockqnn.search import search
+    from tests.helpers import scored_by
     from tests.timed import CurveEvaluator, timed_evaluate  # by their module's name: a Ray worker imports them
 
     if sys.argv[1] == "--curves":  # the CurveEvaluator
         run_dir, *overrides = sys.argv[2:]
         cfg = compose("search", overrides)
-        search(cfg, Path(run_dir), evaluator=factory(CurveEvaluator, cfg))
+        search(scored_by(cfg, CurveEvaluator), Path(run_dir))
     else:
         run_dir, *overrides = sys.argv[1:]
-        search(compose("search", overrides), Path(run_dir), evaluate=timed_evaluate)
+        search(scored_by(compose("search", overrides), timed_evaluate), Path(run_dir))

@@ -55,6 +55,7 @@ class SearchConfig(RunConfig):
     executor: Any = MISSING
     stopping: Any = MISSING
     failed_reward: float = 0.0
+    evaluator: Any = MISSING
     search: LoopConfig = field(default_factory=LoopConfig)
     progress: ProgressConfig = field(default_factory=ProgressConfig)
 

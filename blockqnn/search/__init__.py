@@ -6,23 +6,22 @@ executor runs more than one candidate at once. A run keeps the mode it started i
 
 Resume: ``python -m blockqnn.search resume=RUN_DIR`` (or the same command with ``hydra.run.dir=RUN_DIR``) continues a
 run killed at any moment, with nothing finished lost or trained again (each mode's module says how). A config that
-changes what the history means (``blockqnn.resume.HISTORY_KEYS``) is refused; logger, executor and progress may
-change.
+changes what the history means (``blockqnn.resume.HISTORY_KEYS``) is refused; logger, executor, evaluator and
+progress may change.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig
 
 from blockqnn.agents.base import StreamAgent
 from blockqnn.errors import RunFolderUnwritable, UserError
-from blockqnn.executors.base import EvaluatorFactory, bound, factory
+from blockqnn.executors.base import EvaluatorFactory, bound
 from blockqnn.lock import writer
 from blockqnn.resume import check_same_table, open_search_run
 from blockqnn.reward import AccuracyReward
@@ -35,23 +34,16 @@ log = logging.getLogger(__name__)
 
 
 # ---- setting up -----------------------------------------------------------------------------------------------
-def search(
-    cfg: DictConfig,
-    run_dir: Path,
-    group: str | None = None,
-    evaluate: Callable[[str, DictConfig], Any] | None = None,
-    overridden: set[str] | None = None,
-    executor: Any = None,
-    evaluator: EvaluatorFactory | None = None,
-) -> dict[str, Any] | None:
+def search(cfg: DictConfig, run_dir: Path, group: str | None = None, command_line: set[str] | None = None
+           ) -> dict[str, Any] | None:
     """Run the search configured by ``cfg`` in ``run_dir``, or resume it if ``run_dir`` holds one (it must when
-    ``cfg.resume`` is set); returns the best candidate row. ``evaluate(arch, cfg)`` replaces candidate evaluation
-    (tests), or ``evaluator``, a factory of ``evaluator(arch, cutoffs)``; ``executor`` the configured executor
-    (benchmarks: a simulated cluster).
-    ``overridden``: the config keys the command line set; on resume the rest comes from the history."""
+    ``cfg.resume`` is set); returns the best candidate row. Every part comes from ``cfg``: the executor
+    (``executor._target_``) and what scores a candidate (``evaluator._target_``). ``group``: the sweep this run
+    belongs to (W&B); ``command_line``: the config keys the command line set (on resume the rest comes from the
+    history); None (an API call): ``cfg`` stands whole."""
     with writer(run_dir, foreign=cfg.resume is not None and not is_run(run_dir)):
         try:
-            return _search(cfg, run_dir, group, evaluate, overridden, executor, evaluator)
+            return _search(cfg, run_dir, group, command_line)
         except RunFolderUnwritable as e:  # a full disk, a read-only or removed folder: what to do, in one line
             if not e.resumable:
                 raise
@@ -59,9 +51,9 @@ def search(
                                       "(nothing stored is lost)") from None
 
 
-def _search(cfg: DictConfig, run_dir: Path, group: str | None, evaluate: Callable[[str, DictConfig], Any] | None,
-            overridden: set[str] | None, executor: Any, evaluator: EvaluatorFactory | None) -> dict[str, Any] | None:
-    cfg, store = open_search_run(cfg, run_dir, overridden)
+def _search(cfg: DictConfig, run_dir: Path, group: str | None, command_line: set[str] | None
+            ) -> dict[str, Any] | None:
+    cfg, store = open_search_run(cfg, run_dir, command_line)
     resuming = store is not None
     try:
         check_one_device(cfg)
@@ -70,10 +62,10 @@ def _search(cfg: DictConfig, run_dir: Path, group: str | None, evaluate: Callabl
             check_same_table(space, store)
         agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
         tracker, progress = instantiate(cfg.logger), _progress(cfg)
-        executor = executor or build_executor(cfg, space)
+        executor = build_executor(cfg, space)
         with executor:
             mode = loop_mode(cfg, store.get("mode") if resuming else None, executor, agent)
-            executor.serve(evaluator or evaluator_factory(cfg, space, evaluate))
+            executor.serve(instantiate(cfg.evaluator)(cfg=cfg, space=space))
             if not resuming:  # only once every part of the config has proved usable
                 store = Store.create(run_dir, cfg)
                 store.set("mode", mode)
@@ -83,7 +75,8 @@ def _search(cfg: DictConfig, run_dir: Path, group: str | None, evaluate: Callabl
             log.info("%s %s search in %s", "resuming" if resuming else "starting", mode, run_dir)
             with tracker.tracking(cfg, run_dir, store, group):
                 parts = dict(agent=agent, space=space, store=store, executor=executor, tracker=tracker,
-                             progress=progress, failed_reward=cfg.failed_reward, stopping=instantiate(cfg.stopping))
+                             progress=progress, failed_reward=cfg.failed_reward, seed=cfg.seed,
+                             stopping=instantiate(cfg.stopping))
                 if mode == "sync":
                     SyncSearch(**parts).run()
                 else:
@@ -126,17 +119,20 @@ def _progress(cfg: DictConfig) -> Progress:
         raise UserError(str(e)) from None
 
 
-def evaluator_factory(cfg: DictConfig, space: Any, evaluate: Callable[[str, DictConfig], Any] | None
-                      ) -> EvaluatorFactory:
-    """What each worker builds once: the candidate evaluator over the search's own space, after checking here that
-    the space can be scored (a bad config stops the search with one line before anything is stored), trying the
-    recipe where candidates train; or ``evaluate(arch, cfg)``, a stand-in (tests, benchmarks), as given."""
-    if evaluate is not None:
-        return bound(evaluate, cfg)
-    from blockqnn.evaluate import CandidateEvaluator  # imports torch: only once the config is good
+def candidate_evaluator(cfg: DictConfig, space: Any) -> EvaluatorFactory:
+    """What each worker builds once, the default ``evaluator``: the candidate evaluator (build, train, score) over
+    the search's own space, after checking here that the space can be scored (a bad config stops the search with
+    one line before anything is stored), trying the recipe where candidates train."""
+    from blockqnn.evaluate import candidate_factory  # imports torch: only once the config is good
 
     check_scorable(cfg, space)
-    return factory(CandidateEvaluator, cfg, space, True)
+    return candidate_factory(cfg, space)
+
+
+def function_evaluator(cfg: DictConfig, space: Any, fn: str) -> EvaluatorFactory:
+    """An ``evaluator`` that scores a candidate by ``fn(arch, cfg) -> Result``, a function named by its dotted path
+    (a surrogate, a zero-cost proxy, a test's stand-in): each worker imports it by that name."""
+    return bound(get_method(fn), cfg)
 
 
 def check_scorable(cfg: DictConfig, space: Any) -> None:

@@ -18,13 +18,11 @@ from omegaconf import DictConfig
 
 from blockqnn.cli import fail, hydra_app
 from blockqnn.errors import Interrupted
-from blockqnn.resume import overridden_keys
+from blockqnn.resume import HISTORY_KEYS, command_line_keys
 from blockqnn.search import search
 from blockqnn.store import Store
 
 log = logging.getLogger(__name__)
-
-
 
 
 def summary(best: dict[str, Any] | None, run_dir: Path) -> str:
@@ -62,10 +60,10 @@ def main(cfg: DictConfig) -> float:
     hydra = HydraConfig.get()
     run_dir = Path(cfg.resume or hydra.runtime.output_dir)
     group = Path(hydra.sweep.dir).name if hydra.mode == RunMode.MULTIRUN else None
-    overridden = overridden_keys(list(hydra.overrides.task))
+    command_line = command_line_keys(hydra.overrides.task, preset_sections=HISTORY_KEYS)
     try:
         with interruptible():
-            best = search(cfg, run_dir, group, overridden=overridden)
+            best = search(cfg, run_dir, group, command_line)
     except Interrupted as e:
         print(f"interrupted; continue with: python -m blockqnn.search resume={run_dir}", file=sys.stderr, flush=True)
         raise SystemExit(128 + e.signum) from None
