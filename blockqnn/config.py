@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -14,18 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.errors import ConfigError
-from blockqnn.schema import check_config, register_schemas
+from blockqnn.schema import CONF_DIR, check_config, register_schemas
 
-
-def conf_dir() -> Path:
-    """Where the configs are read from: a checkout's ``conf/`` beside the package (the source of truth, edited in
-    place), else the copy a wheel ships inside the package (``blockqnn/conf``)."""
-    package = Path(__file__).resolve().parent
-    checkout = package.parent / "conf"
-    return checkout if (checkout / "search.yaml").is_file() else package / "conf"
-
-
-CONF_DIR = conf_dir()
 register_schemas()  # before any config is composed, by an entry point or by ``compose``
 
 
