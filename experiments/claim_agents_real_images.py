@@ -29,14 +29,16 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from bench_stopping import spread
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from scipy.stats import mannwhitneyu
 
 from blockqnn.codes import Block
 from blockqnn.config import compose
-from blockqnn.report import analysis
+from blockqnn.drawing import figure
+from blockqnn.report import analysis, plots
 from blockqnn.resume import command_line_keys, merge_stored
 from blockqnn.store import DB_NAME
 from blockqnn.threads import cpu_threads
@@ -48,15 +50,76 @@ HAND = {
     "inception": "[(1,4,0,0,0),(2,1,1,1,0),(3,1,3,2,0),(4,1,1,1,0),(5,1,5,4,0),(6,6,0,3,5),(7,2,3,1,0),"
                  "(8,1,1,7,0),(9,6,0,6,8),(10,7,0,0,0)]",
 }
-LEARNER = "q-learning"
+LEARNERS = ("q-learning + model", "q-learning")  # the claim's agent: the model-based one where the sweeps have it
+IDLE_GAP_S = 120  # a longer pause with nothing training is a search waiting to be resumed, not the agent thinking
 
 
-def sweep_histories(sweep: Path) -> list[analysis.History]:
-    runs = sorted((p for p in sweep.iterdir() if (p / DB_NAME).is_file()), key=lambda p: (len(p.name), p.name))
+def sweep_histories(sweeps: list[Path]) -> list[analysis.History]:
+    runs = [run for sweep in sweeps for run in sorted((p for p in sweep.iterdir() if (p / DB_NAME).is_file()),
+                                                      key=lambda p: (len(p.name), p.name))]
     histories, refused = analysis.load_histories(runs, top_k=1)
     for error in refused:
         logging.warning("left out: %s", error)
-    return histories
+    unfinished = [h for h in histories if len(h.rows) < h.config.agent.budget]
+    for h in unfinished:
+        logging.warning("left out, unfinished (%d of %d blocks): %s", len(h.rows), h.config.agent.budget, h.run_dir)
+    return [h for h in histories if h not in unfinished]
+
+
+def agent_label(history: analysis.History) -> str:
+    """The agent as the claims name it: Q-learning planning with the reward model (``agent.model.proposals`` > 1
+    or ``planning`` > 0) apart from the paper's, which the history's agent name does not tell."""
+    model = OmegaConf.select(history.config, "agent.model")
+    planned = model is not None and (model.get("proposals", 1) > 1 or model.get("planning", 0) > 0)
+    return f"{history.agent} + model" if history.agent == "q-learning" and planned else history.agent
+
+
+def by_label(histories: list[analysis.History]) -> dict[str, list[analysis.History]]:
+    groups: dict[str, list[analysis.History]] = {}
+    for h in histories:
+        groups.setdefault(agent_label(h), []).append(h)
+    return groups
+
+
+def machine_hours(history: analysis.History) -> tuple[np.ndarray, np.ndarray]:
+    """(machine-hours, best reward so far) at each trained candidate's finish, in finishing order. The machine's
+    time is the search's wall clock while a candidate trained and in the pauses between (the agent sampling,
+    fitting its reward model, choosing among proposals: the search process's own time, counted); a pause longer
+    than ``IDLE_GAP_S`` with nothing training is an interrupted search waiting to be resumed, left out."""
+    rows = sorted((r for r in history.trained() if r["finished_at"] is not None), key=lambda r: r["finished_at"])
+    counted: list[list[float]] = []
+    for start, end in sorted((r["started_at"], r["finished_at"]) for r in rows):
+        if counted and start - counted[-1][1] <= IDLE_GAP_S:
+            counted[-1][1] = max(counted[-1][1], end)
+        else:
+            counted.append([start, end])
+    hours = [sum(max(0.0, min(end, r["finished_at"]) - start) for start, end in counted) / 3600 for r in rows]
+    rewards = [r["reward"] if r["status"] == "ok" and r["reward"] is not None else -np.inf for r in rows]
+    return np.asarray(hours), np.maximum.accumulate(np.asarray(rewards, dtype=float))
+
+
+def best_at(hours: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The best reward so far at each of ``grid``'s machine-hours (NaN before the first success)."""
+    index = np.searchsorted(hours, grid, side="right") - 1
+    values = np.where(index >= 0, best[np.maximum(index, 0)], np.nan)
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def plot_hours(groups: dict[str, list[analysis.History]], path: Path) -> None:
+    """Best early-stop reward against machine-hours per agent: mean over seeds, min-max band, up to the hours every
+    run of the agent reached."""
+    fig, ax = figure(figsize=(7, 4.2))
+    for label, runs in sorted(groups.items()):
+        curves = [machine_hours(h) for h in runs]
+        grid = np.linspace(max(hours[0] for hours, _ in curves), min(hours[-1] for hours, _ in curves), 200)
+        stack = np.array([best_at(hours, best, grid) for hours, best in curves])
+        ax.plot(grid, np.nanmean(stack, 0), linewidth=2, label=f"{label} (mean of {len(runs)} runs)")
+        ax.fill_between(grid, np.nanmin(stack, 0), np.nanmax(stack, 0), alpha=0.15)
+    ax.set_xlabel("machine-hours (training, and the agent's own time between candidates)")
+    ax.set_ylabel("best early-stop reward so far")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    print(f"drawn: {plots.save_figure(fig, path)}")
 
 
 def training_config(block: str, searched: analysis.History, seed: int, epochs: int, extra: list[str]) -> DictConfig:
@@ -96,12 +159,12 @@ def one_sided(learner: list[float], other: list[float]) -> float:
 
 def agents_table(histories: list[analysis.History], tests: dict[Path, float]) -> None:
     budget = analysis.common_budget(histories)
-    groups = analysis.by_agent(histories)
+    groups = by_label(histories)
     best = {agent: [analysis.best_after(h, budget) for h in runs] for agent, runs in groups.items()}
     test = {agent: [tests[h.run_dir] for h in runs if h.run_dir in tests] for agent, runs in groups.items()}
     print(f"\nat {budget} trained blocks each | runs | best early-stop reward | top-1 test accuracy | machine-hours")
     for agent, runs in groups.items():
-        hours = sum(analysis.busy_hours(h) for h in runs)
+        hours = sum(machine_hours(h)[0][-1] for h in runs)
         tested = spread(test[agent]) if test[agent] else "-"
         print(f"{agent} | {len(runs)} | {spread(best[agent])} | {tested} | {hours:.2f}")
     for agent, other in compared_pairs(list(groups), best):
@@ -113,10 +176,11 @@ def agents_table(histories: list[analysis.History], tests: dict[Path, float]) ->
 
 
 def compared_pairs(agents: list[str], best: dict[str, list[float]]) -> list[tuple[str, str]]:
-    """Q-learning above each other agent (the paper's claim), then the baselines between themselves, the one with
-    the higher mean best reward above the other."""
-    others = sorted((a for a in agents if a != LEARNER), key=lambda a: -statistics.fmean(best[a]))
-    claimed = [(LEARNER, other) for other in others] if LEARNER in agents else []
+    """Q-learning (with the reward model, where the sweeps have it) above each other agent (the paper's claim), then
+    the other agents between themselves, the one with the higher mean best reward above the other."""
+    learner = next((a for a in LEARNERS if a in agents), None)
+    others = sorted((a for a in agents if a != learner), key=lambda a: -statistics.fmean(best[a]))
+    claimed = [(learner, other) for other in others] if learner else []
     return claimed + [(a, b) for i, a in enumerate(others) for b in others[i + 1:]]
 
 
@@ -135,7 +199,9 @@ def hand_table(blocks: dict[str, str], results: dict[Path, dict], out: Path, see
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", type=Path, help="a multirun folder of searches")
+    parser.add_argument("sweeps", type=Path, nargs="+", help="multirun folders of searches (trainings: in the first)")
+    parser.add_argument("--rewards-only", action="store_true", help="compare the early-stop rewards, train nothing")
+    parser.add_argument("--plot", type=Path, help="draw best reward against machine-hours per agent here")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of each longer training")
     parser.add_argument("--hand", action="store_true", help="also the found block against the hand-designed ones")
     parser.add_argument("--hand-seeds", type=int, default=3)
@@ -143,8 +209,13 @@ def main() -> None:
     parser.add_argument("--train", nargs="*", default=[], help="overrides for every training (blockqnn.train)")
     args = parser.parse_args()
     logging.getLogger("blockqnn").setLevel(logging.WARNING)
-    histories = sweep_histories(args.sweep)
-    out = args.sweep / "claims"
+    histories = sweep_histories(args.sweeps)
+    if args.plot:
+        plot_hours(by_label(histories), args.plot)
+    if args.rewards_only:
+        agents_table(histories, {})
+        return
+    out = args.sweeps[0] / "claims"
     top1 = {h.run_dir: folder_of(out, h.best[0]["arch"], 0) for h in histories}
     plans = {top1[h.run_dir]: training_config(h.best[0]["arch"], h, 0, args.epochs, args.train) for h in histories}
     blocks = hand_blocks(histories) if args.hand else {}
@@ -156,7 +227,8 @@ def main() -> None:
     for h in histories:
         result = results[top1[h.run_dir]]
         tests[h.run_dir] = result["test_acc"]
-        print(f"{h.run_dir.name}: {h.agent} seed {h.config.seed}, best reward {h.best[0]['reward']:.4f}, "
+        print(f"{h.run_dir.parent.name}/{h.run_dir.name}: {agent_label(h)} seed {h.config.seed}, "
+              f"best reward {h.best[0]['reward']:.4f}, "
               f"top-1 test accuracy {result['test_acc']:.4f} after {args.epochs} epochs", flush=True)
     agents_table(histories, tests)
     if blocks:
