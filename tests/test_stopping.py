@@ -70,9 +70,9 @@ RESIDUAL = "(1,4,0,0,0),(2,1,3,1,0),(3,1,3,2,0),(4,5,0,1,3),(5,7,0,0,0)"
 
 def test_the_callback_stops_a_real_training_at_its_rung(compose):
     from blockqnn.candidate import Job
-    from blockqnn.evaluate import CandidateEvaluator
+    from blockqnn.evaluate import build_evaluator
 
-    evaluator = CandidateEvaluator(compose(*SMOKE))
+    evaluator = build_evaluator(compose(*SMOKE))
     stopped = evaluator(Job(RESIDUAL, "residual", 0, {2: 1.01}))  # no block reaches 101% at epoch 2
     assert (stopped.status, stopped.epochs, len(stopped.curve)) == (STOPPED, 2, 2)
     assert stopped.accuracy == stopped.curve[-1] and stopped.reward is not None
