@@ -145,7 +145,8 @@ def build_evaluator(cfg: DictConfig, space: Any = None, budget: ThreadBudget = N
         return TableEvaluator(space)
     recipe = cfg.trainer
     data = datamodule(cfg.dataset, recipe.batch_size, recipe.eval_batch_size, cfg.seed)
-    data.load()
+    with torch_threads(budget.threads):  # the worker's budget covers loading: a CPU worker forked from a process
+        data.load()                      # that ran torch on more threads hangs in its first multi-threaded op
     evaluator = CandidateEvaluator(data, instantiate(cfg.template), recipe, instantiate(cfg.reward), space, budget)
     if trial:
         evaluator.try_recipe(cfg.seed)
