@@ -25,6 +25,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from blockqnn.candidate import Status
 from blockqnn.errors import StoreError, TableError, UserError
 from blockqnn.lock import check_free
 from blockqnn.store import DB_NAME, Store, is_run
@@ -210,7 +211,7 @@ def check_same_table(space: Any, store: Store) -> None:
     if not space.tabular:
         return
     for row in store.candidates():
-        if row["status"] != "ok" or row["cached"]:
+        if row["status"] != Status.OK or row["cached"]:
             continue
         try:
             now = space.lookup(row["arch"])

@@ -21,7 +21,6 @@ from typing import Any
 from blockqnn.candidate import Candidate, Status
 from blockqnn.schema import POSITIVE, declared, member, setting
 
-STOPPED = Status.STOPPED  # kept importable for tests/helpers.py; blockqnn itself says Status.STOPPED
 Cutoffs = Mapping[int, float]  # epoch -> the accuracy a candidate must reach there to go on
 
 
@@ -63,14 +62,14 @@ class ASHASettings:
         return None
 
 
-@declared("stopping", ASHASettings)
+@declared("stopping", ASHASettings, member="asha")
 class ASHA:
     """At each rung a candidate goes on only if its accuracy there is in the top ``1/eta`` of what this run's
     candidates reached at that rung so far (fewer than ``eta`` seen: it goes on). Rungs: ``rungs`` as given, else
-    ``min_epoch * eta**k`` below ``max_epochs`` (the last epoch is never a rung: it is the full budget)."""
+    ``min_epoch * eta**k`` below ``max_epochs`` (the last epoch is never a rung: it is the full budget). Defaults:
+    conf/stopping/asha.yaml (``max_epochs`` is the recipe's: always given)."""
 
-    def __init__(self, eta: int = 3, min_epoch: int = 1, max_epochs: int = 1, rungs: Sequence[int] | None = None
-                 ) -> None:
+    def __init__(self, *, eta: int, min_epoch: int, max_epochs: int, rungs: Sequence[int] | None) -> None:
         self.eta, self.max_epochs = eta, max_epochs
         self.rungs = tuple(sorted(rungs)) if rungs else geometric_rungs(min_epoch, eta, max_epochs)
 

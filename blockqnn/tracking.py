@@ -113,22 +113,14 @@ class NoTracker:
         pass
 
 
-@declared("logger", WandbSettings)
+@declared("logger", WandbSettings, member="wandb")
 class WandbTracker(NoTracker):
-    """``logger=wandb``: see the module docstring. ``mode`` null means: the environment's, else offline."""
+    """``logger=wandb``: see the module docstring; defaults: conf/logger/wandb.yaml. ``mode`` null means: the
+    environment's, else offline."""
 
     def __init__(
-        self,
-        project: str = "blockqnn",
-        entity: str | None = None,
-        mode: str | None = None,
-        group: str | None = None,
-        tags: Sequence[str] = (),
-        table_every: int = 10,
-        console: str = "off",
-        artifacts: bool = True,
-        top_k: int = 5,
-        init_timeout: float = 60.0,
+        self, *, project: str, entity: str | None, mode: str | None, group: str | None, tags: Sequence[str],
+        table_every: int, console: str, artifacts: bool, top_k: int, init_timeout: float,
     ) -> None:
         self.project, self.entity, self.mode, self.group = project, entity, mode, group
         self.tags, self.table_every, self.console = list(tags), table_every, console

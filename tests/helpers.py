@@ -19,10 +19,10 @@ from types import FunctionType
 import numpy as np
 from omegaconf import DictConfig
 
+from blockqnn.candidate import Status
 from blockqnn.codes import Block
 from blockqnn.executors.base import EvaluatorFactory, bound, factory
 from blockqnn.spaces import NSCSpace
-from blockqnn.stopping import STOPPED
 from blockqnn.store import DB_NAME, SCHEMA_VERSION, Store
 from tests.blocks import random_block
 
@@ -322,4 +322,4 @@ def learning(accuracy: float, position: int, max_epochs: int, rungs: tuple[int, 
     stop = rungs[min(position % 3, len(rungs)) - 1] if rungs and position % 3 else None
     epochs = stop or max_epochs
     curve = [accuracy * (epoch / max_epochs) ** 0.5 for epoch in range(1, epochs + 1)]
-    return {"status": STOPPED if stop else "ok", "epochs": epochs, "curve": curve, "accuracy": curve[-1]}
+    return {"status": Status.STOPPED if stop else Status.OK, "epochs": epochs, "curve": curve, "accuracy": curve[-1]}

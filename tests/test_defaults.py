@@ -15,6 +15,8 @@ from blockqnn.errors import ConfigError
 from blockqnn.network import Template
 from blockqnn.schema import CONF_DIR, declarations, member_defaults
 from blockqnn.spaces import NSCSpace
+from blockqnn.stopping import ASHA
+from blockqnn.tracking import WandbTracker
 
 
 def members_writing_defaults():
@@ -27,9 +29,9 @@ def members_writing_defaults():
             yield path.parent.name, path.stem, built
 
 
-def test_my_agents_and_the_template_take_their_defaults_from_their_yaml():
+def test_the_agents_template_tracker_and_stopping_take_their_defaults_from_their_yaml():
     found = {built for _, _, built in members_writing_defaults()}
-    assert {QLearningAgent, RegularizedEvolution, LocalSearch, GuidedEvolution, Template} <= found
+    assert {QLearningAgent, RegularizedEvolution, LocalSearch, GuidedEvolution, Template, WandbTracker, ASHA} <= found
 
 
 @pytest.mark.parametrize(("group", "member", "built"), list(members_writing_defaults()),

@@ -8,10 +8,12 @@ import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
+from blockqnn.candidate import Status
 from blockqnn.report import analysis, plots
 from blockqnn.report import summary as report
-from blockqnn.stopping import STOPPED
 from tests.helpers import make_run
+
+STOPPED = Status.STOPPED  # the status a candidate stopped at a rung has
 
 MAX_EPOCHS, RUNGS = 9, (1, 3)
 

@@ -15,10 +15,12 @@ import pytest
 from blockqnn.candidate import Candidate, Result, Status
 from blockqnn.errors import ConfigError
 from blockqnn.search import search
-from blockqnn.stopping import ASHA, STOPPED, Rungs, geometric_rungs
+from blockqnn.stopping import ASHA, Rungs, geometric_rungs
 from blockqnn.store import Store
 from tests.helpers import REPO, scored_by
 from tests.timed import CurveEvaluator
+
+STOPPED = Status.STOPPED  # the status a candidate stopped at a rung has
 
 TIMES = ("wall_time", "started_at", "finished_at", "dispatched_at")
 

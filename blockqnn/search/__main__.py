@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from blockqnn.candidate import Status
 from blockqnn.cli import fail, hydra_app
 from blockqnn.errors import Interrupted
 from blockqnn.resume import HISTORY_KEYS, command_line_keys
@@ -44,7 +45,7 @@ def all_failed(run_dir: Path) -> str:
     their numbers, a step or a size, count as one), for the exit line."""
     with Store.open(run_dir, readonly=True) as store:
         errors = [(row["error"] or "").strip().split("\n")[0] or "no error recorded"
-                  for row in store.candidates() if row["status"] != "ok"]
+                  for row in store.candidates() if row["status"] != Status.OK]
     if not errors:
         return "the search sampled no candidate"
     kinds = Counter(re.sub(r"\d+", "#", e) for e in errors)
