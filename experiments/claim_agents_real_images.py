@@ -51,7 +51,6 @@ HAND = {
                  "(8,1,1,7,0),(9,6,0,6,8),(10,7,0,0,0)]",
 }
 LEARNERS = ("q-learning + model", "q-learning")  # the claim's agent: the model-based one where the sweeps have it
-IDLE_GAP_S = 120  # a longer pause with nothing training is a search waiting to be resumed, not the agent thinking
 
 
 def sweep_histories(sweeps: list[Path]) -> list[analysis.History]:
@@ -81,21 +80,26 @@ def by_label(histories: list[analysis.History]) -> dict[str, list[analysis.Histo
     return groups
 
 
-def machine_hours(history: analysis.History) -> tuple[np.ndarray, np.ndarray]:
-    """(machine-hours, best reward so far) at each trained candidate's finish, in finishing order. The machine's
-    time is the search's wall clock while a candidate trained and in the pauses between (the agent sampling,
-    fitting its reward model, choosing among proposals: the search process's own time, counted); a pause longer
-    than ``IDLE_GAP_S`` with nothing training is an interrupted search waiting to be resumed, left out."""
+def epoch_rate(histories: list[analysis.History]) -> tuple[float, float]:
+    """Seconds a trained epoch costs as ``a + b x FLOPs`` (least squares over the candidates of ``histories``): the
+    machine's rate for this preset, so that searches run under different loads (a machine shared with other jobs
+    trains the same block several times slower) are charged alike for what they trained."""
+    rows = [r for h in histories for r in h.trained() if (r["epochs"] or 0) > 0 and r["flops"] and r["wall_time"]]
+    flops = np.array([r["flops"] for r in rows])
+    seconds = np.array([r["wall_time"] / r["epochs"] for r in rows])
+    b, a = np.polyfit(flops, seconds, 1)
+    return float(a), float(b)
+
+
+def machine_hours(history: analysis.History, rate: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(machine-hours, best reward so far) after each trained candidate, in finishing order: each candidate
+    charged its epochs at ``rate`` (``epoch_rate``). The agent's own time (sampling, fitting the reward model,
+    choosing among proposals) is not in the history; experiments/bench_agent.py measures it apart."""
     rows = sorted((r for r in history.trained() if r["finished_at"] is not None), key=lambda r: r["finished_at"])
-    counted: list[list[float]] = []
-    for start, end in sorted((r["started_at"], r["finished_at"]) for r in rows):
-        if counted and start - counted[-1][1] <= IDLE_GAP_S:
-            counted[-1][1] = max(counted[-1][1], end)
-        else:
-            counted.append([start, end])
-    hours = [sum(max(0.0, min(end, r["finished_at"]) - start) for start, end in counted) / 3600 for r in rows]
+    a, b = rate
+    hours = np.cumsum([(r["epochs"] or 0) * (a + b * (r["flops"] or 0)) for r in rows]) / 3600
     rewards = [r["reward"] if r["status"] == "ok" and r["reward"] is not None else -np.inf for r in rows]
-    return np.asarray(hours), np.maximum.accumulate(np.asarray(rewards, dtype=float))
+    return hours, np.maximum.accumulate(np.asarray(rewards, dtype=float))
 
 
 def best_at(hours: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -105,17 +109,17 @@ def best_at(hours: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray
     return np.where(np.isfinite(values), values, np.nan)
 
 
-def plot_hours(groups: dict[str, list[analysis.History]], path: Path) -> None:
+def plot_hours(groups: dict[str, list[analysis.History]], rate: tuple[float, float], path: Path) -> None:
     """Best early-stop reward against machine-hours per agent: mean over seeds, min-max band, up to the hours every
     run of the agent reached."""
     fig, ax = figure(figsize=(7, 4.2))
     for label, runs in sorted(groups.items()):
-        curves = [machine_hours(h) for h in runs]
+        curves = [machine_hours(h, rate) for h in runs]
         grid = np.linspace(max(hours[0] for hours, _ in curves), min(hours[-1] for hours, _ in curves), 200)
         stack = np.array([best_at(hours, best, grid) for hours, best in curves])
         ax.plot(grid, np.nanmean(stack, 0), linewidth=2, label=f"{label} (mean of {len(runs)} runs)")
         ax.fill_between(grid, np.nanmin(stack, 0), np.nanmax(stack, 0), alpha=0.15)
-    ax.set_xlabel("machine-hours (training, and the agent's own time between candidates)")
+    ax.set_xlabel(f"machine-hours (each epoch charged {rate[0]:.2f} s + {rate[1] * 1e6:.3f} s per MFLOP)")
     ax.set_ylabel("best early-stop reward so far")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -164,7 +168,7 @@ def agents_table(histories: list[analysis.History], tests: dict[Path, float]) ->
     test = {agent: [tests[h.run_dir] for h in runs if h.run_dir in tests] for agent, runs in groups.items()}
     print(f"\nat {budget} trained blocks each | runs | best early-stop reward | top-1 test accuracy | machine-hours")
     for agent, runs in groups.items():
-        hours = sum(machine_hours(h)[0][-1] for h in runs)
+        hours = sum(analysis.busy_hours(h) for h in runs)
         tested = spread(test[agent]) if test[agent] else "-"
         print(f"{agent} | {len(runs)} | {spread(best[agent])} | {tested} | {hours:.2f}")
     for agent, other in compared_pairs(list(groups), best):
@@ -201,7 +205,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweeps", type=Path, nargs="+", help="multirun folders of searches (trainings: in the first)")
     parser.add_argument("--rewards-only", action="store_true", help="compare the early-stop rewards, train nothing")
-    parser.add_argument("--plot", type=Path, help="draw best reward against machine-hours per agent here")
+    parser.add_argument("--plot", type=Path, help="draw best reward against machine-hours per agent here (each "
+                        "epoch charged at the first sweep's rate: epoch_rate)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of each longer training")
     parser.add_argument("--hand", action="store_true", help="also the found block against the hand-designed ones")
     parser.add_argument("--hand-seeds", type=int, default=3)
@@ -211,7 +216,8 @@ def main() -> None:
     logging.getLogger("blockqnn").setLevel(logging.WARNING)
     histories = sweep_histories(args.sweeps)
     if args.plot:
-        plot_hours(by_label(histories), args.plot)
+        reference = [h for h in histories if h.run_dir.parent == args.sweeps[0]]
+        plot_hours(by_label(histories), epoch_rate(reference), args.plot)
     if args.rewards_only:
         agents_table(histories, {})
         return
