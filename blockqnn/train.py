@@ -31,7 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from blockqnn import export
 from blockqnn.cli import hydra_app
 from blockqnn.codes import Block
-from blockqnn.data import channel_stats, datamodule
+from blockqnn.data import datamodule
 from blockqnn.errors import UserError
 from blockqnn.executors.lifetime import die_with
 from blockqnn.fit import (
@@ -272,7 +272,7 @@ def dataset_settings(dataset_cfg: DictConfig, data) -> dict[str, Any]:
     settings["num_classes"] = data.num_classes
     settings["classes"] = list(data.classes) if data.classes else None
     if settings.get("mean") is None or settings.get("std") is None:
-        settings["mean"], settings["std"] = map(list, channel_stats(data.source_key, data.val_size, data.split_seed))
+        settings["mean"], settings["std"] = map(list, data.normalization())
     return settings
 
 

@@ -179,10 +179,10 @@ def digits_model(tmp_path_factory):
 
 
 def digits_test():
-    from blockqnn.config import config_key, load_group
+    from blockqnn.config import load_group
     from blockqnn.data import load_source
 
-    return load_source(config_key(load_group("dataset", "digits").source))
+    return load_source(load_group("dataset", "digits").source)
 
 
 def test_the_exported_model_takes_raw_images_and_scores_what_training_measured(digits_model):

@@ -13,7 +13,6 @@ from blockqnn.data.modules import (
     DeviceData,
     DeviceSplits,
     StreamedData,
-    channel_stats,
     datamodule,
     lay_out,
     pixel_stats,
@@ -32,6 +31,6 @@ from blockqnn.errors import DataError
 
 __all__ = [
     "Arrays", "Augment", "Crops", "DataError", "DeviceData", "DeviceLoader", "DeviceSplits", "StreamedData",
-    "channel_stats", "cifar", "cutout", "datamodule", "digits", "image_folder", "lay_out", "load_source",
+    "cifar", "cutout", "datamodule", "digits", "image_folder", "lay_out", "load_source",
     "pixel_stats", "synthetic", "torchvision_dataset", "validation_split",
 ]

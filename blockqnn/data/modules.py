@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from blockqnn.config import config_key
 from blockqnn.data.augment import Augment, AugmentSettings, Crops, DeviceLoader
 from blockqnn.data.sources import Arrays, data_errors_unwrapped, load_source, validation_split
 from blockqnn.errors import DataError
@@ -64,13 +63,6 @@ def pixel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
         mean.append(m.item())
         std.append(max(((hist * (levels - m) ** 2).sum() / hist.sum()).sqrt().item(), 1e-3))
     return tuple(mean), tuple(std)
-
-
-def channel_stats(source_key: str, val_size: int, split_seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of a source's training split, the source loaded again: kept for callers written
-    before ``DeviceData.normalization()`` (which measures its own loaded data once)."""
-    arrays = load_source(source_key)
-    return pixel_stats(arrays.train_images[validation_split(len(arrays.train_labels), val_size, split_seed)[0]])
 
 
 class _Data(L.LightningDataModule):
@@ -123,10 +115,9 @@ class DeviceData(_Data):
     with its own shuffling ``seed``."""
 
     def __init__(
-        self, source: DictConfig, channels: int, image_size: int, num_classes: int | None, val_size: int,
-        mean: Sequence[float] | None = None, std: Sequence[float] | None = None, augment: dict | None = None,
-        split_seed: int = 0, batch_size: int = 256, eval_batch_size: int | None = None, seed: int = 0,
-        name: str = "",
+        self, *, source: DictConfig, channels: int, image_size: int, num_classes: int | None, val_size: int,
+        mean: Sequence[float] | None, std: Sequence[float] | None, augment: dict | None, split_seed: int,
+        batch_size: int, eval_batch_size: int | None, seed: int, name: str,
     ) -> None:
         super().__init__(name, channels, image_size, num_classes, val_size, split_seed, batch_size, eval_batch_size,
                          seed)
@@ -139,11 +130,6 @@ class DeviceData(_Data):
         self._mean, self._std = (None if mean is None else tuple(mean)), (None if std is None else tuple(std))
         self.arrays: Arrays | None = None  # the source as loaded
         self.splits: DeviceSplits | None = None  # on the device of the last setup
-
-    @property
-    def source_key(self) -> str:
-        """The source config as ``config_key`` text (for ``channel_stats``'s callers)."""
-        return config_key(self.source)
 
     def load(self) -> Arrays:
         """Load the source (the first time only) and check it against the config."""
@@ -213,17 +199,16 @@ class StreamedDataSettings:
     split_seed: int = setting(**SEEDS)
 
 
-@declared("dataset", StreamedDataSettings)
+@declared("dataset", StreamedDataSettings, member="imagenet")
 class StreamedData(_Data):
     """ImageNet-style ``root/{train,val}/<class>/*`` trees read from disk through DataLoaders with worker
     processes: random-resized crops and flips for training, resize and centre crop for evaluation."""
 
     def __init__(
-        self, root: str, channels: int, image_size: int, num_classes: int | None, val_size: int,
-        mean: Sequence[float], std: Sequence[float], crop_scale: Sequence[float] = (0.08, 1.0), flip: bool = True,
-        eval_crop_fraction: float = 0.875, train_dir: str = "train", test_dir: str = "val", num_workers: int = 8,
-        split_seed: int = 0, batch_size: int = 256, eval_batch_size: int | None = None, seed: int = 0,
-        name: str = "imagenet",
+        self, *, root: str, channels: int, image_size: int, num_classes: int | None, val_size: int,
+        mean: Sequence[float], std: Sequence[float], crop_scale: Sequence[float], flip: bool, eval_crop_fraction: float,
+        train_dir: str, test_dir: str, num_workers: int, split_seed: int, batch_size: int, eval_batch_size: int | None,
+        seed: int, name: str,
     ) -> None:
         super().__init__(name, channels, image_size, num_classes, val_size, split_seed, batch_size, eval_batch_size,
                          seed)

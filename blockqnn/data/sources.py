@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from numbers import Integral
@@ -315,11 +314,11 @@ def validation_split(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
-def load_source(source: Mapping | str) -> Arrays:
-    """The raw splits of a source config (resolved; or its ``config_key`` text, as callers written before the data
-    modules kept their own data pass it), loaded now: each call loads again, so the caller keeps what it gets."""
+def load_source(source: Mapping) -> Arrays:
+    """The raw splits of a source config, loaded now: each call loads again, so the caller keeps what it gets (a
+    data module keeps its own)."""
     with data_errors_unwrapped():
-        return instantiate(json.loads(source) if isinstance(source, str) else source)
+        return instantiate(source)
 
 
 @contextlib.contextmanager

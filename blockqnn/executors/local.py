@@ -58,7 +58,7 @@ class LocalSettings:
     timeout_floor: float = setting(gt=0)
 
 
-@declared("executor", LocalSettings)
+@declared("executor", LocalSettings, member="local")
 class LocalExecutor(Batches):
     """Candidates on this machine: one at a time in this process, or long-lived worker processes.
 
@@ -74,9 +74,8 @@ class LocalExecutor(Batches):
     recorded failed. In-process candidates (0 workers) have no time limit: nothing could stop one but the search.
     """
 
-    def __init__(self, workers: int | str = "auto", threads: int | str = "auto", workers_per_gpu: int = 1,
-                 flops_per_thread: float = 0.0, candidate_timeout: float | str | None = None,
-                 timeout_multiple: float = 10.0, timeout_floor: float = 1800.0) -> None:
+    def __init__(self, *, workers: int | str, threads: int | str, workers_per_gpu: int, flops_per_thread: float,
+                 candidate_timeout: float | str | None, timeout_multiple: float, timeout_floor: float) -> None:
         self.workers, self.threads, self.workers_per_gpu = workers, threads, workers_per_gpu
         self.flops_per_thread = float(flops_per_thread)
         self.limit = TimeLimit(candidate_timeout, timeout_multiple, timeout_floor)
