@@ -233,9 +233,9 @@ def main() -> None:
     for h in histories:
         result = results[top1[h.run_dir]]
         tests[h.run_dir] = result["test_acc"]
-        print(f"{h.run_dir.parent.name}/{h.run_dir.name}: {agent_label(h)} seed {h.config.seed}, "
-              f"best reward {h.best[0]['reward']:.4f}, "
-              f"top-1 test accuracy {result['test_acc']:.4f} after {args.epochs} epochs", flush=True)
+        print(f"{h.run_dir.name}: {agent_label(h)} seed {h.config.seed}, best reward {h.best[0]['reward']:.4f}, "
+              f"top-1 test accuracy {result['test_acc']:.4f} after {args.epochs} epochs ({h.run_dir.parent.name})",
+              flush=True)
     agents_table(histories, tests)
     if blocks:
         hand_table(blocks, results, out, args.hand_seeds)
