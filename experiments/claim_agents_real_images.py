@@ -50,7 +50,8 @@ HAND = {
     "inception": "[(1,4,0,0,0),(2,1,1,1,0),(3,1,3,2,0),(4,1,1,1,0),(5,1,5,4,0),(6,6,0,3,5),(7,2,3,1,0),"
                  "(8,1,1,7,0),(9,6,0,6,8),(10,7,0,0,0)]",
 }
-LEARNERS = ("q-learning + model", "q-learning")  # the claim's agent: the model-based one where the sweeps have it
+# The claim's agent: the model-based one where the sweeps have it (with exploit: the presets' since issue #29).
+LEARNERS = ("q-learning + model + exploit", "q-learning + model", "q-learning")
 
 
 def sweep_histories(sweeps: list[Path]) -> list[analysis.History]:
@@ -67,10 +68,13 @@ def sweep_histories(sweeps: list[Path]) -> list[analysis.History]:
 
 def agent_label(history: analysis.History) -> str:
     """The agent as the claims name it: Q-learning planning with the reward model (``agent.model.proposals`` > 1
-    or ``planning`` > 0) apart from the paper's, which the history's agent name does not tell."""
-    model = OmegaConf.select(history.config, "agent.model")
-    planned = model is not None and (model.get("proposals", 1) > 1 or model.get("planning", 0) > 0)
-    return f"{history.agent} + model" if history.agent == "q-learning" and planned else history.agent
+    or ``planning`` > 0; ``+ exploit`` with ``agent.model.exploit``) apart from the paper's, which the history's
+    agent name does not tell."""
+    model = OmegaConf.select(history.config, "agent.model") or {}
+    planned = model.get("proposals", 1) > 1 or model.get("planning", 0) > 0 or model.get("exploit", False)
+    if history.agent != "q-learning" or not planned:
+        return history.agent
+    return f"{history.agent} + model" + (" + exploit" if model.get("exploit", False) else "")
 
 
 def by_label(histories: list[analysis.History]) -> dict[str, list[analysis.History]]:

@@ -25,7 +25,8 @@ from tests.helpers import REPO, cli_env, history, run_cli, scored_by, stored_cou
 from tests.test_search_async import check_async_history
 from tests.test_search_command import _signal_midway
 
-PLANNING = {"proposals": 8, "kappa": 0.5, "planning": 4, "warmup": 6, "trees": 10, "refit_growth": 0.2}
+PLANNING = {"proposals": 8, "exploit": True, "kappa": 0.5, "planning": 4, "warmup": 6, "trees": 10,
+            "refit_growth": 0.2}
 MODEL_ON = [f"agent.model.{key}={value}" for key, value in PLANNING.items()]
 
 
@@ -100,6 +101,38 @@ def test_blocks_of_one_iteration_are_distinct_proposals(space):
     run(planner, space, 6)
     chosen = [space.decode(t) for t in planner.sample()]
     assert len(set(chosen)) == len(chosen)
+
+
+def greedy(space, **model):
+    """An agent at epsilon 0 after 6 iterations: with ``exploit`` it takes the model's pick of the neighbours."""
+    a = QLearningAgent(space, alpha=0.3, batch_size=4, budget=80, epsilon_schedule="linear", epsilon_override=0.0,
+                       model=model, seed=0)
+    run(a, space, 6)
+    return a
+
+
+def test_exploit_trains_the_best_unscored_neighbour_of_the_incumbent_by_mean_plus_kappa_spread(space):
+    exploiter = greedy(space, proposals=1, exploit=True, kappa=2.0)
+    memory = exploiter.state_dict()["memory"]
+    incumbent = max(memory, key=lambda entry: entry[1])[0]
+    scored = {space.canonical_hash(text) for text, _ in memory}
+    near = [space.decode(n) for n in space.neighbours(space.encode(incumbent))]
+    mean, spread = exploiter.model.predict(near)
+    fresh = [i for i, text in enumerate(near) if space.canonical_hash(text) not in scored]
+    best = max(fresh, key=lambda i: mean[i] + 2.0 * spread[i])
+    assert space.decode(exploiter.sample_one()) == near[best]
+    # a second block asked for before the first's result (asynchronous search): the next best, not the same one
+    assert space.decode(exploiter.sample_one()) == near[sorted(fresh, key=lambda i: mean[i] + 2.0 * spread[i])[-2]]
+
+
+def test_exploit_falls_back_to_the_policy_once_every_neighbour_is_scored(space):
+    exploiter = greedy(space, proposals=1, exploit=True)
+    incumbent = exploiter._incumbent()
+    near = space.neighbours(space.encode(incumbent))
+    exploiter.update(near, [0.0] * len(near))  # every neighbour scored, none better than the incumbent
+    assert exploiter._incumbent() == incumbent
+    block = space.decode(exploiter.sample_one())
+    assert block not in {space.decode(n) for n in near} and block == space.decode(exploiter._trajectory(0.0))
 
 
 def test_dyna_planning_learns_from_predictions_and_remembers_only_real_blocks(space):

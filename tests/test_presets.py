@@ -32,8 +32,8 @@ def test_presets_compose_to_what_they_promise(compose, nb201_table):
         assert agent.schedule == sorted(agent.schedule, reverse=True) and len(set(agent.schedule)) > 10
     for preset in (table, compose("experiment=cifar10_small")):  # they plan with the reward model
         agent = agent_of(preset)
-        assert agent.model is not None and agent.planner.settings.proposals > 1 \
-            and agent.planner.settings.planning > 0
+        settings = agent.planner.settings
+        assert settings.proposals > 1 and settings.exploit and settings.planning > 0
     assert agent_of(quick).model is None  # it would train twice as much: over the quickstart's 90 s
 
 

@@ -3,7 +3,9 @@
 A random forest (``blockqnn.models``) is fitted on the Q-learning agent's remembered blocks once ``warmup`` of them
 are scored, and again each time the memory has grown by ``refit_growth`` since the last fit. With ``proposals``
 K > 1 each trained block is the best of K epsilon-greedy proposals by predicted reward plus ``kappa`` times the
-forest's spread (blocks not yet scored first); with ``planning`` P > 0 every real result is followed by P simulated
+forest's spread (blocks neither scored nor already proposed first); with ``exploit``, with probability 1 - epsilon
+it is instead the best by the same measure of the best scored block's unscored neighbours (one legal change away:
+local search's moves, ordered by the model); with ``planning`` P > 0 every real result is followed by P simulated
 trajectories (Dyna) whose *predicted* rewards update Q, never remembered nor replayed as real.
 
 The model is a deterministic function of the memory, so a restored agent refits it from the saved memory: the
@@ -29,12 +31,13 @@ class ModelSettings(RewardModelSettings):
     """``agent.model``: the reward model and how the agent plans with it (``proposals`` 1 and ``planning`` 0: off)."""
 
     proposals: int = setting(**POSITIVE)
+    exploit: bool = setting()
     planning: int = setting(**COUNT)
     warmup: int = setting(**POSITIVE)
 
     @property
     def active(self) -> bool:
-        return self.proposals > 1 or self.planning > 0
+        return self.proposals > 1 or self.exploit or self.planning > 0
 
 
 def planner(space: SearchSpace, settings: Mapping[str, Any] | None) -> Planner | None:
@@ -53,27 +56,32 @@ class Planner:
         self.space, self.settings = space, settings
         self.model = RewardModel(settings.trees, settings.max_features)
         self.scored: set[str] = set()  # canonical hashes of the remembered blocks
+        self.pending: set[str] = set()  # proposed by the model, not remembered yet (a sync iteration, or in flight)
         self.visited: set[Hashable] = set()  # states on a remembered or saved simulated trajectory
         self.planned: list[str] = []  # simulated blocks that reached a state no remembered block visits
 
     @property
     def proposes(self) -> bool:
-        """Whether the next block is chosen among several proposals (a fitted model and K > 1)."""
-        return self.model.ready and self.settings.proposals > 1
+        """Whether the model chooses the next block (a fitted model, and K > 1 or ``exploit``)."""
+        return self.model.ready and (self.settings.proposals > 1 or self.settings.exploit)
 
-    def best(self, texts: Sequence[str], chosen: set[str]) -> int:
-        """Index of the proposal with the best predicted reward + kappa x spread among those neither scored nor
-        already ``chosen`` this iteration when there are any; its hash joins ``chosen``."""
+    def best(self, texts: Sequence[str], fresh_only: bool = False) -> int | None:
+        """Index of the block with the best predicted reward + kappa x spread among those neither scored nor
+        pending when there are any, else among all (``fresh_only``: None); the chosen block becomes pending."""
         hashes = [self.space.canonical_hash(t) for t in texts]
+        fresh = np.array([h not in self.scored and h not in self.pending for h in hashes])
+        if fresh_only and not fresh.any():
+            return None
         score = self.model.upper_bound(texts, self.settings.kappa)
-        fresh = [h not in self.scored and h not in chosen for h in hashes]
-        best = int(np.argmax(np.where(fresh, score, -np.inf))) if any(fresh) else int(np.argmax(score))
-        chosen.add(hashes[best])
+        best = int(np.argmax(np.where(fresh, score, -np.inf) if fresh.any() else score))
+        self.pending.add(hashes[best])
         return best
 
     def remembered(self, text: str, states: Iterable[Hashable]) -> None:
         """A real block joined the agent's memory."""
-        self.scored.add(self.space.canonical_hash(text))
+        block_hash = self.space.canonical_hash(text)
+        self.scored.add(block_hash)
+        self.pending.discard(block_hash)
         self.visited.update(states)
 
     def simulated(self, text: str, states: Iterable[Hashable]) -> None:

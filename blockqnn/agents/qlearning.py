@@ -171,22 +171,32 @@ class QLearningAgent(Iterations):
         self._check_running()
         n = self.sizes[self.iteration] if n is None else n
         self.sampled += n
-        chosen: set[str] = set()
-        return [self._proposed(self.epsilon, chosen) for _ in range(n)]
+        return [self._proposed(self.epsilon) for _ in range(n)]
 
     def sample_one(self) -> list[Action]:
         """One epsilon-greedy trajectory at the epsilon of the blocks sampled so far (asynchronous search)."""
         self._check_running()
-        trajectory = self._proposed(self.epsilon, set())
+        trajectory = self._proposed(self.epsilon)
         self._count_one()
         return trajectory
 
-    def _proposed(self, epsilon: float, chosen: set[str]) -> list[Action]:
-        """One block to train: an epsilon-greedy trajectory, or the one the planner rates best of ``proposals``."""
+    def _proposed(self, epsilon: float) -> list[Action]:
+        """One block to train: an epsilon-greedy trajectory, or the one the planner rates best of ``proposals``;
+        with ``exploit``, with probability 1 - epsilon, the one it rates best of the incumbent's fresh neighbours."""
         if self.planner is None or not self.planner.proposes:
             return self._trajectory(epsilon)
+        if self.planner.settings.exploit and self.rng.random() >= epsilon:
+            near = self.space.neighbours(self.space.encode(self._incumbent()))
+            pick = self.planner.best([self.space.decode(t) for t in near], fresh_only=True)
+            if pick is not None:
+                return near[pick]
         proposals = [self._trajectory(epsilon) for _ in range(self.planner.settings.proposals)]
-        return proposals[self.planner.best([self.space.decode(t) for t in proposals], chosen)]
+        return proposals[self.planner.best([self.space.decode(t) for t in proposals])]
+
+    def _incumbent(self) -> str:
+        """The best remembered block (the first of equals)."""
+        rewards = [reward for _, reward in self._memory]
+        return self._memory_text[rewards.index(max(rewards))]
 
     def _trajectory(self, epsilon: float) -> list[Action]:
         state, actions = self.space.start, []
