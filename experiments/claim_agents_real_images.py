@@ -26,12 +26,14 @@ import json
 import logging
 import multiprocessing
 import statistics
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from bench_stopping import spread
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from scipy.stats import mannwhitneyu
 
@@ -95,15 +97,77 @@ def epoch_rate(histories: list[analysis.History]) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def learnt_order(history: analysis.History) -> list[dict]:
+    """The history's candidates in the order its agent learnt from them (incorporated events; a synchronous
+    search's by iteration and position)."""
+    if all(r["incorporated_event"] for r in history.rows):
+        return sorted(history.rows, key=lambda r: r["incorporated_event"])
+    return sorted(history.rows, key=lambda r: (r["iteration"], r["position"]))
+
+
+def agent_seconds(history: analysis.History) -> list[float]:
+    """The agent's own CPU seconds (sampling, fitting the reward model, choosing among proposals, learning) per
+    candidate of ``learnt_order``: the search replayed through a fresh agent built from its config, each block
+    sampled and each result learnt in the order the search did. The agent is a deterministic function of them
+    (resuming relies on it), so this is the search's own computation; a replayed sample that differs raises."""
+    cfg = history.config
+    space = instantiate(cfg.space)
+    agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
+    rows = learnt_order(history)
+    if not all(r["sampled_event"] for r in rows):  # synchronous: an iteration's blocks sampled, then learnt
+        groups = iteration_groups(rows)
+        return [seconds for group in groups for seconds in replayed_iteration(agent, space, group, cfg.failed_reward)]
+    events = sorted([(r["sampled_event"], r) for r in rows] + [(r["incorporated_event"], r) for r in rows],
+                    key=lambda e: e[0])
+    trajectories, spent, seconds = {}, 0.0, {}
+    for number, r in events:
+        start = time.process_time()
+        if number == r["sampled_event"]:
+            trajectories[number] = replayed(space, agent.sample_one(), r)
+        else:
+            agent.incorporate(trajectories[r["sampled_event"]], learnt_reward(r, cfg.failed_reward))
+        spent += time.process_time() - start
+        if number == r["incorporated_event"]:
+            seconds[number], spent = spent, 0.0
+    return [seconds[r["incorporated_event"]] for r in rows]
+
+
+def iteration_groups(rows: list[dict]) -> list[list[dict]]:
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["iteration"], []).append(r)
+    return list(groups.values())
+
+
+def replayed_iteration(agent, space, rows: list[dict], failed_reward: float) -> list[float]:
+    """One synchronous iteration sampled and learnt again: its seconds shared among its candidates."""
+    start = time.process_time()
+    trajectories = [replayed(space, t, r) for t, r in zip(agent.sample(len(rows)), rows)]
+    agent.update(trajectories, [learnt_reward(r, failed_reward) for r in rows])
+    return [(time.process_time() - start) / len(rows)] * len(rows)
+
+
+def replayed(space, trajectory: list, row: dict) -> list:
+    if space.decode(trajectory) != row["arch"]:
+        raise ValueError(f"the replayed agent samples another block than {row['arch']}")
+    return trajectory
+
+
+def learnt_reward(row: dict, failed_reward: float) -> float:
+    """What the search's agent learnt from the candidate: ``failed_reward`` for a failure, else its reward."""
+    return failed_reward if row["status"] == "failed" else row["reward"]
+
+
 def machine_hours(history: analysis.History, rate: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(machine-hours, best reward so far) after each trained candidate, in finishing order: each candidate
-    charged its epochs at ``rate`` (``epoch_rate``). The agent's own time (sampling, fitting the reward model,
-    choosing among proposals) is not in the history; experiments/bench_agent.py measures it apart."""
-    rows = sorted((r for r in history.trained() if r["finished_at"] is not None), key=lambda r: r["finished_at"])
+    """(machine-hours, best reward so far) after each result, in the order the agent learnt them: each trained
+    candidate charged its epochs at ``rate`` (``epoch_rate``), and every candidate the agent's own time
+    (``agent_seconds``)."""
     a, b = rate
-    hours = np.cumsum([(r["epochs"] or 0) * (a + b * (r["flops"] or 0)) for r in rows]) / 3600
+    rows = learnt_order(history)
+    seconds = [own + (0 if r["cached"] else (r["epochs"] or 0) * (a + b * (r["flops"] or 0)))
+               for own, r in zip(agent_seconds(history), rows)]
     rewards = [r["reward"] if r["status"] == "ok" and r["reward"] is not None else -np.inf for r in rows]
-    return hours, np.maximum.accumulate(np.asarray(rewards, dtype=float))
+    return np.cumsum(seconds) / 3600, np.maximum.accumulate(np.asarray(rewards, dtype=float))
 
 
 def best_at(hours: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray:
