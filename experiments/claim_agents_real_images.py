@@ -97,10 +97,15 @@ def epoch_rate(histories: list[analysis.History]) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def streamed(rows: list[dict]) -> bool:
+    """Whether an asynchronous search wrote the rows (each with its sampled and incorporated events)."""
+    return all(r["incorporated_event"] for r in rows)
+
+
 def learnt_order(history: analysis.History) -> list[dict]:
     """The history's candidates in the order its agent learnt from them (incorporated events; a synchronous
     search's by iteration and position)."""
-    if all(r["incorporated_event"] for r in history.rows):
+    if streamed(history.rows):
         return sorted(history.rows, key=lambda r: r["incorporated_event"])
     return sorted(history.rows, key=lambda r: (r["iteration"], r["position"]))
 
@@ -114,7 +119,7 @@ def agent_seconds(history: analysis.History) -> list[float]:
     space = instantiate(cfg.space)
     agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
     rows = learnt_order(history)
-    if not all(r["sampled_event"] for r in rows):  # synchronous: an iteration's blocks sampled, then learnt
+    if not streamed(rows):  # synchronous: an iteration's blocks sampled, then learnt
         groups = iteration_groups(rows)
         return [seconds for group in groups for seconds in replayed_iteration(agent, space, group, cfg.failed_reward)]
     events = sorted([(r["sampled_event"], r) for r in rows] + [(r["incorporated_event"], r) for r in rows],
@@ -142,9 +147,12 @@ def iteration_groups(rows: list[dict]) -> list[list[dict]]:
 def replayed_iteration(agent, space, rows: list[dict], failed_reward: float) -> list[float]:
     """One synchronous iteration sampled and learnt again: its seconds shared among its candidates."""
     start = time.process_time()
-    trajectories = [replayed(space, t, r) for t, r in zip(agent.sample(len(rows)), rows)]
+    trajectories = agent.sample(len(rows))
+    sampling = time.process_time() - start
+    trajectories = [replayed(space, t, r) for t, r in zip(trajectories, rows)]  # the check is not the agent's time
+    start = time.process_time()
     agent.update(trajectories, [learnt_reward(r, failed_reward) for r in rows])
-    return [(time.process_time() - start) / len(rows)] * len(rows)
+    return [(sampling + time.process_time() - start) / len(rows)] * len(rows)
 
 
 def replayed(space, trajectory: list, row: dict) -> list:
