@@ -148,7 +148,11 @@ class Block:
         return len(self.edges()) / (len(self.layers) + 1)
 
     def canonical(self) -> str:
-        """A text form shared by exactly the codes of the same DAG (renumbered, add/concat operands swapped).
+        """``canonical_block`` as text."""
+        return str(self.canonical_block())
+
+    def canonical_block(self) -> Block:
+        """The block renumbered to the form shared by exactly the codes of the same DAG (add/concat operands swapped).
 
         Layers are renumbered in topological order, each time taking a ready layer with the smallest key
         (colour from in- and out-neighbour refinement, canonical predecessors). Where several ready layers share
@@ -164,7 +168,7 @@ class Block:
             smallest = min(rows for _, rows in extended)
             frontier = [(new_id, rows) for new_id, rows in extended if rows == smallest]
         rows = frontier[0][1]
-        return str(Block((*rows, Layer(len(rows) + 1, int(LayerType.TERMINAL), 0, 0, 0))))
+        return Block((*rows, Layer(len(rows) + 1, int(LayerType.TERMINAL), 0, 0, 0)))
 
     def canonical_hash(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
@@ -172,6 +176,8 @@ class Block:
 
 def _layer(row: Any, position: int) -> Layer:
     """One row of a list form; 1.0, true, null or [0] are mistakes to report, not numbers to coerce."""
+    if type(row) is Layer and all(type(value) is int for value in row):
+        return row  # the agents' own actions: already five integers
     if isinstance(row, str | bytes) or not isinstance(row, Sequence) or len(row) != 5:
         raise NSCError(f"layer {position}: expected {FIELDS}, got {row!r}")
     for value in row:

@@ -45,7 +45,7 @@ def _nasbench201(arch: str) -> np.ndarray:
 
 
 def _nsc(arch: str) -> np.ndarray:
-    block = Block.parse(Block.parse(arch, max_index=None).canonical(), max_index=None)
+    block = Block.parse(arch, max_index=None).canonical_block()
     body = block.body
     kinds = [NSC_OPS.index((LayerType(layer.type), layer.kernel if layer.type not in BINARY else 0)) for layer in body]
     by_position = np.zeros((POSITIONS, len(NSC_OPS)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -101,7 +101,7 @@ class NSCSpace:
         return Block.parse(arch, self.max_index)
 
     def canonical_hash(self, arch: str) -> str:
-        return self.parse(arch).canonical_hash()
+        return _canonical_hash(arch, self.max_index)
 
     def decode_hashed(self, actions: Sequence[Layer]) -> tuple[str, str]:
         block = Block.of(actions, self.max_index)
@@ -175,3 +175,10 @@ def _changed_aspect(layer: Layer, other: Layer, kernels: dict[LayerType, tuple[i
     if other.kernel != layer.kernel:
         return "kernel" if mine == theirs else None
     return "input" if len(mine - theirs) == 1 else None
+
+
+@lru_cache(maxsize=65536)
+def _canonical_hash(arch: str, max_index: int) -> str:
+    """Cached: the agents hash the same proposals and neighbours again and again (the renumbering is the costly
+    part of a model-based agent's step)."""
+    return Block.parse(arch, max_index).canonical_hash()
