@@ -37,12 +37,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from scipy.stats import mannwhitneyu
 
+from blockqnn.candidate import Candidate
 from blockqnn.codes import Block
 from blockqnn.config import compose
 from blockqnn.drawing import figure
 from blockqnn.report import analysis, plots
 from blockqnn.resume import command_line_keys, merge_stored
-from blockqnn.store import DB_NAME
+from blockqnn.search.asynchronous import replay
+from blockqnn.search.loop import learnt_reward
+from blockqnn.store import DB_NAME, candidate_of
 from blockqnn.threads import cpu_threads
 from blockqnn.train import RESULT_FILE, SEARCHED, train
 
@@ -113,57 +116,40 @@ def learnt_order(history: analysis.History) -> list[dict]:
 def agent_seconds(history: analysis.History) -> list[float]:
     """The agent's own CPU seconds (sampling, fitting the reward model, choosing among proposals, learning) per
     candidate of ``learnt_order``: the search replayed through a fresh agent built from its config, each block
-    sampled and each result learnt in the order the search did. The agent is a deterministic function of them
-    (resuming relies on it), so this is the search's own computation; a replayed sample that differs raises."""
+    sampled and each result learnt in the order the search did (an asynchronous search's events through the
+    resume's own ``replay``, which checks each sample against the stored block). The agent is a deterministic
+    function of them, so this is the search's own computation."""
     cfg = history.config
     space = instantiate(cfg.space)
     agent = instantiate(cfg.agent, space=space, seed=cfg.seed)
-    rows = learnt_order(history)
-    if not streamed(rows):  # synchronous: an iteration's blocks sampled, then learnt
-        groups = iteration_groups(rows)
+    candidates = [candidate_of(r) for r in learnt_order(history)]
+    if not streamed(history.rows):  # synchronous: an iteration's blocks sampled, then learnt
+        groups = iteration_groups(candidates)
         return [seconds for group in groups for seconds in replayed_iteration(agent, space, group, cfg.failed_reward)]
-    events = sorted([(r["sampled_event"], r) for r in rows] + [(r["incorporated_event"], r) for r in rows],
-                    key=lambda e: e[0])
-    trajectories, spent, seconds = {}, 0.0, {}
-    for number, r in events:
-        start = time.process_time()
-        if number == r["sampled_event"]:
-            trajectories[number] = replayed(space, agent.sample_one(), r)
-        else:
-            agent.incorporate(trajectories[r["sampled_event"]], learnt_reward(r, cfg.failed_reward))
-        spent += time.process_time() - start
-        if number == r["incorporated_event"]:
-            seconds[number], spent = spent, 0.0
-    return [seconds[r["incorporated_event"]] for r in rows]
+    seconds, start = {}, time.process_time()
+    for number, candidate, _ in replay(agent, space, candidates, 0, cfg.failed_reward):
+        if number == candidate.incorporated_event:
+            seconds[number], start = time.process_time() - start, time.process_time()
+    return [seconds[c.incorporated_event] for c in candidates]
 
 
-def iteration_groups(rows: list[dict]) -> list[list[dict]]:
-    groups: dict[int, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["iteration"], []).append(r)
+def iteration_groups(candidates: list[Candidate]) -> list[list[Candidate]]:
+    groups: dict[int, list[Candidate]] = {}
+    for c in candidates:
+        groups.setdefault(c.iteration, []).append(c)
     return list(groups.values())
 
 
-def replayed_iteration(agent, space, rows: list[dict], failed_reward: float) -> list[float]:
+def replayed_iteration(agent, space, candidates: list[Candidate], failed_reward: float) -> list[float]:
     """One synchronous iteration sampled and learnt again: its seconds shared among its candidates."""
     start = time.process_time()
-    trajectories = agent.sample(len(rows))
+    trajectories = agent.sample(len(candidates))
     sampling = time.process_time() - start
-    trajectories = [replayed(space, t, r) for t, r in zip(trajectories, rows)]  # the check is not the agent's time
+    if [space.decode(t) for t in trajectories] != [c.arch for c in candidates]:  # not the agent's time
+        raise ValueError(f"the replayed agent samples other blocks than iteration {candidates[0].iteration}'s")
     start = time.process_time()
-    agent.update(trajectories, [learnt_reward(r, failed_reward) for r in rows])
-    return [(sampling + time.process_time() - start) / len(rows)] * len(rows)
-
-
-def replayed(space, trajectory: list, row: dict) -> list:
-    if space.decode(trajectory) != row["arch"]:
-        raise ValueError(f"the replayed agent samples another block than {row['arch']}")
-    return trajectory
-
-
-def learnt_reward(row: dict, failed_reward: float) -> float:
-    """What the search's agent learnt from the candidate: ``failed_reward`` for a failure, else its reward."""
-    return failed_reward if row["status"] == "failed" else row["reward"]
+    agent.update(trajectories, [learnt_reward(c, failed_reward) for c in candidates])
+    return [(sampling + time.process_time() - start) / len(candidates)] * len(candidates)
 
 
 def machine_hours(history: analysis.History, rate: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:

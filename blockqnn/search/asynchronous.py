@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from blockqnn.agents import StreamAgent
 from blockqnn.candidate import Candidate, Status
 from blockqnn.errors import StoreError
-from blockqnn.search.loop import Search
-from blockqnn.spaces import Action
+from blockqnn.search.loop import Search, learnt_reward
+from blockqnn.spaces import Action, SearchSpace
 
 Flight = tuple[Candidate, list[Action]]  # a sampled block and its trajectory
 
@@ -124,21 +126,36 @@ class AsyncSearch(Search):
 
     def _replay(self, candidates: list[Candidate]) -> dict[int, list[Action]]:
         """Apply the events after the checkpoint in their order; the trajectories re-sampled, by sampled event."""
-        events = sorted(((number, incorporate, c) for c in candidates
-                         for incorporate, number in enumerate((c.sampled_event, c.incorporated_event))
-                         if (number or 0) > self.event), key=lambda e: e[0])
-        if [e[0] for e in events] != list(range(self.event + 1, self.event + 1 + len(events))):
-            raise StoreError(f"{self.store.path}: the search's events after the checkpoint are not consecutive")
         trajectories = {}
-        for number, incorporate, candidate in events:
-            if incorporate:
-                trajectory = trajectories.get(candidate.sampled_event) or self.space.encode(candidate.arch)
-                self.agent.incorporate(trajectory, self._reward(candidate))
-            else:
-                trajectory = self.agent.sample_one()
-                if self.space.decode(trajectory) != candidate.arch:
-                    raise StoreError(f"the history's block {candidate.arch} (event {number}) is not the agent's "
-                                     "sample: the run folder was written by a different search")
-                trajectories[number] = trajectory
-            self.event = number
+        try:
+            for number, candidate, trajectory in replay(self.agent, self.space, candidates, self.event,
+                                                        self.failed_reward):
+                trajectories[candidate.sampled_event] = trajectory
+                self.event = number
+        except StoreError as e:
+            raise StoreError(f"{self.store.path}: {e}") from None
         return trajectories
+
+
+def replay(agent: StreamAgent, space: SearchSpace, candidates: list[Candidate], after: int,
+           failed_reward: float) -> Iterator[tuple[int, Candidate, list[Action]]]:
+    """The events of ``candidates`` numbered after ``after`` applied to ``agent`` in their order, each yielded (its
+    number, candidate and trajectory) once applied: a sampled block sampled again, and checked against the stored
+    one; a result learnt (``learnt_reward``). Resuming relies on it; so does charging an agent its own time
+    (experiments/claim_agents_real_images.py times each step)."""
+    events = sorted(((number, incorporate, c) for c in candidates
+                     for incorporate, number in enumerate((c.sampled_event, c.incorporated_event))
+                     if (number or 0) > after), key=lambda e: e[0])
+    if [e[0] for e in events] != list(range(after + 1, after + 1 + len(events))):
+        raise StoreError("the search's events after the checkpoint are not consecutive")
+    sampled = {}
+    for number, incorporate, candidate in events:
+        if incorporate:
+            trajectory = sampled.get(candidate.sampled_event) or space.encode(candidate.arch)
+            agent.incorporate(trajectory, learnt_reward(candidate, failed_reward))
+        else:
+            trajectory = sampled[number] = agent.sample_one()
+            if space.decode(trajectory) != candidate.arch:
+                raise StoreError(f"the history's block {candidate.arch} (event {number}) is not the agent's "
+                                 "sample: the run folder was written by a different search")
+        yield number, candidate, trajectory

@@ -111,8 +111,7 @@ class Search:
             self.best = candidate
 
     def _reward(self, candidate: Candidate) -> float:
-        """What the agent learns from ``candidate``."""
-        return float(self.failed_reward) if candidate.status == Status.FAILED else candidate.result.reward
+        return learnt_reward(candidate, self.failed_reward)
 
     @property
     def utilization(self) -> float:
@@ -129,6 +128,11 @@ class Search:
             stopped=(self.counts["stopped"], self.counts["epochs_saved"]) if self.stopping.rungs else None,
             timed_out=self.counts["timed_out"],
         )
+
+
+def learnt_reward(candidate: Candidate, failed_reward: float) -> float:
+    """What the agent learns from a finished candidate: ``failed_reward`` for a failure, else its reward."""
+    return float(failed_reward) if candidate.status == Status.FAILED else candidate.result.reward
 
 
 def timed_out(candidate: Candidate) -> bool:
