@@ -97,14 +97,22 @@ def changed_leaves(
     ignored: Sequence[str] = (),
 ) -> list[str]:
     """``key (old -> new)`` for each resolved leaf under ``sections`` that differs, leaves named in ``ignored``
-    aside: what a resumed run (search or training) may not change. A leaf one side lacks counts as null: a setting
-    added since a run was stored, left null (off), keeps the run's meaning."""
+    aside: what a resumed run (search or training) may not change. A leaf one side lacks agrees with null and with
+    false: a setting added since a run was stored, left off (``null``, or ``false`` for a switch), keeps the run's
+    meaning."""
     before, after = _leaves(old), _leaves(new)
     keys = sorted(
         key for key in before.keys() | after.keys()
-        if key.split(".")[0] in sections and key.split(".")[-1] not in ignored and before.get(key) != after.get(key)
+        if key.split(".")[0] in sections and key.split(".")[-1] not in ignored and _differs(key, before, after)
     )
     return [f"{k} ({before.get(k, '<unset>')} -> {after.get(k, '<unset>')})" for k in keys]
+
+
+def _differs(key: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    if key in before and key in after:
+        return before[key] != after[key]
+    value = before.get(key, after.get(key))
+    return value is not None and value is not False
 
 
 def _leaves(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

@@ -116,11 +116,15 @@ def test_changed_keys_are_named():
                        {"dataset": {"source": {"root": "b"}}, "executor": {"workers": 4}})
 
 
-def test_a_setting_added_since_a_run_was_stored_changes_nothing_while_null():
-    stored = {"dataset": {"source": {"root": "a"}}}  # written before dataset.source.train_size existed
-    check_same_history(stored, {"dataset": {"source": {"root": "a", "train_size": None}}})
+def test_a_setting_added_since_a_run_was_stored_changes_nothing_while_off():
+    stored = {"dataset": {"source": {"root": "a"}}, "agent": {"model": {"proposals": 1}}}  # written before the
+    check_same_history(stored, {"dataset": {"source": {"root": "a", "train_size": None}},  # two settings existed
+                                "agent": {"model": {"proposals": 1, "exploit": False}}})
     with pytest.raises(UserError, match=r"dataset\.source\.train_size \(<unset> -> 10000\)"):
-        check_same_history(stored, {"dataset": {"source": {"root": "a", "train_size": 10000}}})
+        check_same_history(stored, {**stored, "dataset": {"source": {"root": "a", "train_size": 10000}}})
+    for on in (True, 0, ""):  # a switch turned on; zero and empty are values, not "off"
+        with pytest.raises(UserError, match=rf"agent\.model\.exploit \(<unset> -> {on}\)"):
+            check_same_history(stored, {**stored, "agent": {"model": {"proposals": 1, "exploit": on}}})
 
 
 def test_resume_of_a_folder_written_by_another_search_is_refused(compose, table_search, nb201_table, tmp_path):
