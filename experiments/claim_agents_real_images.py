@@ -228,17 +228,23 @@ def agents_table(histories: list[analysis.History], tests: dict[Path, float]) ->
     groups = by_label(histories)
     best = {agent: [analysis.best_after(h, budget) for h in runs] for agent, runs in groups.items()}
     test = {agent: [tests[h.run_dir] for h in runs if h.run_dir in tests] for agent, runs in groups.items()}
-    print(f"\nat {budget} trained blocks each | runs | best early-stop reward | top-1 test accuracy | machine-hours")
+    print(f"\nat {budget} trained blocks each | seeds | best early-stop reward | per seed | top-1 test accuracy | "
+          "per seed | machine-hours")
     for agent, runs in groups.items():
         hours = sum(analysis.busy_hours(h) for h in runs)
-        tested = spread(test[agent]) if test[agent] else "-"
-        print(f"{agent} | {len(runs)} | {spread(best[agent])} | {tested} | {hours:.2f}")
+        seeds = ",".join(str(h.config.seed) for h in runs)
+        tested = f"{spread(test[agent])} | {per_seed(test[agent])}" if test[agent] else "- | -"
+        print(f"{agent} | {seeds} | {spread(best[agent])} | {per_seed(best[agent])} | {tested} | {hours:.2f}")
     for agent, other in compared_pairs(list(groups), best):
         p_best = one_sided(best[agent], best[other])
         line = f"{agent} above {other} (one-sided Mann-Whitney U): best reward p = {p_best:.4f}"
         if test[agent] and test[other]:
             line += f", top-1 test accuracy p = {one_sided(test[agent], test[other]):.4f}"
         print(line)
+
+
+def per_seed(values: list[float]) -> str:
+    return " ".join(f"{v:.4f}"[1:] for v in values)
 
 
 def compared_pairs(agents: list[str], best: dict[str, list[float]]) -> list[tuple[str, str]]:
