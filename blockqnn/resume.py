@@ -26,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from blockqnn.candidate import Status
-from blockqnn.errors import StoreError, TableError, UserError
+from blockqnn.errors import TableError, UserError
 from blockqnn.lock import check_free
-from blockqnn.store import DB_NAME, Store, is_run
+from blockqnn.store import Store, check_run_folder, is_run
 
 # Leaves that say where or on what a run computes, not what its results mean: data and tables may move, and a
 # resumed run may use other hardware. Ignored when a resume is compared with its stored config.
@@ -177,14 +177,6 @@ def register_run_folder_resolvers(entry: str, is_folder: Callable[[str], bool], 
 
 
 # ---- search runs ----------------------------------------------------------------------------------------------------
-def check_search_folder(folder: str | Path) -> None:
-    """``folder`` holds a history (its files only: the history itself is read once, by ``open_search_run``)."""
-    if not Path(folder).is_dir():
-        raise StoreError(f"{folder} is not a folder")
-    if not is_run(folder):
-        raise StoreError(f"{folder} is not a search run (no {DB_NAME} in it)")
-
-
 def open_search_run(cfg: DictConfig, run_dir: Path, command_line: set[str] | None
                     ) -> tuple[DictConfig, Store | None]:
     """The config a search runs with and, when ``run_dir`` holds one (it must when ``cfg.resume`` is set), its
@@ -230,7 +222,8 @@ def check_same_table(space: Any, store: Store) -> None:
                             f"{row['accuracy']}: not the table the search started with")
 
 
-register_run_folder_resolvers("search", is_run, check_search_folder)
+# A folder check only: the history itself is read once, by open_search_run.
+register_run_folder_resolvers("search", is_run, check_run_folder)
 
 
 # ---- train folders --------------------------------------------------------------------------------------------------

@@ -69,6 +69,14 @@ def is_run(run_dir: str | Path) -> bool:
     return db_path(run_dir).is_file()
 
 
+def check_run_folder(run_dir: str | Path) -> None:
+    """Raise ``StoreError`` unless ``run_dir`` is a folder holding a history file (its files only, nothing read)."""
+    if not Path(run_dir).is_dir():
+        raise StoreError(f"{run_dir} is not a folder")
+    if not db_path(run_dir).is_file():
+        raise StoreError(f"{run_dir} is not a search run (no {DB_NAME} in it)")
+
+
 def check(run_dir: str | Path) -> None:
     """Raise ``StoreError`` unless ``run_dir`` holds a history a search can resume (readable, its agent checkpoint
     too), before anything is written into the folder. Opens read-only: changes nothing."""
@@ -107,11 +115,8 @@ class Store:
     def open(cls, run_dir: str | Path, readonly: bool = False) -> Store:
         """An existing history. Checked read-only first, so a folder that is not a run is never modified. Read-only,
         any version this project wrote (the report of an old search); for writing, only one a search continues."""
+        check_run_folder(run_dir)
         path = db_path(run_dir)
-        if not Path(run_dir).is_dir():
-            raise StoreError(f"{run_dir} is not a folder")
-        if not path.is_file():
-            raise StoreError(f"{run_dir} is not a search run (no {DB_NAME} in it)")
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             version = validate(conn, path)
