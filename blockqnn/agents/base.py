@@ -121,6 +121,28 @@ class Iterations:
     def done(self) -> bool:
         return self.iteration >= self.num_iterations
 
+    # ---- acting: both modes draw one architecture at a time, so the two mean the same -------------------------
+    def sample(self, n: int | None = None) -> list[list[Action]]:
+        """``n`` (default: this iteration's size, B but for a budget's last iteration) architectures of the current
+        iteration, each counted in ``sampled`` before the next is drawn."""
+        self._check_running()
+        batch = []
+        for _ in range(self.sizes[self.iteration] if n is None else n):
+            batch.append(self._draw())
+            self.sampled += 1
+        return batch
+
+    def sample_one(self) -> list[Action]:
+        """The next architecture (asynchronous search), at the point of the plan the blocks sampled so far reach."""
+        self._check_running()
+        architecture = self._draw()
+        self._count_one()
+        return architecture
+
+    def _draw(self) -> list[Action]:
+        """The agent's next architecture; the ``sampled`` before it drawn already."""
+        raise NotImplementedError
+
     def _count_one(self) -> None:
         """One more block sampled (asynchronous search): ``iteration`` is then the one the next block belongs to,
         past the last once the budget is drawn."""

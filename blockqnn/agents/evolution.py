@@ -75,26 +75,10 @@ class RegularizedEvolution(Iterations):
         return min(left, max(0, self.population_size - self.sampled)) / left if left > 0 else 0.0
 
     # ---- acting -----------------------------------------------------------------------------------------------
-    def sample(self, n: int | None = None) -> list[list[Action]]:
-        """``n`` (default: this iteration's size) architectures: random ones while the population fills, then
-        mutated tournament winners."""
-        self._check_running()
-        n = self.sizes[self.iteration] if n is None else n
-        batch = [self._draw(self.sampled + k) for k in range(n)]
-        self.sampled += n
-        return batch
-
-    def sample_one(self) -> list[Action]:
-        """The next architecture (asynchronous search), from the population as it stands now."""
-        self._check_running()
-        architecture = self._draw(self.sampled)
-        self._count_one()
-        return architecture
-
-    def _draw(self, index: int) -> list[Action]:
-        """The ``index``-th architecture of the search: random among the first P (or while none has come back),
-        else a mutated tournament winner."""
-        if index < self.population_size or not self.population:
+    def _draw(self) -> list[Action]:
+        """Random among the first P architectures of the search (or while none has come back), else a mutated
+        tournament winner."""
+        if self.sampled < self.population_size or not self.population:
             return explore(self.space, self.rng)
         return self._child()
 

@@ -80,23 +80,6 @@ class GuidedEvolution(Iterations):
         return 1.0 if self.sampled < self.num_init or not self.model.ready else 0.0
 
     # ---- acting -----------------------------------------------------------------------------------------------
-    def sample(self, n: int | None = None) -> list[list[Action]]:
-        """``n`` (default: this iteration's size) architectures, chosen one after another with the same model."""
-        self._check_running()
-        n = self.sizes[self.iteration] if n is None else n
-        batch = []
-        for _ in range(n):
-            batch.append(self._draw())
-            self.sampled += 1
-        return batch
-
-    def sample_one(self) -> list[Action]:
-        """The next architecture (asynchronous search), with the results in hand."""
-        self._check_running()
-        architecture = self._draw()
-        self._count_one()
-        return architecture
-
     def _draw(self) -> list[Action]:
         """The candidate rated best, or a random architecture: one of the first ``num_init``, one while no model
         is fitted, or (rarely, at epsilon 0.0) one when every candidate was sampled before."""

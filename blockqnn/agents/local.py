@@ -79,21 +79,6 @@ class LocalSearch(Iterations):
         return 0.0 if self._neighbours(self.best[0])[0] else 1.0  # the move to come has a neighbour to query
 
     # ---- acting -----------------------------------------------------------------------------------------------
-    def sample(self, n: int | None = None) -> list[list[Action]]:
-        """``n`` (default: this iteration's size) architectures, drawn as one at a time."""
-        self._check_running()
-        n = self.sizes[self.iteration] if n is None else n
-        batch = [self._draw() for _ in range(n)]
-        self.sampled += n
-        return batch
-
-    def sample_one(self) -> list[Action]:
-        """The next architecture (asynchronous search), from the walk as it stands now."""
-        self._check_running()
-        architecture = self._draw()
-        self._count_one()
-        return architecture
-
     def _draw(self) -> list[Action]:
         """The next neighbour of the incumbent, or a random architecture: one of the first ``num_init``, a restart
         (every neighbour's result in, none better), or a filler while results are out."""

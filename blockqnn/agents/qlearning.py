@@ -165,24 +165,11 @@ class QLearningAgent(Iterations):
         return self.schedule[min(self.iteration, self.num_iterations - 1)]
 
     # ---- acting -----------------------------------------------------------------------------------------------
-    def sample(self, n: int | None = None) -> list[list[Action]]:
-        """``n`` (default: this iteration's size, B but for a budget's last iteration) epsilon-greedy trajectories
-        of the current iteration, each ending in a final action."""
-        self._check_running()
-        n = self.sizes[self.iteration] if n is None else n
-        self.sampled += n
-        return [self._proposed(self.epsilon) for _ in range(n)]
-
-    def sample_one(self) -> list[Action]:
-        """One epsilon-greedy trajectory at the epsilon of the blocks sampled so far (asynchronous search)."""
-        self._check_running()
-        trajectory = self._proposed(self.epsilon)
-        self._count_one()
-        return trajectory
-
-    def _proposed(self, epsilon: float) -> list[Action]:
-        """One block to train: an epsilon-greedy trajectory, or the one the planner rates best of ``proposals``;
-        with ``exploit``, with probability 1 - epsilon, the one it rates best of the incumbent's fresh neighbours."""
+    def _draw(self) -> list[Action]:
+        """One block to train at the current iteration's epsilon: an epsilon-greedy trajectory (ending in a final
+        action), or the one the planner rates best of ``proposals``; with ``exploit``, with probability 1 - epsilon,
+        the one it rates best of the incumbent's fresh neighbours."""
+        epsilon = self.epsilon
         if self.planner is None or not self.planner.proposes:
             return self._trajectory(epsilon)
         if self.planner.settings.exploit and self.rng.random() >= epsilon:
