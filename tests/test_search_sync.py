@@ -74,7 +74,7 @@ def test_local_worker_processes_match_in_process(compose, table_search, tmp_path
 
 
 def test_an_agent_that_learns_by_iterations_only_searches_in_sync_mode(compose, table_search, tmp_path, monkeypatch):
-    monkeypatch.delattr(QLearningAgent, "sample_one")  # as an agent without the one-block protocol
+    monkeypatch.setattr(QLearningAgent, "sample_one", None)  # as an agent without the one-block protocol
     with pytest.raises(UserError, match="learns by iterations only"):
         search(compose(*table_search, "search.mode=async"), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
