@@ -140,7 +140,7 @@ class Iterations:
         return architecture
 
     def _draw(self) -> list[Action]:
-        """The agent's next architecture; the ``sampled`` before it drawn already."""
+        """The agent's next architecture (``sampled`` counts those drawn before it)."""
         raise NotImplementedError
 
     def _count_one(self) -> None:
