@@ -16,8 +16,7 @@ search() {
 }
 search agent=qlearning seed=0,1,2,3,4,5,6,7 hydra.sweep.dir=runs/agents-cifar10-qexploit
 search agent=random,evolution seed=5,6,7 hydra.sweep.dir=runs/agents-cifar10-more
-search agent=local seed=0 hydra.sweep.dir=runs/agents-cifar10-local
+search agent=local seed=0,1,2,3,4,5,6,7 hydra.sweep.dir=runs/agents-cifar10-local
 search agent=qlearning agent.model.proposals=1 agent.model.exploit=false agent.model.planning=0 seed=5,6,7 \
     hydra.sweep.dir=runs/agents-cifar10-qfree
-search agent=local seed=0,1,2,3,4,5,6,7 hydra.sweep.dir=runs/agents-cifar10-local
 search agent=guided_evolution seed=0,1,2,3,4,5,6,7 hydra.sweep.dir=runs/agents-cifar10-guided
