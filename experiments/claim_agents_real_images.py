@@ -152,7 +152,10 @@ def replayed_iteration(agent, space, candidates: list[Candidate], failed_reward:
     return [(sampling + time.process_time() - start) / len(candidates)] * len(candidates)
 
 
-def machine_hours(history: analysis.History, rate: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+Curve = tuple[np.ndarray, np.ndarray]  # machine-hours and the best reward so far, after each result
+
+
+def machine_hours(history: analysis.History, rate: tuple[float, float]) -> Curve:
     """(machine-hours, best reward so far) after each result, in the order the agent learnt them: each trained
     candidate charged its epochs at ``rate`` (``epoch_rate``), and every candidate the agent's own time
     (``agent_seconds``)."""
@@ -171,14 +174,18 @@ def best_at(hours: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray
     return np.where(np.isfinite(values), values, np.nan)
 
 
-def plot_hours(groups: dict[str, list[analysis.History]], rate: tuple[float, float], path: Path) -> None:
+def charged(groups: dict[str, list[analysis.History]], rate: tuple[float, float]) -> dict[str, list[Curve]]:
+    """Each run's (machine-hours, best reward so far) curve (``machine_hours``), per agent."""
+    return {label: [machine_hours(h, rate) for h in runs] for label, runs in sorted(groups.items())}
+
+
+def plot_hours(curves: dict[str, list[Curve]], rate: tuple[float, float], path: Path) -> None:
     """Best early-stop reward against machine-hours per agent: mean over seeds, min-max band, up to the hours every
     run of the agent reached."""
     fig, ax = figure(figsize=(7, 4.2))
-    for label, runs in sorted(groups.items()):
-        curves = [machine_hours(h, rate) for h in runs]
-        grid = np.linspace(max(hours[0] for hours, _ in curves), min(hours[-1] for hours, _ in curves), 200)
-        stack = np.array([best_at(hours, best, grid) for hours, best in curves])
+    for label, runs in curves.items():
+        grid = np.linspace(max(hours[0] for hours, _ in runs), min(hours[-1] for hours, _ in runs), 200)
+        stack = np.array([best_at(hours, best, grid) for hours, best in runs])
         ax.plot(grid, np.nanmean(stack, 0), linewidth=2, label=f"{label} (mean of {len(runs)} runs)")
         ax.fill_between(grid, np.nanmin(stack, 0), np.nanmax(stack, 0), alpha=0.15)
     ax.set_xlabel(f"machine-hours (each epoch charged {rate[0]:.2f} s + {rate[1] * 1e6:.3f} s per MFLOP)")
@@ -186,6 +193,16 @@ def plot_hours(groups: dict[str, list[analysis.History]], rate: tuple[float, flo
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     print(f"drawn: {plots.save_figure(fig, path)}")
+
+
+def hours_table(curves: dict[str, list[Curve]], marks: list[float]) -> None:
+    """Per agent, the charged machine-hours of a whole search (mean over seeds) and the mean best reward once
+    ``marks`` machine-hours are spent (a run that ended sooner keeps its last best), the plot's figures in numbers."""
+    print("\ncharged machine-hours | per search | " + " | ".join(f"best reward at {m:g} h" for m in marks))
+    for label, runs in curves.items():
+        at = np.array([best_at(hours, best, np.array(marks)) for hours, best in runs])
+        means = [f"{np.nanmean(column):.4f}" if np.isfinite(column).any() else "-" for column in at.T]
+        print(f"{label} | {statistics.fmean(hours[-1] for hours, _ in runs):.3g} | " + " | ".join(means))
 
 
 def training_config(block: str, searched: analysis.History, seed: int, epochs: int, extra: list[str]) -> DictConfig:
@@ -275,6 +292,8 @@ def main() -> None:
     parser.add_argument("--rewards-only", action="store_true", help="compare the early-stop rewards, train nothing")
     parser.add_argument("--plot", type=Path, help="draw best reward against machine-hours per agent here (each "
                         "epoch charged at the first sweep's rate: epoch_rate)")
+    parser.add_argument("--hours-at", type=float, nargs="+", default=[0.1, 0.2, 0.25],
+                        help="with --plot: print each agent's best reward once these machine-hours are spent")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of each longer training")
     parser.add_argument("--hand", action="store_true", help="also the found block against the hand-designed ones")
     parser.add_argument("--hand-seeds", type=int, default=3)
@@ -285,7 +304,10 @@ def main() -> None:
     histories = sweep_histories(args.sweeps)
     if args.plot:
         reference = [h for h in histories if h.run_dir.parent == args.sweeps[0]]
-        plot_hours(by_label(histories), epoch_rate(reference), args.plot)
+        rate = epoch_rate(reference)
+        curves = charged(by_label(histories), rate)
+        plot_hours(curves, rate, args.plot)
+        hours_table(curves, args.hours_at)
     if args.rewards_only:
         agents_table(histories, {})
         return

@@ -28,8 +28,13 @@ def test_the_agents_claim_runs_end_to_end_on_a_tiny_sweep(tmp_path):
         return run_script("experiments/claim_agents_real_images.py", str(sweep), "--epochs", "1", "--hand",
                           "--hand-seeds", "1", *jobs, "--train", "trainer.limit_train_batches=2")
 
-    printed = claim("--jobs", "2", "--plot", str(tmp_path / "hours.png"))
+    plotted = ("--plot", str(tmp_path / "hours.png"), "--hours-at", "0", "1000")
+    printed = claim("--jobs", "2", *plotted)
     assert (tmp_path / "hours.png").stat().st_size > 0  # best reward against machine-hours, the agents' time in
+    hours = {line.split(" | ")[0]: line.split(" | ")[1:] for line in printed.split("charged machine-hours")[1]
+             .splitlines()[1:3]}
+    assert set(hours) == {"q-learning", "random"} and all(float(h[0]) > 0 for h in hours.values())
+    assert all(h[1] == "-" and 0 < float(h[2]) < 1 for h in hours.values())  # none best at 0 h, all at 1000 h
     runs = [line for line in printed.splitlines() if line.split(":")[0].isdigit()]
     assert len(runs) == 4 and all("top-1 test accuracy" in line for line in runs)
     assert "q-learning | 0,1 |" in printed and "random | 0,1 |" in printed  # the seeds
@@ -42,8 +47,7 @@ def test_the_agents_claim_runs_end_to_end_on_a_tiny_sweep(tmp_path):
     hashes = {Block.parse(code, max_index=None).canonical_hash() for code in blocks}
     assert trainings == {f"{h}-seed0" for h in hashes}  # each distinct block trained once
     before = {p: p.stat().st_mtime_ns for p in (sweep / "claims").glob("*/result.json")}
-    drawn = [line for line in printed.splitlines() if not line.startswith("drawn: ")]
-    assert claim().splitlines() == drawn  # every training read back, none run again
+    assert claim(*plotted) == printed  # every training read back, none run again
     assert {p: p.stat().st_mtime_ns for p in (sweep / "claims").glob("*/result.json")} == before
 
 
